@@ -1,0 +1,335 @@
+//! Settings: defaults, then environment, then flags; parsed, then validated.
+//!
+//! Parsing is done here rather than by a CLI crate so that every mistake is one
+//! line on stderr and exit code 2, as operators' scripts expect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::sim::SimConfig;
+use crate::upstream::UpstreamConfig;
+
+/// The largest `WEB_CONCURRENCY` taken: more shards than this is a typo.
+pub const MAX_SHARDS: usize = 256;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Serve(ServeConfig),
+    Simulate(SimConfig),
+    Help,
+    Version,
+}
+
+/// The relay's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Worker shards (`WEB_CONCURRENCY`).
+    pub shards: usize,
+    pub upstream: UpstreamConfig,
+    /// Channels a subscription gets when it names none.
+    pub channels: Vec<String>,
+    /// Run the built-in simulator and relay it instead of Coinbase.
+    pub simulate: bool,
+}
+
+/// The usage text.
+pub const USAGE: &str = "\
+hedgehog: relays the Coinbase Exchange feed to many WebSocket clients
+
+Usage:
+  hedgehog [serve] [OPTIONS]     run the relay (the default command)
+  hedgehog simulate [OPTIONS]    run the Coinbase-compatible feed simulator
+
+Relay options (environment variable in brackets):
+  --host HOST            listen address [HOST] (default 0.0.0.0)
+  --port PORT            listen port [PORT] (default 8080)
+  --upstream-url URL     feed URL [COINBASE_WS_URL] (default wss://ws-feed.exchange.coinbase.com)
+  --upstream-ca FILE     extra trusted CA, PEM [COINBASE_CA_FILE]
+  --channels LIST        default channels [COINBASE_CHANNELS] (default ticker,matches)
+  --stall-timeout SECS   reconnect after this long without a message (default 5)
+  --simulate             relay the built-in simulator (offline mode; data is simulated)
+  Shards: [WEB_CONCURRENCY] (default: online CPUs)
+
+Simulator options:
+  --host HOST            listen address (default 127.0.0.1)
+  --port PORT            listen port (default 8765)
+  --tls                  serve wss:// with a self-signed certificate made at start
+  --cert-out FILE        write that certificate (PEM) here
+  --products LIST        product ids (default: 20 real pairs)
+  --rate N               trades per second per product (default 3)
+  --seed N               make the run reproducible
+  --replay FILE          replay recorded messages (one JSON message per line)
+  --speed X              replay speed-up; 0 = as fast as possible (default 1)
+  --subscribe-timeout S  close connections that do not subscribe within S seconds; 0 = never (default 5)
+
+  -h, --help             this text
+  -V, --version          the version
+";
+
+/// Reads the command line (without the program name) and the environment.
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Command, String> {
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if args.iter().any(|a| matches!(*a, "-h" | "--help" | "help")) {
+        return Ok(Command::Help);
+    }
+    if args.iter().any(|a| matches!(*a, "-V" | "--version")) {
+        return Ok(Command::Version);
+    }
+    let command = match args.first() {
+        Some(&"simulate") => "simulate",
+        Some(&"serve") => "serve",
+        Some(a) if !a.starts_with('-') => return Err(format!("unknown command {a:?} (try --help)")),
+        _ => "",
+    };
+    if !command.is_empty() {
+        args.remove(0);
+    }
+    let flags = Flags::parse(&args, &["tls", "simulate"])?;
+    match command {
+        "simulate" => simulate(flags).map(Command::Simulate),
+        _ => serve(flags, env).map(Command::Serve),
+    }
+}
+
+/// `--name value`, `--name=value` and boolean `--name` flags.
+struct Flags<'a> {
+    pairs: Vec<(&'a str, Option<&'a str>)>,
+    used: Vec<bool>,
+}
+
+impl<'a> Flags<'a> {
+    fn parse(args: &[&'a str], booleans: &[&str]) -> Result<Self, String> {
+        let mut pairs = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let Some(flag) = args[i].strip_prefix("--") else {
+                return Err(format!("unexpected argument {:?} (try --help)", args[i]));
+            };
+            if let Some((name, value)) = flag.split_once('=') {
+                pairs.push((name, Some(value)));
+            } else if booleans.contains(&flag) {
+                pairs.push((flag, None));
+            } else {
+                let value = args.get(i + 1).ok_or_else(|| format!("--{flag} needs a value"))?;
+                pairs.push((flag, Some(*value)));
+                i += 1;
+            }
+            i += 1;
+        }
+        let used = vec![false; pairs.len()];
+        Ok(Flags { pairs, used })
+    }
+
+    fn get(&mut self, name: &str) -> Option<&'a str> {
+        let i = self.pairs.iter().rposition(|(n, _)| *n == name)?;
+        self.used[i] = true;
+        self.pairs[i].1.or(Some(""))
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, String> {
+        self.get(name).map(|v| v.parse().map_err(|_| format!("--{name}: {v:?} is not valid"))).transpose()
+    }
+
+    /// Errors on any flag nobody asked for.
+    fn finish(self) -> Result<(), String> {
+        match self.used.iter().position(|u| !u) {
+            Some(i) => Err(format!("unknown option --{} (try --help)", self.pairs[i].0)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{name}: {v} is not a duration in seconds"))
+}
+
+fn simulate(mut f: Flags) -> Result<SimConfig, String> {
+    let mut c = SimConfig::default();
+    if let Some(h) = f.get("host") {
+        c.host = h.to_string();
+    }
+    c.port = f.parsed("port")?.unwrap_or(c.port);
+    c.tls = f.flag("tls");
+    c.cert_out = f.get("cert-out").map(PathBuf::from);
+    if let Some(p) = f.get("products") {
+        c.products = list(p);
+    }
+    c.rate = f.parsed("rate")?.unwrap_or(c.rate);
+    c.seed = f.parsed("seed")?;
+    c.replay = f.get("replay").map(PathBuf::from);
+    c.speed = f.parsed("speed")?.unwrap_or(c.speed);
+    if let Some(s) = f.parsed::<f64>("subscribe-timeout")? {
+        c.subscribe_timeout = seconds("subscribe-timeout", s)?;
+    }
+    f.finish()?;
+    validate_sim(c)
+}
+
+fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
+    if !(c.rate.is_finite() && (0.0..=1_000_000.0).contains(&c.rate)) {
+        return Err(format!("--rate {} must be between 0 and 1000000", c.rate));
+    }
+    if !(c.speed.is_finite() && c.speed >= 0.0) {
+        return Err(format!("--speed {} must be 0 or more", c.speed));
+    }
+    if c.products.is_empty() && c.replay.is_none() {
+        return Err("--products is empty".into());
+    }
+    if let Some(bad) = c.products.iter().find(|p| crate::protocol::normalize_product(p).is_none()) {
+        return Err(format!("--products: {bad:?} is not a product id (want BASE-QUOTE)"));
+    }
+    if c.cert_out.is_some() && !c.tls {
+        return Err("--cert-out needs --tls".into());
+    }
+    Ok(c)
+}
+
+fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
+    let mut c = ServeConfig {
+        host: "0.0.0.0".into(),
+        port: 8080,
+        shards: default_shards(),
+        upstream: UpstreamConfig::default(),
+        channels: vec!["ticker".into(), "matches".into()],
+        simulate: false,
+    };
+    if let Some(h) = f.get("host").map(str::to_string).or_else(|| env("HOST")) {
+        c.host = h;
+    }
+    if let Some(p) = f.get("port").map(str::to_string).or_else(|| env("PORT")) {
+        c.port = p.trim().parse().map_err(|_| format!("port {p:?} is not a port number"))?;
+    }
+    if let Some(n) = env("WEB_CONCURRENCY") {
+        c.shards = parse_shards(&n)?;
+    }
+    if let Some(u) = f.get("upstream-url").map(str::to_string).or_else(|| env("COINBASE_WS_URL")) {
+        c.upstream.url = u;
+    }
+    c.upstream.ca_file =
+        f.get("upstream-ca").map(str::to_string).or_else(|| env("COINBASE_CA_FILE")).map(PathBuf::from);
+    if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
+        c.channels = list(&ch).iter().map(|c| crate::protocol::canonical_channel(c).to_string()).collect();
+    }
+    if let Some(s) = f.parsed::<f64>("stall-timeout")? {
+        c.upstream.stall_timeout = seconds("stall-timeout", s)?;
+    }
+    c.simulate = f.flag("simulate");
+    f.finish()?;
+    validate_serve(c)
+}
+
+/// Reads `WEB_CONCURRENCY`: a whole number from 1 to [`MAX_SHARDS`].
+pub fn parse_shards(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if (1..=MAX_SHARDS as i64).contains(&n) => Ok(n as usize),
+        Ok(n) => Err(format!("WEB_CONCURRENCY={n} is out of range: use 1 to {MAX_SHARDS}")),
+        Err(_) => Err(format!("WEB_CONCURRENCY={v:?} is not a whole number")),
+    }
+}
+
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SHARDS)
+}
+
+fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
+    crate::upstream::Endpoint::parse(&c.upstream.url)?;
+    if c.channels.is_empty() {
+        return Err("--channels is empty".into());
+    }
+    if let Some(bad) = c.channels.iter().find(|ch| !RELAYED_CHANNELS.contains(&ch.as_str())) {
+        return Err(format!("--channels: {bad:?} is not a channel hedgehog relays ({})", RELAYED_CHANNELS.join(", ")));
+    }
+    if let Some(ca) = &c.upstream.ca_file {
+        if !ca.is_file() {
+            return Err(format!("--upstream-ca: {} is not a readable file", ca.display()));
+        }
+    }
+    Ok(c)
+}
+
+/// The channels clients can ask the relay for.
+pub const RELAYED_CHANNELS: [&str; 4] = ["ticker", "matches", "level2_batch", "heartbeat"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(line: &str, env: &[(&str, &str)]) -> Result<Command, String> {
+        let args: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(&args, &move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    fn serve_cfg(line: &str, env: &[(&str, &str)]) -> ServeConfig {
+        match run(line, env).unwrap() {
+            Command::Serve(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_then_env_then_flags() {
+        let c = serve_cfg("", &[]);
+        assert_eq!(
+            (c.host.as_str(), c.port, c.upstream.url.as_str()),
+            ("0.0.0.0", 8080, crate::upstream::COINBASE_URL)
+        );
+        assert_eq!(c.channels, ["ticker", "matches"]);
+        let c = serve_cfg("", &[("PORT", "9000"), ("WEB_CONCURRENCY", "3"), ("COINBASE_CHANNELS", "ticker,level2_50")]);
+        assert_eq!((c.port, c.shards), (9000, 3));
+        assert_eq!(c.channels, ["ticker", "level2_batch"]);
+        let c = serve_cfg("serve --port 7000 --upstream-url=ws://127.0.0.1:1 --simulate", &[("PORT", "9000")]);
+        assert_eq!((c.port, c.upstream.url.as_str(), c.simulate), (7000, "ws://127.0.0.1:1", true));
+    }
+
+    #[test]
+    fn web_concurrency_must_be_sane() {
+        for bad in ["0", "-1", "two", "1.5", "100000", ""] {
+            let e = run("", &[("WEB_CONCURRENCY", bad)]).unwrap_err();
+            assert!(e.starts_with("WEB_CONCURRENCY="), "{e}");
+            assert!(!e.contains('\n'));
+        }
+        assert_eq!(parse_shards(" 4 "), Ok(4));
+    }
+
+    #[test]
+    fn simulator_flags() {
+        let Command::Simulate(c) =
+            run("simulate --port 0 --tls --cert-out /tmp/x.pem --products btc-usd,ETH-EUR --rate 100 --seed 7", &[])
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.port, c.tls, c.rate, c.seed), (0, true, 100.0, Some(7)));
+        assert_eq!(c.products, ["btc-usd", "ETH-EUR"]);
+    }
+
+    #[test]
+    fn mistakes_are_one_line_errors() {
+        for (line, want) in [
+            ("simulate --rate fast", "--rate"),
+            ("simulate --products BTC", "not a product id"),
+            ("simulate --cert-out x", "needs --tls"),
+            ("--bogus 1", "unknown option --bogus"),
+            ("launch", "unknown command"),
+            ("--port", "needs a value"),
+            ("--upstream-url http://x", "ws:// or wss://"),
+            ("--channels full", "not a channel"),
+        ] {
+            let e = run(line, &[]).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");
+        }
+        assert_eq!(run("simulate --help", &[]), Ok(Command::Help));
+    }
+}

@@ -1,0 +1,48 @@
+//! The `hedgehog` binary: reads the configuration and starts what it asks for.
+
+use std::process::ExitCode;
+
+use hedgehog::config::{self, Command};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match config::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hedgehog: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{}", config::USAGE);
+            Ok(())
+        }
+        Command::Version => {
+            println!("hedgehog {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Simulate(cfg) => simulate(cfg),
+        Command::Serve(cfg) => hedgehog::serve(cfg),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hedgehog: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate(cfg: hedgehog::sim::SimConfig) -> Result<(), String> {
+    let products = cfg.products.len();
+    let (rate, replay) = (cfg.rate, cfg.replay.clone());
+    let sim = hedgehog::sim::spawn(cfg)?;
+    match replay {
+        Some(file) => log::info!("simulator listening on {}, replaying {}", sim.url(), file.display()),
+        None => log::info!("simulator listening on {} ({products} products, {rate} trades/s each)", sim.url()),
+    }
+    sim.join();
+    Ok(())
+}

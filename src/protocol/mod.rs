@@ -1,0 +1,90 @@
+//! The Coinbase Exchange feed protocol: channel names, product ids, subscribe
+//! requests and the exact error texts, shared by the simulator and the relay.
+
+mod request;
+mod scan;
+
+pub use request::{parse_request, subscriptions_message, Request, RequestKind};
+pub use scan::{scan, RoutingKey};
+
+/// Channels that need an authenticated subscribe on Coinbase.
+pub const AUTHENTICATED_CHANNELS: [&str; 6] = ["level2", "level3", "full", "user", "balance", "rfq_matches"];
+
+/// Coinbase's reason text for an authenticated channel asked for without credentials.
+pub const AUTH_REQUIRED: &str = "level2, level3, and full channels now require authentication. https://docs.cloud.coinbase.com/exchange/docs/websocket-auth";
+
+/// The public channels that the simulator serves and the relay can relay.
+pub const PUBLIC_CHANNELS: [&str; 5] = ["heartbeat", "status", "ticker", "matches", "level2_batch"];
+
+/// Maps Coinbase's aliases to the channel's canonical name.
+pub fn canonical_channel(name: &str) -> &str {
+    match name {
+        "level2_50" => "level2_batch",
+        "ticker_1000" => "ticker_batch",
+        other => other,
+    }
+}
+
+/// The channel a message of type `kind` belongs to, for routing.
+pub fn channel_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "ticker" => "ticker",
+        "match" | "last_match" => "matches",
+        "snapshot" | "l2update" => "level2_batch",
+        "heartbeat" => "heartbeat",
+        "status" => "status",
+        _ => return None,
+    })
+}
+
+/// A product id is `BASE-QUOTE`: two non-empty runs of ASCII letters and digits.
+/// Returns it in upper case, or `None` when it is not of that form.
+pub fn normalize_product(id: &str) -> Option<String> {
+    let (base, quote) = id.split_once('-')?;
+    let ok = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|c| c.is_ascii_alphanumeric());
+    (ok(base) && ok(quote)).then(|| id.to_ascii_uppercase())
+}
+
+/// A Coinbase-format `error` message.
+pub fn error_message(message: &str, reason: &str) -> String {
+    format!(r#"{{"type":"error","message":{},"reason":{}}}"#, json_string(message), json_string(reason))
+}
+
+/// `s` as a JSON string literal, quotes included.
+pub fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// The product an upstream error names, from reasons like `XYZ-USD is not a valid product`.
+pub fn product_of_error(reason: &str) -> Option<&str> {
+    reason.strip_suffix(" is not a valid product")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_product_ids() {
+        assert_eq!(normalize_product("btc-usd").as_deref(), Some("BTC-USD"));
+        assert_eq!(normalize_product("ETH-EUR").as_deref(), Some("ETH-EUR"));
+        for bad in ["", "BTC", "BTC-", "-USD", "BTC_USD", "BTC-USD-X", "BT C-USD", "ÄB-USD"] {
+            assert_eq!(normalize_product(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_message_types_to_channels() {
+        assert_eq!(channel_of("last_match"), Some("matches"));
+        assert_eq!(channel_of("snapshot"), Some("level2_batch"));
+        assert_eq!(channel_of("subscriptions"), None);
+        assert_eq!(canonical_channel("level2_50"), "level2_batch");
+    }
+
+    #[test]
+    fn reads_the_product_out_of_an_error() {
+        assert_eq!(product_of_error("GIBBERISH-USD is not a valid product"), Some("GIBBERISH-USD"));
+        assert_eq!(product_of_error(" is not a valid product"), Some(""));
+        assert_eq!(product_of_error("No channels provided"), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! The simulator's shared state: connections with their subscriptions, the
+//! market (or a replay), and what each tick sends to whom.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Instant;
+
+use rand::rngs::SmallRng;
+
+use super::market::{self, Book, Spec};
+use super::replay::Replay;
+use super::Control;
+use crate::protocol::{self, RequestKind};
+use crate::ws::{self, Frame, Outbox};
+
+/// One client connection.
+pub struct Conn {
+    pub outbox: Rc<Outbox>,
+    pub subs: BTreeMap<String, BTreeSet<String>>,
+    pub subscribed: bool,
+    pub since: Instant,
+}
+
+/// A book with the last trade's messages, repeated to new subscribers unchanged.
+pub struct Product {
+    pub book: Book,
+    pub last_ticker: Option<Frame>,
+    pub last_match: Option<Frame>,
+    /// Trades owed but not yet made (fractional, from the rate).
+    pub due: f64,
+}
+
+/// Where the feed's messages come from.
+pub enum Source {
+    Market { products: Vec<Product>, rng: SmallRng },
+    Replay(Replay),
+}
+
+pub struct Feed {
+    pub conns: BTreeMap<u64, Conn>,
+    pub source: Source,
+    pub specs: Vec<Spec>,
+    pub status: Frame,
+    pub control: std::sync::Arc<Control>,
+}
+
+impl Feed {
+    pub fn new(source: Source, specs: Vec<Spec>, control: std::sync::Arc<Control>) -> Feed {
+        let status = ws::frame::text(market::status_message(&specs).as_bytes());
+        Feed { conns: BTreeMap::new(), source, specs, status, control }
+    }
+
+    fn knows(&self, product: &str) -> bool {
+        self.specs.iter().any(|s| s.id == product)
+    }
+
+    /// Sends `frame` to every connection subscribed to (`channel`, `product`).
+    pub fn deliver(&self, channel: &str, product: &str, frame: &Frame) {
+        if self.control.is_stalled() {
+            return;
+        }
+        for (id, conn) in &self.conns {
+            if conn.subs.get(channel).is_some_and(|p| p.contains(product)) && conn.outbox.push(frame.clone()).is_err() {
+                log::warn!("simulator: connection {id} dropped as a slow consumer");
+            }
+        }
+    }
+
+    /// Whether anyone listens to (`channel`, `product`).
+    pub fn wanted(&self, channel: &str, product: &str) -> bool {
+        self.conns.values().any(|c| c.subs.get(channel).is_some_and(|p| p.contains(product)))
+    }
+
+    /// Handles one client message on connection `id`.
+    pub fn on_text(&mut self, id: u64, text: &[u8]) {
+        self.control.record(super::SimEvent::Request(id, String::from_utf8_lossy(text).into_owned()));
+        if self.control.is_stalled() {
+            return;
+        }
+        let Some(outbox) = self.conns.get(&id).map(|c| c.outbox.clone()) else { return };
+        let send = |s: &str| {
+            let _ = outbox.push(ws::frame::text(s.as_bytes()));
+        };
+        let req = match protocol::parse_request(text) {
+            Ok(req) => req,
+            Err(error) => return send(&error),
+        };
+        let (errors, initial) = match req.kind {
+            RequestKind::Subscribe => self.subscribe(id, &req),
+            RequestKind::Unsubscribe => (self.unsubscribe(id, &req), Vec::new()),
+        };
+        for e in &errors {
+            send(e);
+        }
+        if let Some(conn) = self.conns.get(&id) {
+            send(&protocol::subscriptions_message(&conn.subs));
+        }
+        for f in initial {
+            let _ = outbox.push(f);
+        }
+    }
+
+    /// Applies a subscribe; returns the error messages and the frames a new
+    /// subscriber gets first (latest ticker, `last_match`, snapshot, status).
+    fn subscribe(&mut self, id: u64, req: &protocol::Request) -> (Vec<String>, Vec<Frame>) {
+        let mut errors = Vec::new();
+        let mut added = Vec::new();
+        let mut bad_products = BTreeSet::new();
+        for (channel, products) in &req.channels {
+            if protocol::AUTHENTICATED_CHANNELS.contains(&channel.as_str()) {
+                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), protocol::AUTH_REQUIRED));
+                continue;
+            }
+            if !protocol::PUBLIC_CHANNELS.contains(&channel.as_str()) {
+                let reason = format!("{channel} is not a valid channel");
+                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
+                continue;
+            }
+            if channel == "status" {
+                added.push((channel.clone(), String::new()));
+                continue;
+            }
+            let valid: Vec<&String> = products.iter().filter(|p| self.knows(p)).collect();
+            bad_products.extend(products.iter().filter(|p| !self.knows(p)).cloned());
+            for p in valid {
+                added.push((channel.clone(), p.clone()));
+            }
+        }
+        for p in bad_products {
+            let reason = format!("{p} is not a valid product");
+            errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
+        }
+        let mut initial = Vec::new();
+        let Some(conn) = self.conns.get_mut(&id) else { return (errors, initial) };
+        conn.subscribed = true;
+        for (channel, product) in added {
+            let set = conn.subs.entry(channel.clone()).or_default();
+            if channel == "status" || set.insert(product.clone()) {
+                initial.extend(first_frames(&self.source, &self.status, &channel, &product));
+            }
+        }
+        (errors, initial)
+    }
+
+    fn unsubscribe(&mut self, id: u64, req: &protocol::Request) -> Vec<String> {
+        let Some(conn) = self.conns.get_mut(&id) else { return Vec::new() };
+        for (channel, products) in &req.channels {
+            if products.is_empty() {
+                conn.subs.remove(channel);
+            } else if let Some(set) = conn.subs.get_mut(channel) {
+                set.retain(|p| !products.contains(p));
+                if set.is_empty() {
+                    conn.subs.remove(channel);
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// What a fresh subscriber to (`channel`, `product`) gets before the stream.
+fn first_frames(source: &Source, status: &Frame, channel: &str, product: &str) -> Vec<Frame> {
+    let Source::Market { products, .. } = source else { return Vec::new() };
+    if channel == "status" {
+        return vec![status.clone()];
+    }
+    let Some(p) = products.iter().find(|p| p.book.spec.id == product) else { return Vec::new() };
+    let frame = match channel {
+        "ticker" => p.last_ticker.clone(),
+        "matches" => p.last_match.clone(),
+        "level2_batch" => Some(ws::frame::text(p.book.snapshot().as_bytes())),
+        _ => None,
+    };
+    frame.into_iter().collect()
+}

@@ -1,0 +1,159 @@
+//! `hedgehog simulate`: a feed server that speaks Coinbase Exchange's WebSocket
+//! protocol, for tests, benchmarks and offline development.
+//!
+//! One glommio executor runs it all: an accept loop, one session task per client,
+//! and a tick loop that moves the market and sends what each client subscribed to.
+
+mod feed;
+mod market;
+mod replay;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use market::{Spec, DEFAULT_PRODUCTS};
+
+/// The simulator's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    pub host: String,
+    pub port: u16,
+    /// Serve `wss://` with a self-signed certificate generated at start.
+    pub tls: bool,
+    /// Where to write that certificate's PEM, so clients can trust it.
+    pub cert_out: Option<PathBuf>,
+    pub products: Vec<String>,
+    /// Trades per second per product.
+    pub rate: f64,
+    pub seed: Option<u64>,
+    pub replay: Option<PathBuf>,
+    /// Replay speed-up; 0 replays as fast as possible.
+    pub speed: f64,
+    /// Connections that send no subscribe within this are closed; zero disables.
+    pub subscribe_timeout: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            host: "127.0.0.1".into(),
+            port: 8765,
+            tls: false,
+            cert_out: None,
+            products: DEFAULT_PRODUCTS.iter().map(|(p, _, _)| p.to_string()).collect(),
+            rate: 3.0,
+            seed: None,
+            replay: None,
+            speed: 1.0,
+            subscribe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Something that happened at the simulator, as tests observe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// Connection `id` was accepted and upgraded.
+    Connected(u64),
+    /// Connection `id` sent this text message.
+    Request(u64, String),
+    /// Connection `id` ended.
+    Closed(u64),
+}
+
+/// Shared between the simulator's thread and whoever holds its [`SimHandle`].
+#[derive(Default)]
+pub struct Control {
+    stop: AtomicBool,
+    stalled: AtomicBool,
+    drops: AtomicU64,
+    events: Mutex<Vec<SimEvent>>,
+}
+
+impl Control {
+    fn record(&self, e: SimEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            if events.len() < 100_000 {
+                events.push(e);
+            }
+        }
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    /// The PEM of the certificate, when serving TLS.
+    pub cert_pem: Option<String>,
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The URL a client connects to.
+    pub fn url(&self) -> String {
+        match self.cert_pem {
+            Some(_) => format!("wss://localhost:{}", self.addr.port()),
+            None => format!("ws://{}", self.addr),
+        }
+    }
+
+    /// Everything seen so far, in order.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.control.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Closes every client connection (the clients may reconnect).
+    pub fn drop_connections(&self) {
+        self.control.drops.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// While stalled, sockets stay open and nothing is sent or answered.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.control.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// Waits until the simulator stops (for the CLI).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the simulator on its own thread; returns once it is listening.
+pub fn spawn(cfg: SimConfig) -> Result<SimHandle, String> {
+    let control = Arc::new(Control::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_control = control.clone();
+    let thread = std::thread::Builder::new()
+        .name("hedgehog-sim".into())
+        .spawn(move || server::run_thread(cfg, thread_control, tx))
+        .map_err(|e| format!("cannot start the simulator thread: {e}"))?;
+    match rx.recv() {
+        Ok(Ok((addr, cert_pem))) => Ok(SimHandle { addr, cert_pem, control, thread: Some(thread) }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err("the simulator thread ended before listening".into()),
+    }
+}

@@ -1,0 +1,332 @@
+//! The simulator's executor: accept loop, sessions, and the market's tick.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::sleep;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use super::feed::{Conn, Feed, Product, Source};
+use super::market::{Book, Spec};
+use super::replay::Replay;
+use super::{Control, SimConfig, SimEvent};
+use crate::net::{self, BoxIo};
+use crate::ws::{self, close, Outbox};
+
+/// How often the market moves and batches go out.
+const TICK: Duration = Duration::from_millis(10);
+/// `level2_batch` groups changes over this long, as Coinbase does.
+const L2_BATCH: Duration = Duration::from_millis(50);
+/// Per-connection outbound cap. The relay reads fast; a client that falls this far
+/// behind is dropped, as Coinbase drops slow consumers.
+const OUTBOX_BYTES: usize = 64 << 20;
+/// A replay at full speed waits while any subscriber has this much queued.
+const REPLAY_BACKLOG: usize = 4 << 20;
+/// Largest client message accepted.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+type Ready = Result<(SocketAddr, Option<String>), String>;
+
+/// The simulator thread's body: builds everything, reports readiness on `ready`,
+/// and serves until `control.stop` is set.
+pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("hedgehog-sim")
+        .io_memory(crate::IO_MEMORY)
+        .make();
+    let ex = match ex {
+        Ok(ex) => ex,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start the simulator's executor: {e}")));
+            return;
+        }
+    };
+    ex.run(async move {
+        let (listener, tls, feed) = match setup(&cfg, control.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let pem = tls.as_ref().map(|(_, pem)| pem.clone());
+        let _ = ready.send(Ok((addr, pem)));
+        let acceptor = tls.map(|(config, _)| futures_rustls::TlsAcceptor::from(config));
+        let feed = Rc::new(RefCell::new(feed));
+        let ticker = glommio::spawn_local(tick_loop(feed.clone(), cfg.rate, cfg.subscribe_timeout)).detach();
+        or(accept_loop(listener, acceptor, feed), watch_stop(control)).await;
+        drop(ticker);
+    });
+}
+
+type Setup = (TcpListener, Option<(Arc<rustls::ServerConfig>, String)>, Feed);
+
+fn setup(cfg: &SimConfig, control: Arc<Control>) -> Result<Setup, String> {
+    let (source, specs) = match &cfg.replay {
+        Some(path) => {
+            let replay = Replay::load(path, cfg.speed)?;
+            let specs = replay.products().iter().filter_map(|p| Spec::for_id(p)).collect();
+            (Source::Replay(replay), specs)
+        }
+        None => market(cfg)?,
+    };
+    let tls = if cfg.tls { Some(net::self_signed_server()?) } else { None };
+    if let (Some(path), Some((_, pem))) = (&cfg.cert_out, &tls) {
+        std::fs::write(path, pem).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
+    Ok((listener, tls, Feed::new(source, specs, control)))
+}
+
+fn market(cfg: &SimConfig) -> Result<(Source, Vec<Spec>), String> {
+    let mut rng = match cfg.seed {
+        Some(seed) => SmallRng::seed_from_u64(seed),
+        None => SmallRng::seed_from_u64(rand::random()),
+    };
+    let mut specs = Vec::new();
+    let mut products = Vec::new();
+    for id in &cfg.products {
+        let spec = Spec::for_id(id).ok_or_else(|| format!("not a product id: {id:?} (want BASE-QUOTE)"))?;
+        let mut book = Book::new(spec.clone(), &mut rng);
+        // One trade before anyone connects, so a subscriber always gets a latest ticker.
+        let t = book.step(&mut rng);
+        let last_ticker = Some(ws::frame::text(book.ticker(&t).as_bytes()));
+        let last_match = Some(last_match_frame(&book.match_message(&t, &mut rng)));
+        book.pending_changes.clear();
+        specs.push(spec);
+        products.push(Product { book, last_ticker, last_match, due: 0.0 });
+    }
+    Ok((Source::Market { products, rng }, specs))
+}
+
+/// The `last_match` repeat of a match: the same message under the other type.
+fn last_match_frame(match_json: &str) -> ws::Frame {
+    let body = match_json.strip_prefix(r#"{"type":"match""#).unwrap_or(match_json);
+    ws::frame::text(format!(r#"{{"type":"last_match"{body}"#).as_bytes())
+}
+
+async fn watch_stop(control: Arc<Control>) {
+    while !control.stop.load(Ordering::SeqCst) {
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<futures_rustls::TlsAcceptor>, feed: Rc<RefCell<Feed>>) {
+    let mut next_id = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("simulator: accept failed: {e}");
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let (feed, tls) = (feed.clone(), tls.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = serve(stream, tls, feed, next_id).await {
+                log::debug!("simulator: connection {next_id}: {e}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    feed: Rc<RefCell<Feed>>,
+    id: u64,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut io: BoxIo = match tls {
+        Some(acceptor) => Box::new(acceptor.accept(stream).await.map_err(|e| format!("TLS: {e}"))?),
+        None => Box::new(stream),
+    };
+    let mut buf = Vec::new();
+    let req = match net::read_request(&mut io, &mut buf).await {
+        Ok(Some(req)) => req,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let response = match ws::accept(&req) {
+        Ok(bytes) => bytes,
+        Err(resp) => {
+            let _ = io.write_all(&resp.to_bytes(true)).await;
+            return Err(format!("refused upgrade: {}", resp.status));
+        }
+    };
+    io.write_all(&response).await.map_err(|e| e.to_string())?;
+    let outbox = Rc::new(Outbox::new(OUTBOX_BYTES));
+    let conn = Conn { outbox: outbox.clone(), subs: Default::default(), subscribed: false, since: Instant::now() };
+    feed.borrow_mut().conns.insert(id, conn);
+    feed.borrow().control.record(SimEvent::Connected(id));
+    let handler = SessionHandler { feed: feed.clone(), id };
+    ws::run_session(io, &buf, outbox, MAX_MESSAGE, handler).await;
+    let mut f = feed.borrow_mut();
+    f.conns.remove(&id);
+    f.control.record(SimEvent::Closed(id));
+    Ok(())
+}
+
+struct SessionHandler {
+    feed: Rc<RefCell<Feed>>,
+    id: u64,
+}
+
+impl ws::Handler for SessionHandler {
+    fn on_text(&mut self, text: Vec<u8>, _outbox: &Outbox) {
+        self.feed.borrow_mut().on_text(self.id, &text);
+    }
+
+    fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
+        let error = crate::protocol::error_message("Malformed JSON", "binary messages are not accepted");
+        let _ = outbox.push(ws::frame::text(error.as_bytes()));
+    }
+}
+
+/// Moves the market (or the replay) on, and sends what is due.
+async fn tick_loop(feed: Rc<RefCell<Feed>>, rate: f64, subscribe_timeout: Duration) {
+    let mut clock =
+        Clock { last: Instant::now(), last_l2: Instant::now(), last_heartbeat: Instant::now(), drops_seen: 0 };
+    loop {
+        let busy = tick(&mut feed.borrow_mut(), &mut clock, rate, subscribe_timeout);
+        if busy {
+            futures_lite::future::yield_now().await;
+        } else {
+            sleep(TICK).await;
+        }
+    }
+}
+
+/// When the tick loop last did each of its periodic jobs.
+struct Clock {
+    last: Instant,
+    last_l2: Instant,
+    last_heartbeat: Instant,
+    drops_seen: u64,
+}
+
+/// One tick; true when more is due at once (a replay at full speed).
+fn tick(f: &mut Feed, clock: &mut Clock, rate: f64, subscribe_timeout: Duration) -> bool {
+    let now = Instant::now();
+    let drops = f.control.drops.load(Ordering::SeqCst);
+    if drops != clock.drops_seen {
+        clock.drops_seen = drops;
+        for conn in f.conns.values() {
+            conn.outbox.kill("dropped by the simulator");
+        }
+    }
+    close_silent(f, now, subscribe_timeout);
+    let busy = match &f.source {
+        Source::Market { .. } => {
+            trade(f, rate * now.duration_since(clock.last).as_secs_f64());
+            if now.duration_since(clock.last_l2) >= L2_BATCH {
+                clock.last_l2 = now;
+                send_l2(f);
+            }
+            if now.duration_since(clock.last_heartbeat) >= Duration::from_secs(1) {
+                clock.last_heartbeat = now;
+                send_heartbeats(f);
+            }
+            false
+        }
+        Source::Replay(_) => replay(f, now),
+    };
+    clock.last = now;
+    busy
+}
+
+fn close_silent(f: &Feed, now: Instant, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    for conn in f.conns.values() {
+        if !conn.subscribed && now.duration_since(conn.since) > timeout && conn.outbox.is_open() {
+            conn.outbox.close(close::POLICY, "no subscribe message received in time");
+        }
+    }
+}
+
+fn trade(f: &mut Feed, owed: f64) {
+    let Feed { source: Source::Market { products, rng }, .. } = f else { return };
+    let mut out = Vec::new();
+    for p in products.iter_mut() {
+        p.due += owed;
+        while p.due >= 1.0 {
+            p.due -= 1.0;
+            let t = p.book.step(rng);
+            let ticker = ws::frame::text(p.book.ticker(&t).as_bytes());
+            let m = p.book.match_message(&t, rng);
+            p.last_match = Some(last_match_frame(&m));
+            p.last_ticker = Some(ticker.clone());
+            out.push((p.book.spec.id.clone(), ticker, ws::frame::text(m.as_bytes())));
+        }
+    }
+    for (product, ticker, m) in out {
+        f.deliver("matches", &product, &m);
+        f.deliver("ticker", &product, &ticker);
+    }
+}
+
+fn send_l2(f: &mut Feed) {
+    let mut out = Vec::new();
+    if let Source::Market { products, .. } = &mut f.source {
+        for p in products.iter_mut() {
+            out.push((p.book.spec.id.clone(), p.book.take_l2update()));
+        }
+    }
+    for (product, update) in out {
+        if let Some(u) = update.filter(|_| f.wanted("level2_batch", &product)) {
+            f.deliver("level2_batch", &product, &ws::frame::text(u.as_bytes()));
+        }
+    }
+}
+
+fn send_heartbeats(f: &Feed) {
+    let Source::Market { products, .. } = &f.source else { return };
+    for p in products {
+        if f.wanted("heartbeat", &p.book.spec.id) {
+            f.deliver("heartbeat", &p.book.spec.id, &ws::frame::text(p.book.heartbeat().as_bytes()));
+        }
+    }
+}
+
+/// Sends the due records; true when it stopped early with more due (full speed).
+fn replay(f: &mut Feed, now: Instant) -> bool {
+    let subscribed = f.conns.values().any(|c| !c.subs.is_empty());
+    let backlog = f.conns.values().any(|c| c.outbox.queued_bytes() > REPLAY_BACKLOG);
+    let Source::Replay(r) = &mut f.source else { return false };
+    if r.started.is_none() && subscribed {
+        r.started = Some(now);
+    }
+    if backlog {
+        return false;
+    }
+    let mut sent = 0;
+    let mut due = Vec::new();
+    while r.next < r.records.len() && r.due(r.next, now) && sent < 1024 {
+        due.push(r.next);
+        r.next += 1;
+        sent += 1;
+    }
+    let more = r.next < r.records.len() && r.speed <= 0.0 && r.started.is_some();
+    for i in due {
+        let Source::Replay(r) = &f.source else { break };
+        let rec = &r.records[i];
+        f.deliver(rec.channel, &rec.product, &rec.frame);
+    }
+    more
+}

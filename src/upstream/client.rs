@@ -1,0 +1,259 @@
+//! The upstream connection loop: connect, subscribe, read, reconnect.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use futures_lite::io::{split, WriteHalf};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::LocalSender;
+use glommio::net::TcpStream;
+use glommio::timer::sleep;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::{Endpoint, Event, FeedMessage, Shared, State, UpstreamConfig};
+use crate::net::BoxIo;
+use crate::protocol;
+use crate::ws::{self, Decoder, Message, Role};
+
+/// Connect, TLS and handshake together must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) struct Client {
+    pub cfg: UpstreamConfig,
+    pub endpoint: Endpoint,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub shared: Rc<Shared>,
+    pub events: LocalSender<Event>,
+}
+
+/// Why a connection ended, as logged and shown in `/healthz`.
+type Ended = String;
+
+impl Client {
+    pub async fn run(self) {
+        let mut backoff = self.cfg.backoff_initial;
+        let mut rng = SmallRng::seed_from_u64(rand::random());
+        while !self.shared.stop.get() {
+            let began = Instant::now();
+            let reason = match or(self.connect(), timeout(CONNECT_TIMEOUT)).await {
+                Ok((io, leftover)) => {
+                    self.shared.status.borrow_mut().connects += 1;
+                    self.shared.set_state(State::Connected);
+                    log::info!("upstream: connected to {}", self.cfg.url);
+                    if self.events.send(Event::Connected).await.is_err() {
+                        return;
+                    }
+                    self.session(io, &leftover).await
+                }
+                Err(e) => e,
+            };
+            if self.shared.stop.get() {
+                return;
+            }
+            log::warn!("upstream: {reason}; reconnecting");
+            self.shared.status.borrow_mut().last_error = Some(reason.clone());
+            self.shared.set_state(State::Reconnecting);
+            if self.events.send(Event::Disconnected { reason }).await.is_err() {
+                return;
+            }
+            if began.elapsed() >= self.cfg.healthy_after {
+                backoff = self.cfg.backoff_initial;
+            }
+            let delay = backoff.mul_f64(rng.random_range(0.5..=1.0));
+            backoff = (backoff * 2).min(self.cfg.backoff_max);
+            let until = Instant::now() + delay;
+            while !self.shared.stop.get() && Instant::now() < until {
+                sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(BoxIo, Vec<u8>), Ended> {
+        let e = &self.endpoint;
+        let tcp = TcpStream::connect_timeout((e.host.as_str(), e.port), CONNECT_TIMEOUT)
+            .await
+            .map_err(|err| format!("cannot connect to {}:{}: {err}", e.host, e.port))?;
+        let _ = tcp.set_nodelay(true);
+        let mut io: BoxIo = match &self.tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(e.host.clone())
+                    .map_err(|err| format!("bad TLS server name {}: {err}", e.host))?;
+                let tls = futures_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await;
+                Box::new(tls.map_err(|err| format!("TLS handshake with {} failed: {err}", e.host))?)
+            }
+            None => Box::new(tcp),
+        };
+        let (request, key) = ws::client_request(&e.authority(), &e.path);
+        io.write_all(&request).await.map_err(|err| format!("handshake write failed: {err}"))?;
+        let mut buf = Vec::new();
+        loop {
+            if let Some(n) = ws::client_response(&buf, &key).map_err(|err| format!("handshake: {err}"))? {
+                return Ok((io, buf.split_off(n)));
+            }
+            let mut chunk = [0u8; 2048];
+            let n = io.read(&mut chunk).await.map_err(|err| format!("handshake read failed: {err}"))?;
+            if n == 0 {
+                return Err("the server closed during the handshake".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Serves one connection until it ends; returns why.
+    async fn session(&self, io: BoxIo, leftover: &[u8]) -> Ended {
+        self.shared.subs.borrow_mut().reset();
+        self.shared.changed.set(true);
+        let (mut rd, mut wr) = split(io);
+        let mut dec = Decoder::new(Role::Client, self.cfg.max_message);
+        dec.feed(leftover);
+        let mut last_rx = Instant::now();
+        loop {
+            loop {
+                match dec.next_message() {
+                    Ok(Some(msg)) => {
+                        last_rx = Instant::now();
+                        if let Err(e) = self.on_message(msg, &mut wr).await {
+                            return e;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return format!("bad frame from the feed: {e}"),
+                }
+            }
+            if self.shared.changed.replace(false) {
+                if self.shared.stop.get() {
+                    let _ = send(&mut wr, OpCode::Control(Control::Close), &ws::frame::close_payload(1000, "")).await;
+                    return "stopped".into();
+                }
+                if let Err(e) = self.send_deltas(&mut wr).await {
+                    return e;
+                }
+            }
+            let stall = (last_rx + self.cfg.stall_timeout).saturating_duration_since(Instant::now());
+            let read = async { Some(dec.read_from(&mut rd).await) };
+            let changed = async {
+                self.shared.changed().await;
+                self.shared.changed.set(true);
+                None
+            };
+            let stalled = async {
+                sleep(stall).await;
+                Some(Err(std::io::Error::other("stall")))
+            };
+            match or(read, or(changed, stalled)).await {
+                None => {}
+                Some(Ok(0)) => return "the feed closed the connection".into(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.to_string() == "stall" => {
+                    return format!("no message for {:?} (stalled)", self.cfg.stall_timeout);
+                }
+                Some(Err(e)) => return format!("read failed: {e}"),
+            }
+        }
+    }
+
+    async fn send_deltas(&self, wr: &mut WriteHalf<BoxIo>) -> Result<(), Ended> {
+        let deltas = self.shared.subs.borrow_mut().deltas();
+        for (subscribe, channels) in deltas {
+            let text = super::request_text(subscribe, &channels);
+            log::debug!("upstream: sending {text}");
+            send(wr, OpCode::Data(Data::Text), text.as_bytes()).await.map_err(|e| format!("write failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&self, msg: Message, wr: &mut WriteHalf<BoxIo>) -> Result<(), Ended> {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Ping(p) => {
+                return send(wr, OpCode::Control(Control::Pong), &p).await.map_err(|e| format!("write failed: {e}"))
+            }
+            Message::Pong(_) => return Ok(()),
+            Message::Close(c) => {
+                let _ = send(wr, OpCode::Control(Control::Close), &ws::frame::close_payload(1000, "")).await;
+                return Err(format!("the feed closed the connection: {c:?}"));
+            }
+            Message::Binary(b) => {
+                self.malformed(&format!("a binary frame of {} bytes", b.len()));
+                return Ok(());
+            }
+        };
+        self.shared.status.borrow_mut().messages += 1;
+        let Some(message) = FeedMessage::new(&text) else {
+            self.malformed(&format!("{:.80}", String::from_utf8_lossy(&text)));
+            return Ok(());
+        };
+        let event = match message.kind() {
+            "subscriptions" => match super::parse_subscriptions(&text) {
+                Some(set) => {
+                    self.shared.subs.borrow_mut().ack(set.clone());
+                    self.shared.status.borrow_mut().subscriptions = super::subs::group(set.iter().collect());
+                    self.shared.changed.set(true);
+                    Event::Subscriptions(set)
+                }
+                None => {
+                    self.malformed("a subscriptions message without channels");
+                    return Ok(());
+                }
+            },
+            "error" => self.error_event(&text),
+            "status" => {
+                if let Some(products) = status_products(&text) {
+                    self.emit(Event::Products(products)).await?;
+                }
+                Event::Message(message)
+            }
+            _ => Event::Message(message),
+        };
+        self.emit(event).await
+    }
+
+    fn error_event(&self, text: &[u8]) -> Event {
+        let v: serde_json::Value = serde_json::from_slice(text).unwrap_or_default();
+        let field = |k: &str| v.get(k).and_then(|m| m.as_str()).unwrap_or("").to_string();
+        let (message, reason) = (field("message"), field("reason"));
+        let product = protocol::product_of_error(&reason).map(str::to_string);
+        if let Some(p) = &product {
+            self.shared.subs.borrow_mut().reject(p);
+        }
+        log::warn!("upstream error: {message}: {reason}");
+        Event::Error { message, reason, product }
+    }
+
+    async fn emit(&self, e: Event) -> Result<(), Ended> {
+        self.events.send(e).await.map_err(|_| "the owner is gone".to_string())
+    }
+
+    fn malformed(&self, what: &str) {
+        let n = {
+            let mut s = self.shared.status.borrow_mut();
+            s.malformed += 1;
+            s.malformed
+        };
+        if n.is_power_of_two() {
+            log::warn!("upstream: ignored malformed message #{n}: {what}");
+        }
+    }
+}
+
+async fn send(wr: &mut WriteHalf<BoxIo>, op: OpCode, payload: &[u8]) -> std::io::Result<()> {
+    let frame = ws::frame::encode(op, payload, Some(rand::random()));
+    wr.write_all(&frame).await?;
+    wr.flush().await
+}
+
+async fn timeout<T>(d: Duration) -> Result<T, Ended> {
+    sleep(d).await;
+    Err(format!("no connection within {d:?}"))
+}
+
+/// The product ids a `status` message lists.
+fn status_products(text: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let products = v.get("products")?.as_array()?;
+    Some(products.iter().filter_map(|p| p.get("id")?.as_str().map(str::to_string)).collect())
+}

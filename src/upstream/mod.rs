@@ -1,0 +1,257 @@
+//! The one client of the exchange feed.
+//!
+//! [`spawn`] starts a task on the current glommio executor that connects to the
+//! feed (ws:// or wss://), keeps the server's subscriptions equal to the owner's
+//! desired set, reconnects with jittered exponential backoff on close, error or
+//! stall, and hands every message to the owner with its routing key.
+
+mod client;
+mod endpoint;
+mod subs;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::poll_fn;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use glommio::channels::local_channel::{self, LocalReceiver};
+
+pub use endpoint::Endpoint;
+pub use subs::{parse_subscriptions, request_text, Sub, Subs};
+
+use crate::ws::Frame;
+
+/// Where the real feed lives.
+pub const COINBASE_URL: &str = "wss://ws-feed.exchange.coinbase.com";
+
+/// Events queued for the owner. Bounded: when the owner falls this far behind, the
+/// reader stops reading, and the backlog stays in the upstream socket.
+const EVENT_QUEUE: usize = 4096;
+
+/// The upstream client's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub url: String,
+    /// An extra trusted CA (PEM), on top of the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// No message for this long is a stall: reconnect.
+    pub stall_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A connection that lived this long resets the backoff.
+    pub healthy_after: Duration,
+    /// Largest message accepted from the feed.
+    pub max_message: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: COINBASE_URL.into(),
+            ca_file: None,
+            stall_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(60),
+            max_message: 16 << 20,
+        }
+    }
+}
+
+/// One feed message: the server frame that carries it, encoded once on arrival, and
+/// where its routing fields lie inside that frame.
+#[derive(Debug, Clone)]
+pub struct FeedMessage {
+    pub frame: Frame,
+    body: Range<usize>,
+    kind: Range<usize>,
+    product: Option<Range<usize>>,
+    pub sequence: Option<u64>,
+    pub trade_id: Option<u64>,
+}
+
+impl FeedMessage {
+    /// Encodes `text` as a server frame and notes its routing key; `None` if the
+    /// text is not a typed JSON object.
+    pub fn new(text: &[u8]) -> Option<FeedMessage> {
+        let key = crate::protocol::scan(text)?;
+        let frame = crate::ws::frame::text(text);
+        let at = frame.len() - text.len();
+        let range = |s: &str| {
+            let start = s.as_ptr() as usize - text.as_ptr() as usize + at;
+            start..start + s.len()
+        };
+        Some(FeedMessage {
+            body: at..frame.len(),
+            kind: range(key.kind),
+            product: key.product_id.map(range),
+            sequence: key.sequence,
+            trade_id: key.trade_id,
+            frame,
+        })
+    }
+
+    /// The exact bytes received.
+    pub fn body(&self) -> &[u8] {
+        &self.frame[self.body.clone()]
+    }
+
+    /// The message's `type`.
+    pub fn kind(&self) -> &str {
+        std::str::from_utf8(&self.frame[self.kind.clone()]).unwrap_or("")
+    }
+
+    /// Its `product_id`, if any.
+    pub fn product(&self) -> Option<&str> {
+        self.product.clone().and_then(|r| std::str::from_utf8(&self.frame[r]).ok())
+    }
+}
+
+/// What the owner hears from the upstream client.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The WebSocket is up; subscriptions are being sent.
+    Connected,
+    /// The connection ended; a reconnect follows after the backoff.
+    Disconnected { reason: String },
+    /// A feed message (anything but `subscriptions` and `error`).
+    Message(FeedMessage),
+    /// The server's cumulative subscription set.
+    Subscriptions(BTreeSet<Sub>),
+    /// An upstream `error`; `product` when it names one.
+    Error { message: String, reason: String, product: Option<String> },
+    /// The products the `status` channel lists.
+    Products(Vec<String>),
+}
+
+/// The connection's state, as `/healthz` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Connected,
+    Reconnecting,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+/// Counters and state of the upstream connection.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: State,
+    pub since: SystemTime,
+    pub messages: u64,
+    pub malformed: u64,
+    pub connects: u64,
+    pub last_error: Option<String>,
+    pub subscriptions: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// State shared by the owner's handle and the client task.
+struct Shared {
+    subs: RefCell<Subs>,
+    status: RefCell<Status>,
+    changed: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    stop: Cell<bool>,
+}
+
+impl Shared {
+    fn notify(&self) {
+        self.changed.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the desired set changed (or stop was asked) since the last call.
+    async fn changed(&self) {
+        poll_fn(|cx| {
+            if self.changed.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn set_state(&self, state: State) {
+        let mut s = self.status.borrow_mut();
+        if s.state != state {
+            s.state = state;
+            s.since = SystemTime::now();
+        }
+    }
+}
+
+/// The owner's handle on the upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Rc<Shared>,
+}
+
+impl Upstream {
+    /// Wants (`on`) or no longer wants (`channel`, `product`) from the feed.
+    pub fn set(&self, channel: &str, product: &str, on: bool) {
+        if self.shared.subs.borrow_mut().set(channel, product, on) {
+            self.shared.notify();
+        }
+    }
+
+    /// The pairs the owner wants.
+    pub fn desired(&self) -> BTreeSet<Sub> {
+        self.shared.subs.borrow().desired().clone()
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Ends the client task (it closes its connection).
+    pub fn stop(&self) {
+        self.shared.stop.set(true);
+        self.shared.notify();
+    }
+}
+
+/// Starts the client on the current executor. Fails at once on a bad URL or CA file.
+pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), String> {
+    let endpoint = Endpoint::parse(&cfg.url)?;
+    let tls = match endpoint.tls {
+        true => Some(crate::net::tls_client_config(cfg.ca_file.as_deref())?),
+        false => None,
+    };
+    let shared = Rc::new(Shared {
+        subs: RefCell::new(Subs::default()),
+        status: RefCell::new(Status {
+            state: State::Connecting,
+            since: SystemTime::now(),
+            messages: 0,
+            malformed: 0,
+            connects: 0,
+            last_error: None,
+            subscriptions: BTreeMap::new(),
+        }),
+        changed: Cell::new(false),
+        waker: RefCell::new(None),
+        stop: Cell::new(false),
+    });
+    let (tx, rx) = local_channel::new_bounded(EVENT_QUEUE);
+    let client = client::Client { cfg, endpoint, tls, shared: shared.clone(), events: tx };
+    glommio::spawn_local(client.run()).detach();
+    Ok((Upstream { shared }, rx))
+}

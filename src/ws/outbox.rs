@@ -1,0 +1,239 @@
+//! A connection's outbound queue, bounded in bytes, and the loop that drains it.
+//!
+//! Producers (the fan-out, the session's own replies) push encoded frames; one writer
+//! per connection takes everything pending and writes it in one go, so a client that
+//! has fallen behind by ten frames costs one write, not ten.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::task::{Poll, Waker};
+
+use futures_lite::{AsyncWrite, AsyncWriteExt};
+
+use super::frame::{self, Frame};
+
+/// Most bytes coalesced into one write.
+const MAX_BATCH: usize = 256 * 1024;
+
+/// The queue was over its byte cap: the connection is being dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outbound queue full")]
+pub struct Overflow;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A close frame is queued; nothing more is accepted.
+    Closing,
+    /// Dropped without a close handshake (for example: slow consumer).
+    Killed(&'static str),
+}
+
+struct Inner {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    cap: usize,
+    state: State,
+    writer: Option<Waker>,
+    watcher: Option<Waker>,
+}
+
+/// One connection's outbound frames. Bounded: a push that would take the queued
+/// bytes over the cap kills the connection (a slow consumer is dropped rather than
+/// let grow without bound or hold back anyone else).
+pub struct Outbox {
+    inner: RefCell<Inner>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Outbox {
+            inner: RefCell::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                cap,
+                state: State::Open,
+                writer: None,
+                watcher: None,
+            }),
+        }
+    }
+
+    /// Queues a data frame. Over the cap, the outbox is killed and `Overflow` returned.
+    pub fn push(&self, f: Frame) -> Result<(), Overflow> {
+        let mut i = self.inner.borrow_mut();
+        if i.state != State::Open {
+            return Ok(());
+        }
+        if i.bytes + f.len() > i.cap {
+            drop(i);
+            self.kill("slow consumer");
+            return Err(Overflow);
+        }
+        i.bytes += f.len();
+        i.queue.push_back(f);
+        wake(&mut i.writer);
+        Ok(())
+    }
+
+    /// Queues a small control frame (pong), outside the cap.
+    pub fn push_control(&self, f: Frame) {
+        let mut i = self.inner.borrow_mut();
+        if i.state == State::Open {
+            i.bytes += f.len();
+            i.queue.push_back(f);
+            wake(&mut i.writer);
+        }
+    }
+
+    /// Queues a close frame after what is pending; the writer ends once it is sent.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut i = self.inner.borrow_mut();
+        if i.state == State::Open {
+            i.queue.push_back(frame::close_frame(code, reason));
+            i.state = State::Closing;
+            wake(&mut i.writer);
+        }
+    }
+
+    /// Drops everything queued and ends the connection at once.
+    pub fn kill(&self, why: &'static str) {
+        let mut i = self.inner.borrow_mut();
+        if !matches!(i.state, State::Killed(_)) {
+            i.state = State::Killed(why);
+            i.queue.clear();
+            i.bytes = 0;
+            wake(&mut i.writer);
+            wake(&mut i.watcher);
+        }
+    }
+
+    /// Whether the outbox still takes data frames.
+    pub fn is_open(&self) -> bool {
+        self.inner.borrow().state == State::Open
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().bytes
+    }
+
+    /// Resolves when the outbox is killed, with the reason.
+    pub async fn killed(&self) -> &'static str {
+        poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            match i.state {
+                State::Killed(why) => Poll::Ready(why),
+                _ => {
+                    i.watcher = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits for pending frames and takes them: one frame as it is, several copied
+    /// into `scratch`. `None` once the close frame has been taken or the outbox killed.
+    async fn take(&self, scratch: &mut Vec<u8>) -> Option<Batch> {
+        poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if matches!(i.state, State::Killed(_)) {
+                return Poll::Ready(None);
+            }
+            match i.queue.len() {
+                0 if i.state == State::Closing => Poll::Ready(None),
+                0 => {
+                    i.writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                1 => {
+                    let f = i.queue.pop_front().expect("queue has one frame");
+                    i.bytes -= f.len().min(i.bytes);
+                    Poll::Ready(Some(Batch::One(f)))
+                }
+                _ => {
+                    scratch.clear();
+                    while let Some(f) = i.queue.front() {
+                        if !scratch.is_empty() && scratch.len() + f.len() > MAX_BATCH {
+                            break;
+                        }
+                        scratch.extend_from_slice(f);
+                        let n = f.len();
+                        i.queue.pop_front();
+                        i.bytes -= n.min(i.bytes);
+                    }
+                    Poll::Ready(Some(Batch::Many))
+                }
+            }
+        })
+        .await
+    }
+}
+
+enum Batch {
+    One(Frame),
+    Many,
+}
+
+fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}
+
+/// Writes everything the outbox is given until its close frame is out (Ok) or it
+/// is killed or the socket fails (Err).
+pub async fn write_loop<W: AsyncWrite + Unpin + ?Sized>(outbox: &Outbox, w: &mut W) -> io::Result<()> {
+    let mut scratch = Vec::new();
+    while let Some(batch) = outbox.take(&mut scratch).await {
+        match batch {
+            Batch::One(f) => w.write_all(&f).await?,
+            Batch::Many => w.write_all(&scratch).await?,
+        }
+        if scratch.capacity() > MAX_BATCH * 2 {
+            scratch = Vec::new();
+        }
+    }
+    w.flush().await?;
+    match outbox.inner.borrow().state {
+        State::Killed(why) => Err(io::Error::other(why)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        futures_lite::future::block_on(f)
+    }
+
+    #[test]
+    fn coalesces_pending_frames_into_one_write_and_ends_after_close() {
+        let o = Outbox::new(1024);
+        o.push(frame::text(b"a")).unwrap();
+        o.push(frame::text(b"b")).unwrap();
+        o.close(1000, "");
+        let mut out = Vec::new();
+        run(write_loop(&o, &mut out)).unwrap();
+        assert_eq!(out, [&frame::text(b"a")[..], &frame::text(b"b"), &frame::close_frame(1000, "")].concat());
+        assert!(o.push(frame::text(b"late")).is_ok(), "pushes after close are ignored");
+    }
+
+    #[test]
+    fn a_push_over_the_cap_kills_the_connection() {
+        let o = Outbox::new(10);
+        o.push(frame::text(b"12345678")).unwrap();
+        assert_eq!(o.push(frame::text(b"x")), Err(Overflow));
+        assert!(!o.is_open());
+        assert_eq!(run(o.killed()), "slow consumer");
+        let mut out = Vec::new();
+        assert!(run(write_loop(&o, &mut out)).is_err());
+        assert!(out.is_empty(), "a killed outbox writes nothing");
+    }
+}

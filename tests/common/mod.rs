@@ -1,0 +1,144 @@
+//! Shared test helpers: start the simulator on port 0, talk to it with an
+//! independent blocking WebSocket client, wait for conditions under deadlines.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use hedgehog::sim::{self, SimConfig, SimHandle};
+use serde_json::Value;
+use tungstenite::{Message, WebSocket};
+
+/// Generous: the tests run on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A simulator on a free loopback port.
+pub fn simulator(adjust: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut cfg = SimConfig { port: 0, seed: Some(1), ..SimConfig::default() };
+    adjust(&mut cfg);
+    sim::spawn(cfg).expect("simulator starts")
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A plain blocking WebSocket client (tungstenite), independent of hedgehog's code.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(url: &str) -> Client {
+        let addr = url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
+        let stream = TcpStream::connect(&addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (ws, _) = tungstenite::client(url, stream).expect("handshake");
+        Client { ws }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next message of any kind, or `None` at the deadline.
+    pub fn next_message(&mut self, deadline: Instant) -> Option<Message> {
+        loop {
+            match self.ws.read() {
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next text message, raw.
+    pub fn text(&mut self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.next_message(deadline).expect("a message before the deadline") {
+                Message::Text(t) => return t.to_string(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next text message, parsed.
+    pub fn json(&mut self) -> Value {
+        let t = self.text();
+        serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+    }
+
+    /// Skips messages until one satisfies `pred`; returns its raw text.
+    pub fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> String {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            let t = self.text();
+            let v: Value = serde_json::from_str(&t).expect("JSON");
+            if pred(&v) {
+                return t;
+            }
+        }
+    }
+
+    /// Waits for the server's close frame; returns its code and reason.
+    pub fn close_frame(&mut self) -> (u16, String) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.next_message(deadline).expect("a close before the deadline") {
+                Message::Close(Some(c)) => return (c.code.into(), c.reason.to_string()),
+                Message::Close(None) => return (1005, String::new()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The keys of a JSON object.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// Every key of the fixture's (top-level) object is in `v`.
+pub fn has_fixture_fields(v: &Value, fixture: &str) {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON");
+    let have = keys(v);
+    for k in keys(&f) {
+        assert!(have.contains(&k), "{fixture}: field {k:?} missing from {v}");
+    }
+}
+
+/// Runs `f` on a fresh glommio executor on this thread.
+pub fn glommio<F: std::future::Future>(f: F) -> F::Output {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(hedgehog::IO_MEMORY)
+        .make()
+        .expect("executor");
+    ex.run(f)
+}
+
+/// `fut`, or a panic naming `what` once the deadline passes.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    let timeout = async {
+        glommio::timer::sleep(DEADLINE).await;
+        panic!("timed out: {what}");
+    };
+    futures_lite::future::or(fut, timeout).await
+}

@@ -1,0 +1,226 @@
+//! The upstream client against the simulator: ws:// and wss://, deltas,
+//! reconnects after drops and stalls, errors as events, malformed frames survived.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{glommio, simulator, wait_until, within};
+use glommio::channels::local_channel::LocalReceiver;
+use hedgehog::sim::SimEvent;
+use hedgehog::upstream::{self, Event, UpstreamConfig};
+
+fn config(url: String) -> UpstreamConfig {
+    UpstreamConfig {
+        url,
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..UpstreamConfig::default()
+    }
+}
+
+/// Receives events until `pred` picks one.
+async fn until(rx: &LocalReceiver<Event>, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    within(what, async {
+        loop {
+            let e = rx.recv().await.expect("the client is running");
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+}
+
+fn is_message(e: &Event, kind: &str, product: &str) -> bool {
+    matches!(e, Event::Message(m) if m.kind() == kind && m.product() == Some(product))
+}
+
+fn requests(sim: &hedgehog::sim::SimHandle) -> Vec<(u64, String)> {
+    sim.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SimEvent::Request(id, r) => Some((id, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn subscribes_and_receives_over_ws_with_routing_keys() {
+    let sim = simulator(|c| c.rate = 50.0);
+    glommio(async {
+        let (up, rx) = upstream::spawn(config(sim.url())).unwrap();
+        up.set("ticker", "BTC-USD", true);
+        until(&rx, "connected", |e| matches!(e, Event::Connected)).await;
+        let Event::Products(products) = until(&rx, "status products", |e| matches!(e, Event::Products(_))).await else {
+            unreachable!()
+        };
+        assert!(products.contains(&"BTC-USD".to_string()));
+        let Event::Message(m) = until(&rx, "a ticker", |e| is_message(e, "ticker", "BTC-USD")).await else {
+            unreachable!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(m.body()).unwrap();
+        assert_eq!(m.sequence, v["sequence"].as_u64());
+        assert_eq!(m.trade_id, v["trade_id"].as_u64());
+        assert_eq!(&m.frame[m.frame.len() - m.body().len()..], m.body(), "the frame carries the body unchanged");
+        until(&rx, "a heartbeat (liveness)", |e| is_message(e, "heartbeat", "BTC-USD")).await;
+        // A change goes out as a delta: only the new pair, not the whole set again.
+        up.set("matches", "BTC-USD", true);
+        until(&rx, "a match", |e| is_message(e, "match", "BTC-USD")).await;
+        up.set("ticker", "BTC-USD", false);
+        until(
+            &rx,
+            "the unsubscribe confirmed",
+            |e| matches!(e, Event::Subscriptions(s) if !s.iter().any(|(c, _)| c == "ticker")),
+        )
+        .await;
+        up.stop();
+    });
+    let sent = requests(&sim);
+    assert!(
+        sent.iter()
+            .any(|(_, r)| r == r#"{"channels":[{"name":"matches","product_ids":["BTC-USD"]}],"type":"subscribe"}"#),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|(_, r)| r == r#"{"channels":[{"name":"ticker","product_ids":["BTC-USD"]}],"type":"unsubscribe"}"#),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn connects_over_wss_trusting_the_simulators_certificate() {
+    let dir = std::env::temp_dir().join(format!("hedgehog-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("sim.pem");
+    let sim = simulator(|c| {
+        c.tls = true;
+        c.cert_out = Some(pem.clone());
+        c.rate = 50.0;
+    });
+    assert!(sim.url().starts_with("wss://localhost:"));
+    glommio(async {
+        // Without the CA the certificate is refused: verification is never off.
+        let (_up, rx) = upstream::spawn(config(sim.url())).unwrap();
+        let Event::Disconnected { reason } = until(&rx, "a refusal", |e| matches!(e, Event::Disconnected { .. })).await
+        else {
+            unreachable!()
+        };
+        assert!(reason.contains("TLS"), "{reason}");
+        _up.stop();
+        let (up, rx) = upstream::spawn(UpstreamConfig { ca_file: Some(pem.clone()), ..config(sim.url()) }).unwrap();
+        up.set("ticker", "ETH-USD", true);
+        until(&rx, "a ticker over TLS", |e| is_message(e, "ticker", "ETH-USD")).await;
+        up.stop();
+    });
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn reconnects_after_a_drop_and_resubscribes_the_whole_set() {
+    let sim = simulator(|c| c.rate = 50.0);
+    glommio(async {
+        let (up, rx) = upstream::spawn(config(sim.url())).unwrap();
+        up.set("ticker", "BTC-USD", true);
+        up.set("matches", "ETH-USD", true);
+        until(&rx, "first data", |e| is_message(e, "match", "ETH-USD")).await;
+        sim.drop_connections();
+        until(&rx, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
+        until(&rx, "connected again", |e| matches!(e, Event::Connected)).await;
+        until(&rx, "data again", |e| is_message(e, "ticker", "BTC-USD")).await;
+        assert!(up.status().connects >= 2);
+        up.stop();
+    });
+    let sent = requests(&sim);
+    let conns: std::collections::BTreeSet<u64> = sent.iter().map(|(id, _)| *id).collect();
+    assert!(conns.len() >= 2, "{sent:?}");
+    let last = *conns.iter().next_back().unwrap();
+    let first_request = &sent.iter().find(|(id, _)| *id == last).unwrap().1;
+    for part in [
+        r#"{"name":"ticker","product_ids":["BTC-USD"]}"#,
+        r#"{"name":"matches","product_ids":["ETH-USD"]}"#,
+        r#"{"name":"heartbeat","product_ids":["BTC-USD","ETH-USD"]}"#,
+        r#""status""#,
+    ] {
+        assert!(first_request.contains(part), "resubscription lacks {part}: {first_request}");
+    }
+}
+
+#[test]
+fn a_stalled_feed_is_detected_and_replaced() {
+    let sim = simulator(|c| c.rate = 50.0);
+    glommio(async {
+        let cfg = UpstreamConfig { stall_timeout: Duration::from_millis(500), ..config(sim.url()) };
+        let (up, rx) = upstream::spawn(cfg).unwrap();
+        up.set("ticker", "BTC-USD", true);
+        until(&rx, "first data", |e| is_message(e, "ticker", "BTC-USD")).await;
+        sim.set_stalled(true);
+        let Event::Disconnected { reason } = until(&rx, "stall", |e| matches!(e, Event::Disconnected { .. })).await
+        else {
+            unreachable!()
+        };
+        assert!(reason.contains("stalled"), "{reason}");
+        sim.set_stalled(false);
+        until(&rx, "data after the stall", |e| is_message(e, "ticker", "BTC-USD")).await;
+        up.stop();
+    });
+}
+
+#[test]
+fn an_invalid_product_becomes_an_error_event_and_is_not_retried() {
+    let sim = simulator(|c| c.rate = 20.0);
+    glommio(async {
+        let (up, rx) = upstream::spawn(config(sim.url())).unwrap();
+        up.set("ticker", "NOPE-USD", true);
+        up.set("ticker", "BTC-USD", true);
+        let Event::Error { message, reason, product } = until(&rx, "error", |e| matches!(e, Event::Error { .. })).await
+        else {
+            unreachable!()
+        };
+        assert_eq!((message.as_str(), reason.as_str()), ("Failed to subscribe", "NOPE-USD is not a valid product"));
+        assert_eq!(product.as_deref(), Some("NOPE-USD"));
+        for _ in 0..5 {
+            until(&rx, "tickers keep flowing", |e| is_message(e, "ticker", "BTC-USD")).await;
+        }
+        up.stop();
+    });
+    let asked = requests(&sim).iter().filter(|(_, r)| r.contains("NOPE-USD")).count();
+    assert_eq!(asked, 1, "the rejected product was asked for once");
+}
+
+/// A feed that sends every kind of junk, then one good message.
+#[test]
+fn junk_from_the_feed_is_counted_and_survived() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        use tungstenite::Message;
+        for m in [
+            Message::text("not json"),
+            Message::binary(vec![0u8, 1, 2]),
+            Message::text(r#"{"no_type":1}"#),
+            Message::text(r#"{"type":"mystery","product_id":"BTC-USD"}"#),
+            Message::text(r#"{"type":"ticker"}"#),
+            Message::text(r#"{"type":"subscriptions"}"#),
+            Message::text(r#"{"type":"ticker","product_id":"BTC-USD","sequence":5,"price":"1"}"#),
+        ] {
+            ws.send(m).unwrap();
+        }
+        // Keep the socket open until the client has read everything.
+        let _ = ws.read();
+    });
+    glommio(async {
+        let (up, rx) = upstream::spawn(config(format!("ws://{addr}"))).unwrap();
+        up.set("ticker", "BTC-USD", true);
+        until(&rx, "the good ticker", |e| matches!(e, Event::Message(m) if m.sequence == Some(5))).await;
+        let s = up.status();
+        assert_eq!(s.malformed, 4, "not JSON, binary, no type, subscriptions without channels");
+        up.stop();
+    });
+    server.join().unwrap();
+    wait_until("nothing", || true);
+}
