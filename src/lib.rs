@@ -9,12 +9,16 @@
 //! - [`net`]: plain/TLS streams and TLS configuration.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
+//! - [`hub`]: per-shard client and subscription tables, the cross-shard bus, shard 0's upstream owner.
+//! - [`shard`]: the executor pool, accept loops, HTTP connections, REST API, streams.
 
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod net;
 pub mod protocol;
+pub mod shard;
 pub mod sim;
 pub mod upstream;
 pub mod ws;
@@ -24,7 +28,8 @@ pub mod ws;
 /// limit of common hosts (8 MiB), so a small amount is asked for.
 pub const IO_MEMORY: usize = 256 * 1024;
 
-/// Runs the relay until it is stopped.
-pub fn serve(_cfg: config::ServeConfig) -> Result<(), String> {
-    Err("the relay is not built yet; `hedgehog simulate` is".into())
+/// Runs the relay until its shards end.
+pub fn serve(cfg: config::ServeConfig) -> Result<(), String> {
+    shard::start(cfg)?.join();
+    Ok(())
 }

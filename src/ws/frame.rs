@@ -100,6 +100,17 @@ pub fn close_frame(code: u16, reason: &str) -> Frame {
     encode(OpCode::Control(Control::Close), &close_payload(code, reason), None).into()
 }
 
+/// The opcode and payload of an unmasked frame made by [`encode`] (a server frame).
+pub fn split_server_frame(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let opcode = frame.first()? & 0x0f;
+    let (len, at): (usize, usize) = match *frame.get(1)? & 0x7f {
+        126 => (u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize, 4),
+        127 => (u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    Some((opcode, frame.get(at..at.checked_add(len)?)?))
+}
+
 /// XORs `buf` with the 4-byte mask, in place.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
     for (i, b) in buf.iter_mut().enumerate() {
@@ -337,6 +348,17 @@ mod tests {
             assert_eq!(d.next_message(), Err(want.clone()), "{want}");
         }
         assert_eq!(FrameError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn server_frames_split_back_into_payloads() {
+        for len in [0, 5, 125, 126, 65_535, 65_536, 70_000] {
+            let payload = vec![b'a'; len];
+            let f = text(&payload);
+            assert_eq!(split_server_frame(&f), Some((1, &payload[..])), "{len}");
+        }
+        assert_eq!(split_server_frame(&close_frame(1001, "bye")).map(|(op, _)| op), Some(8));
+        assert_eq!(split_server_frame(&[0x81, 10, b'x']), None);
     }
 
     #[test]

@@ -136,6 +136,24 @@ impl Outbox {
         .await
     }
 
+    /// Waits for pending frames and takes them all, as they are. `None` once the
+    /// outbox is killed, or closed and drained; the close frame is returned last.
+    pub async fn take_frames(&self) -> Option<Vec<Frame>> {
+        poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if matches!(i.state, State::Killed(_)) || (i.queue.is_empty() && i.state == State::Closing) {
+                return Poll::Ready(None);
+            }
+            if i.queue.is_empty() {
+                i.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            i.bytes = 0;
+            Poll::Ready(Some(i.queue.drain(..).collect()))
+        })
+        .await
+    }
+
     /// Waits for pending frames and takes them: one frame as it is, several copied
     /// into `scratch`. `None` once the close frame has been taken or the outbox killed.
     async fn take(&self, scratch: &mut Vec<u8>) -> Option<Batch> {

@@ -1,11 +1,12 @@
 //! A server-side WebSocket session: one task that reads client frames and drains
 //! the connection's outbox, ending when either side is done.
 
-use std::future::pending;
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_lite::future::or;
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use super::frame::{self, close, Decoder, Message, Role};
@@ -22,39 +23,58 @@ pub trait Handler {
     }
 }
 
+/// After our close frame is out, how long the peer has to answer and hang up.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Runs the session until the client leaves, the close handshake completes, or the
 /// outbox is killed. `leftover` holds bytes read past the handshake.
+///
+/// Closing follows RFC 6455: when we close first, the reader keeps reading (and
+/// ignoring data) until the peer's close frame or hang-up, so the peer is never
+/// reset with bytes in flight and always gets our close frame; when the peer
+/// closes first, we answer and hang up.
 pub async fn run<S, H>(stream: S, leftover: &[u8], outbox: Rc<Outbox>, max_message: usize, mut handler: H)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
     let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let peer_closed = Cell::new(false);
     let reader = async {
         let mut dec = Decoder::new(Role::Server, max_message);
         dec.feed(leftover);
+        let mut closing = false;
         loop {
             match dec.next_message() {
-                Ok(Some(msg)) => {
-                    if !dispatch(msg, &outbox, &mut handler) {
-                        break;
-                    }
+                // The peer answered our close: the handshake is complete.
+                Ok(Some(Message::Close(_))) if closing => return,
+                Ok(Some(Message::Close(c))) => {
+                    peer_closed.set(true);
+                    outbox.close(c.map_or(close::NORMAL, |(code, _)| code), "");
+                    closing = true;
                 }
+                Ok(Some(msg)) if !closing => closing = !dispatch(msg, &outbox, &mut handler),
+                Ok(Some(_)) => {}
                 Ok(None) => match dec.read_from(&mut rd).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
                 Err(e) => {
+                    // The framing is lost: close, and drop what else arrives.
                     outbox.close(e.close_code(), &e.to_string());
-                    break;
+                    let mut sink = [0u8; 4096];
+                    while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+                    return;
                 }
             }
         }
-        // Closing: the writer ends the session once the close frame is out.
-        pending::<()>().await
     };
     let writer = async {
-        let _ = write_loop(&outbox, &mut wr).await;
+        // Once our close frame is out: hang up at once if the peer closed first,
+        // else give it time to answer.
+        if write_loop(&outbox, &mut wr).await.is_ok() && !peer_closed.get() {
+            glommio::timer::sleep(LINGER).await;
+        }
     };
     let killed = async {
         let why = outbox.killed().await;
@@ -70,11 +90,8 @@ fn dispatch<H: Handler>(msg: Message, outbox: &Outbox, handler: &mut H) -> bool 
         Message::Pong(_) => {}
         Message::Text(t) => handler.on_text(t, outbox),
         Message::Binary(b) => handler.on_binary(b, outbox),
-        Message::Close(c) => {
-            let code = c.map_or(close::NORMAL, |(code, _)| code);
-            outbox.close(code, "");
-            return false;
-        }
+        // The reader answers close frames itself.
+        Message::Close(_) => return false,
     }
     outbox.is_open()
 }

@@ -142,3 +142,55 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     };
     futures_lite::future::or(fut, timeout).await
 }
+
+/// A relay on a free loopback port with `shards` shards, relaying `upstream_url`.
+pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let cfg = hedgehog::config::ServeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        shards,
+        upstream: hedgehog::upstream::UpstreamConfig {
+            url: upstream_url.into(),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..Default::default()
+        },
+        channels: vec!["ticker".into(), "matches".into()],
+        simulate: false,
+    };
+    hedgehog::shard::start(cfg).expect("relay starts")
+}
+
+/// A raw HTTP exchange on a fresh connection: writes `raw`, reads until the server
+/// closes. Returns the status, the head and the body.
+pub fn http_raw(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// `METHOD path` with `Connection: close` and any extra header lines.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, Value) {
+    let raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n");
+    let (status, head, body) = http_raw(addr, raw.as_bytes());
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {head}\n{body}"));
+    (status, head, v)
+}
+
+/// A WebSocket client of the relay and the id its welcome gave it.
+pub fn relay_client(addr: std::net::SocketAddr) -> (Client, String) {
+    let mut c = Client::connect(&format!("ws://{addr}/ws"));
+    let welcome = c.json();
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let id = welcome["client_id"].as_str().expect("client_id").to_string();
+    (c, id)
+}

@@ -1,0 +1,84 @@
+//! The relay's routes, decided from method and path alone.
+
+use super::{percent_decode, Response};
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /ws` or `GET /` with `Upgrade: websocket`.
+    WebSocket,
+    /// `GET /` without an upgrade.
+    Index,
+    /// `GET /healthz`.
+    Health,
+    /// `GET /api/v1/subscribe`: one client's subscriptions.
+    List,
+    /// `POST`/`PUT /api/v1/subscribe/{pair}`.
+    Subscribe(String),
+    /// `DELETE /api/v1/subscribe/{pair}`.
+    Unsubscribe(String),
+    /// `GET /api/v1/subscribe/{pair}`: a stream, or one client's view of the pair.
+    Pair(String),
+}
+
+const PREFIX: &str = "/api/v1/subscribe";
+
+/// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
+pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
+    let allow = |allowed: &'static str| {
+        Response::error(405, "method_not_allowed", format!("{method} is not allowed on {path}; use {allowed}"))
+            .with_header("Allow", allowed)
+    };
+    let only_get = |route: Route| if method == "GET" { Ok(route) } else { Err(allow("GET")) };
+    match path {
+        "/ws" => only_get(Route::WebSocket),
+        "/" if upgrade => only_get(Route::WebSocket),
+        "/" => only_get(Route::Index),
+        "/healthz" => only_get(Route::Health),
+        PREFIX => only_get(Route::List),
+        _ => {
+            let Some(pair) = path.strip_prefix(PREFIX).and_then(|p| p.strip_prefix('/')) else {
+                return Err(Response::error(404, "not_found", format!("no route for {path}")));
+            };
+            if pair.contains('/') {
+                return Err(Response::error(404, "not_found", format!("no route for {path}")));
+            }
+            let pair = percent_decode(pair);
+            match method {
+                "POST" | "PUT" => Ok(Route::Subscribe(pair)),
+                "DELETE" => Ok(Route::Unsubscribe(pair)),
+                "GET" => Ok(Route::Pair(pair)),
+                _ => Err(allow("GET, POST, PUT, DELETE")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_the_api() {
+        assert_eq!(route("POST", "/api/v1/subscribe/btc-usd", false), Ok(Route::Subscribe("btc-usd".into())));
+        assert_eq!(route("PUT", "/api/v1/subscribe/BTC-USD", false), Ok(Route::Subscribe("BTC-USD".into())));
+        assert_eq!(route("DELETE", "/api/v1/subscribe/ETH-EUR", false), Ok(Route::Unsubscribe("ETH-EUR".into())));
+        assert_eq!(route("GET", "/api/v1/subscribe/ETH%2DEUR", false), Ok(Route::Pair("ETH-EUR".into())));
+        assert_eq!(route("GET", "/api/v1/subscribe", false), Ok(Route::List));
+        assert_eq!(route("GET", "/", true), Ok(Route::WebSocket));
+        assert_eq!(route("GET", "/ws", false), Ok(Route::WebSocket));
+        assert_eq!(route("GET", "/", false), Ok(Route::Index));
+        assert_eq!(route("GET", "/healthz", false), Ok(Route::Health));
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods() {
+        assert_eq!(route("GET", "/nope", false).unwrap_err().status, 404);
+        assert_eq!(route("POST", "/api/v1/subscribe/a/b", false).unwrap_err().status, 404);
+        let r = route("PATCH", "/api/v1/subscribe/BTC-USD", false).unwrap_err();
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains(&("Allow", "GET, POST, PUT, DELETE".into())));
+        let r = route("POST", "/healthz", false).unwrap_err();
+        assert!(r.headers.contains(&("Allow", "GET".into())));
+    }
+}

@@ -1,0 +1,163 @@
+//! Shard 0's side of the hub: the upstream client's owner. It keeps, per topic,
+//! the set of interested shards, drives the upstream's desired set from it, and
+//! dispatches each upstream message to the interested shards.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::channels::local_channel::LocalReceiver;
+
+use super::{channel_index, Hub, ShardMsg, CHANNELS};
+use crate::protocol;
+use crate::upstream::{Event, Upstream};
+
+/// A set of shard indices (up to [`crate::config::MAX_SHARDS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ShardSet([u64; 4]);
+
+impl ShardSet {
+    fn set(&mut self, shard: usize, on: bool) {
+        let (word, bit) = (shard / 64, 1u64 << (shard % 64));
+        if on {
+            self.0[word] |= bit;
+        } else {
+            self.0[word] &= !bit;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> {
+        let words = self.0;
+        (0..4).flat_map(move |i| {
+            let mut w = words[i];
+            std::iter::from_fn(move || {
+                let bit = (w != 0).then(|| w.trailing_zeros() as usize)?;
+                w &= w - 1;
+                Some(i * 64 + bit)
+            })
+        })
+    }
+}
+
+/// The upstream and who wants what from it.
+pub struct Owner {
+    pub upstream: Upstream,
+    interest: RefCell<HashMap<(String, usize), ShardSet>>,
+}
+
+impl Owner {
+    pub fn new(upstream: Upstream) -> Owner {
+        Owner { upstream, interest: RefCell::new(HashMap::new()) }
+    }
+
+    /// Shard `shard` gained (`on`) or lost its interest in a topic.
+    pub fn interest(&self, product: &str, channel: usize, shard: usize, on: bool) {
+        let mut interest = self.interest.borrow_mut();
+        let key = (product.to_string(), channel);
+        let set = interest.entry(key.clone()).or_default();
+        let was_empty = set.is_empty();
+        set.set(shard, on);
+        let now_empty = set.is_empty();
+        if now_empty {
+            interest.remove(&key);
+        }
+        if was_empty != now_empty {
+            self.upstream.set(CHANNELS[channel], product, !now_empty);
+        }
+    }
+
+    fn shards_for(&self, product: &str, channel: usize) -> ShardSet {
+        self.interest.borrow().get(&(product.to_string(), channel)).copied().unwrap_or_default()
+    }
+
+    fn shards_for_product(&self, product: &str) -> ShardSet {
+        let mut out = ShardSet::default();
+        for ch in 0..CHANNELS.len() {
+            for s in self.shards_for(product, ch).iter() {
+                out.set(s, true);
+            }
+        }
+        out
+    }
+}
+
+/// Shard 0's dispatch loop: every upstream event, until the upstream client ends.
+pub async fn run(hub: Rc<Hub>, events: LocalReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        dispatch(&hub, event).await;
+    }
+}
+
+async fn dispatch(hub: &Rc<Hub>, event: Event) {
+    let Some(owner) = hub.owner() else { return };
+    match event {
+        Event::Message(msg) => {
+            hub.global.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(channel) = protocol::channel_of(msg.kind()).and_then(channel_index) else { return };
+            let Some(product) = msg.product() else { return };
+            let shards = owner.shards_for(product, channel);
+            for shard in shards.iter() {
+                if shard == hub.id {
+                    hub.deliver_local(&msg, channel);
+                } else {
+                    hub.bus().send(shard, ShardMsg::Feed { msg: msg.clone(), channel }).await;
+                }
+            }
+        }
+        Event::Error { message, reason, product: Some(product) } => {
+            let frame = crate::ws::frame::text(protocol::error_message(&message, &reason).as_bytes());
+            for shard in owner.shards_for_product(&product).iter() {
+                let msg = ShardMsg::ProductError { product: product.clone(), frame: frame.clone() };
+                if shard == hub.id {
+                    if let ShardMsg::ProductError { product, frame } = msg {
+                        hub.product_error(&product, &frame).await;
+                    }
+                } else {
+                    hub.bus().send(shard, msg).await;
+                }
+            }
+        }
+        Event::Error { .. } | Event::Subscriptions(_) => {}
+        Event::Products(list) => {
+            let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
+            hub.global.set_upstream(|u| u.products = known.len());
+            *hub.products.borrow_mut() = Some(known.clone());
+            for shard in (0..hub.global.shards).filter(|s| *s != hub.id) {
+                hub.bus().send(shard, ShardMsg::Products(known.clone())).await;
+            }
+        }
+        Event::Connected | Event::Disconnected { .. } => {
+            let s = owner.upstream.status();
+            hub.global.set_upstream(|u| {
+                u.state = s.state.as_str();
+                u.since = crate::clock::format_iso(
+                    s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+                );
+                u.connects = s.connects;
+                u.last_error = s.last_error.clone();
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_sets_hold_up_to_256_shards() {
+        let mut s = ShardSet::default();
+        for i in [0, 63, 64, 200, 255] {
+            s.set(i, true);
+        }
+        assert_eq!(s.iter().collect::<Vec<_>>(), [0, 63, 64, 200, 255]);
+        s.set(64, false);
+        assert_eq!(s.iter().count(), 4);
+        assert!(!s.is_empty());
+    }
+}

@@ -1,0 +1,102 @@
+//! A shard's subscription table: for each (product, channel), the local
+//! subscribers' outboxes. The fan-out walks one list per message.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::ws::{Frame, Outbox};
+
+/// Channels the relay serves, by index.
+pub const CHANNELS: [&str; 4] = crate::config::RELAYED_CHANNELS;
+
+/// The index of a relayed channel.
+pub fn channel_index(name: &str) -> Option<usize> {
+    CHANNELS.iter().position(|c| *c == name)
+}
+
+/// Subscribers of one (product, channel): (client slot, outbox).
+type Subscribers = Vec<(usize, Rc<Outbox>)>;
+
+/// product -> per-channel subscribers.
+#[derive(Default)]
+pub struct Table {
+    topics: HashMap<String, [Subscribers; CHANNELS.len()]>,
+}
+
+impl Table {
+    /// Adds a subscriber; true if it is the first for this (product, channel).
+    pub fn add(&mut self, product: &str, channel: usize, slot: usize, outbox: &Rc<Outbox>) -> bool {
+        let subs = &mut self.topics.entry(product.to_string()).or_default()[channel];
+        if subs.iter().any(|(s, _)| *s == slot) {
+            return false;
+        }
+        subs.push((slot, outbox.clone()));
+        subs.len() == 1
+    }
+
+    /// Removes a subscriber; true if it was the last for this (product, channel).
+    pub fn remove(&mut self, product: &str, channel: usize, slot: usize) -> bool {
+        let Some(topic) = self.topics.get_mut(product) else { return false };
+        let subs = &mut topic[channel];
+        let Some(i) = subs.iter().position(|(s, _)| *s == slot) else { return false };
+        subs.swap_remove(i);
+        let last = subs.is_empty();
+        if topic.iter().all(Vec::is_empty) {
+            self.topics.remove(product);
+        }
+        last
+    }
+
+    /// Queues `frame` for every subscriber of (`product`, `channel`). A subscriber
+    /// whose outbox overflows is killed by it; its session cleans up.
+    pub fn deliver(&self, product: &str, channel: usize, frame: &Frame) -> usize {
+        let Some(topic) = self.topics.get(product) else { return 0 };
+        for (_, outbox) in &topic[channel] {
+            let _ = outbox.push(frame.clone());
+        }
+        topic[channel].len()
+    }
+
+    /// Queues `frame` once for every subscriber of `product` on any channel.
+    pub fn deliver_product(&self, product: &str, frame: &Frame) {
+        let Some(topic) = self.topics.get(product) else { return };
+        let mut seen = Vec::new();
+        for (slot, outbox) in topic.iter().flatten() {
+            if !seen.contains(slot) {
+                seen.push(*slot);
+                let _ = outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// The (slot) of every subscriber to `product` on any channel.
+    pub fn subscribers_of(&self, product: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.topics.get(product).into_iter().flatten().flatten().map(|(s, _)| *s).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_and_last_subscribers_are_reported() {
+        let mut t = Table::default();
+        let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
+        assert!(t.add("BTC-USD", 0, 1, &a));
+        assert!(!t.add("BTC-USD", 0, 2, &b));
+        assert!(!t.add("BTC-USD", 0, 2, &b), "idempotent");
+        assert!(t.add("BTC-USD", 1, 2, &b), "another channel is another topic");
+        assert_eq!(t.deliver("BTC-USD", 0, &crate::ws::frame::text(b"x")), 2);
+        assert_eq!(a.queued_bytes(), 3);
+        assert!(!t.remove("BTC-USD", 0, 1));
+        assert!(t.remove("BTC-USD", 0, 2));
+        assert!(!t.remove("BTC-USD", 0, 2), "already gone");
+        assert_eq!(t.subscribers_of("BTC-USD"), [2]);
+        assert!(t.remove("BTC-USD", 1, 2));
+        assert!(t.topics.is_empty());
+    }
+}

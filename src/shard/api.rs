@@ -1,0 +1,132 @@
+//! The REST API: subscriptions by client id, the health report, the index.
+
+use std::rc::Rc;
+
+use serde_json::json;
+
+use crate::config::RELAYED_CHANNELS;
+use crate::http::{Request, Response, Route};
+use crate::hub::{channel_index, ApiError, ClientId, Hub, Op};
+
+/// Answers a routed API request.
+/// Every answer names the shard that served it, for operators tracing requests.
+pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request) -> Response {
+    let resp = match respond(hub, route, req).await {
+        Ok(r) => r,
+        Err(e) => Response::error(e.status, e.code, e.message),
+    };
+    resp.with_header("X-Hedgehog-Shard", hub.id.to_string())
+}
+
+async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response, ApiError> {
+    let ok = |v: serde_json::Value| Ok(Response::json(200, &v));
+    match route {
+        Route::Health => ok(health(hub)),
+        Route::Index => ok(json!({
+            "name": "hedgehog",
+            "version": env!("CARGO_PKG_VERSION"),
+            "websocket": "/ws",
+            "subscribe": "POST /api/v1/subscribe/{pair} with X-Client-Id",
+            "stream": "GET /api/v1/subscribe/{pair}",
+            "health": "/healthz",
+        })),
+        Route::List => ok(hub.execute(client_id(req)?, Op::List).await?),
+        Route::Subscribe(pair) => {
+            let id = client_id(req)?;
+            let product = product(hub, &pair)?;
+            let channels = channels(hub, req)?;
+            ok(hub.execute(id, Op::Subscribe { product, channels }).await?)
+        }
+        Route::Unsubscribe(pair) => {
+            let id = client_id(req)?;
+            let product = pair_syntax(&pair)?;
+            let channels = match req.query_param("channels") {
+                Some(_) => Some(channels(hub, req)?),
+                None => None,
+            };
+            ok(hub.execute(id, Op::Unsubscribe { product, channels }).await?)
+        }
+        Route::Pair(pair) => {
+            let id = client_id(req)?;
+            let product = pair_syntax(&pair)?;
+            let list = hub.execute(id, Op::List).await?;
+            let channels = list["subscriptions"]
+                .as_array()
+                .and_then(|subs| subs.iter().find(|s| s["product_id"] == product.as_str()))
+                .map_or(json!([]), |s| s["channels"].clone());
+            let subscribed = channels.as_array().is_some_and(|c| !c.is_empty());
+            ok(
+                json!({"client_id": id.to_string(), "product_id": product, "channels": channels, "subscribed": subscribed}),
+            )
+        }
+        Route::WebSocket => Err(ApiError::new(400, "bad_request", "a WebSocket upgrade was expected")),
+    }
+}
+
+fn health(hub: &Hub) -> serde_json::Value {
+    let g = &hub.global;
+    let up = g.upstream();
+    json!({
+        "status": "ok",
+        "simulated": g.simulated,
+        "shards": g.shards,
+        "shard": hub.id,
+        "clients": g.clients(),
+        "upstream": {
+            "url": g.upstream_url,
+            "simulated": g.simulated,
+            "state": up.state,
+            "since": up.since,
+            "messages": g.messages(),
+            "connects": up.connects,
+            "last_error": up.last_error,
+            "products": up.products,
+        },
+    })
+}
+
+/// The client id from `X-Client-Id` or `?client_id=`.
+pub fn client_id(req: &Request) -> Result<ClientId, ApiError> {
+    let raw = req.header_str("X-Client-Id").map(str::to_string).or_else(|| req.query_param("client_id"));
+    let raw = raw.filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::new(400, "missing_client_id", "name the WebSocket client with an X-Client-Id header or ?client_id=")
+    })?;
+    ClientId::parse(&raw).ok_or_else(|| ApiError::new(404, "unknown_client", "no connected client has that id"))
+}
+
+/// A pair of the right form, upper-cased.
+pub fn pair_syntax(pair: &str) -> Result<String, ApiError> {
+    crate::protocol::normalize_product(pair).ok_or_else(|| {
+        ApiError::new(400, "bad_pair", format!("{pair:?} is not a currency pair; pairs look like BTC-USD"))
+    })
+}
+
+/// A pair the upstream offers (or may offer, while its list is unknown).
+pub fn product(hub: &Hub, pair: &str) -> Result<String, ApiError> {
+    let product = pair_syntax(pair)?;
+    hub.check_product(&product)?;
+    Ok(product)
+}
+
+/// The channels asked for with `?channels=`, or the configured default.
+pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
+    let Some(list) = req.query_param("channels") else { return Ok(hub.global.default_channels.clone()) };
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let canonical = crate::protocol::canonical_channel(name);
+        let index = channel_index(canonical).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "bad_channel",
+                format!("{name:?} is not a channel hedgehog offers ({})", RELAYED_CHANNELS.join(", ")),
+            )
+        })?;
+        if !out.contains(&index) {
+            out.push(index);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::new(400, "bad_channel", "?channels= names no channel"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,203 @@
+//! One accepted connection: HTTP/1.1 requests (keep-alive, pipelined) until it
+//! upgrades to a WebSocket or becomes a stream of one pair.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde_json::json;
+
+use super::api;
+use crate::http::{self, Request, Response, Route};
+use crate::hub::{Hub, Op};
+use crate::net::{self, ReadError};
+use crate::ws::{self, close, Outbox};
+
+/// A client's outbound queue, in bytes. A client this far behind is dropped
+/// (close 1008 "slow consumer" on WebSockets), so it cannot hold memory or others back.
+pub const CLIENT_OUTBOX: usize = 4 << 20;
+/// The largest message a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let hub = hub.clone();
+                glommio::spawn_local(serve(stream, hub)).detach();
+            }
+            Err(e) => {
+                // Typically out of file descriptors: wait for some to free up.
+                log::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, hub: Rc<Hub>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    loop {
+        let req = match net::read_request(&mut stream, &mut buf).await {
+            Ok(Some(req)) => req,
+            Ok(None) | Err(ReadError::Io(_)) => return,
+            Err(ReadError::Parse(e)) => {
+                let (status, code) = e.status();
+                let resp = Response::error(status, code, e.to_string());
+                return close_after(stream, &resp).await;
+            }
+        };
+        let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
+            Ok(route) => match route {
+                Route::WebSocket => return websocket(stream, req, buf, hub, None).await,
+                Route::Pair(pair) if !names_client(&req) => return stream_pair(stream, req, buf, hub, &pair).await,
+                route => api::handle(&hub, route, &req).await,
+            },
+            Err(resp) => resp,
+        };
+        if !req.keep_alive() {
+            return close_after(stream, &resp).await;
+        }
+        if stream.write_all(&resp.to_bytes(false)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn names_client(req: &Request) -> bool {
+    req.header("X-Client-Id").is_some() || req.query_param("client_id").is_some()
+}
+
+/// Answers, then closes without resetting the peer: our side is shut for writing
+/// and what the peer still sends is read and dropped until it hangs up (or 2 s).
+async fn close_after(mut stream: TcpStream, resp: &Response) {
+    if stream.write_all(&resp.to_bytes(true)).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
+}
+
+/// Upgrades to a WebSocket client, optionally already subscribed to a pair.
+async fn websocket(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
+    let handshake = match ws::accept(&req) {
+        Ok(bytes) => bytes,
+        Err(resp) => return close_after(stream, &resp).await,
+    };
+    if stream.write_all(&handshake).await.is_err() {
+        return;
+    }
+    let outbox = Rc::new(Outbox::new(CLIENT_OUTBOX));
+    let Some(id) = hub.register(outbox.clone()) else {
+        outbox.close(close::INTERNAL, "no room for another client");
+        let _ = ws::write_loop(&outbox, &mut stream).await;
+        return;
+    };
+    let welcome = json!({"type": "welcome", "client_id": id.to_string()}).to_string();
+    let _ = outbox.push(ws::frame::text(welcome.as_bytes()));
+    if let Some(op) = pre {
+        let _ = hub.execute(id, op).await;
+    }
+    ws::run_session(stream, &leftover, outbox, MAX_CLIENT_MESSAGE, Session).await;
+    hub.unregister(id).await;
+}
+
+/// What a relay client may send: nothing yet beyond control frames.
+struct Session;
+
+impl ws::Handler for Session {
+    fn on_text(&mut self, _text: Vec<u8>, outbox: &Outbox) {
+        let error = crate::protocol::error_message(
+            "Failed to subscribe",
+            "subscribe with POST /api/v1/subscribe/{pair} and this connection's client_id",
+        );
+        let _ = outbox.push(ws::frame::text(error.as_bytes()));
+    }
+}
+
+/// How a stream of one pair is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    /// `text/event-stream`: `data: <message>` and a blank line.
+    Sse,
+    /// `application/x-ndjson`: one message per line.
+    Ndjson,
+}
+
+/// `GET /api/v1/subscribe/{pair}` without a client id: this connection itself
+/// becomes the subscriber, as a WebSocket, SSE or NDJSON stream.
+async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pair: &str) {
+    let op = match api::product(&hub, pair)
+        .and_then(|p| Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)? }))
+    {
+        Ok(op) => op,
+        Err(e) => return close_after(stream, &Response::error(e.status, e.code, e.message)).await,
+    };
+    if ws::is_upgrade(&req) {
+        return websocket(stream, req, leftover, hub, Some(op)).await;
+    }
+    let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
+    let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
+    let outbox = Rc::new(Outbox::new(CLIENT_OUTBOX));
+    let Some(id) = hub.register(outbox.clone()) else {
+        let _ = stream.write_all(&Response::error(503, "full", "no room for another client").to_bytes(true)).await;
+        return;
+    };
+    let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_ok() {
+        let _ = hub.execute(id, op).await;
+        let (mut rd, mut wr) = futures_lite::io::split(stream);
+        // The client sends nothing more; reading only notices when it leaves.
+        let reader = async {
+            let mut sink = [0u8; 512];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let writer = stream_writer(&outbox, &mut wr, kind);
+        or(
+            reader,
+            or(writer, async {
+                outbox.killed().await;
+            }),
+        )
+        .await;
+    }
+    hub.unregister(id).await;
+}
+
+/// Writes each queued message as an SSE event or an NDJSON line.
+async fn stream_writer<W: AsyncWrite + Unpin>(outbox: &Outbox, w: &mut W, kind: StreamKind) {
+    let mut out = Vec::new();
+    while let Some(frames) = outbox.take_frames().await {
+        out.clear();
+        for f in &frames {
+            let Some((opcode, payload)) = ws::frame::split_server_frame(f) else { continue };
+            if opcode == 8 {
+                break;
+            }
+            match kind {
+                StreamKind::Sse => {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(payload);
+                    out.extend_from_slice(b"\n\n");
+                }
+                StreamKind::Ndjson => {
+                    out.extend_from_slice(payload);
+                    out.push(b'\n');
+                }
+            }
+        }
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The executor pool: `WEB_CONCURRENCY` glommio executors, each pinned to a CPU
+//! when there are enough, each accepting on the same port (SO_REUSEPORT) and
+//! owning the connections it accepts. Shard 0 also owns the upstream client.
+
+mod api;
+mod conn;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future::or;
+use glommio::net::TcpListener;
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+
+use crate::config::ServeConfig;
+use crate::hub::{self, BusEnds, Global, Hub, Owner};
+use crate::sim::{self, SimConfig, SimHandle};
+
+/// A running relay. Dropping it stops every shard.
+pub struct RelayHandle {
+    pub addr: SocketAddr,
+    pub global: Arc<Global>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    simulator: Option<SimHandle>,
+}
+
+impl RelayHandle {
+    /// The simulator serving as upstream in offline mode.
+    pub fn simulator(&self) -> Option<&SimHandle> {
+        self.simulator.as_ref()
+    }
+
+    /// Asks every shard to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for every shard to end.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where each shard runs: pinned one per CPU when the CPUs suffice.
+fn placements(n: usize) -> Vec<Placement> {
+    let cpus: Vec<usize> =
+        glommio::CpuSet::online().map(|s| s.into_iter().map(|l| l.cpu).collect()).unwrap_or_default();
+    if n <= cpus.len() {
+        cpus.into_iter().take(n).map(Placement::Fixed).collect()
+    } else {
+        log::info!("WEB_CONCURRENCY={n} exceeds the {} online CPUs: shards are not pinned", cpus.len());
+        (0..n).map(|_| Placement::Unbound).collect()
+    }
+}
+
+/// Starts the relay; returns once every shard listens.
+pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
+    let simulator = if cfg.simulate {
+        let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
+        cfg.upstream.url = sim.url();
+        log::warn!("offline mode: relaying SIMULATED data from the built-in simulator at {}", sim.url());
+        Some(sim)
+    } else {
+        None
+    };
+    let endpoint = crate::upstream::Endpoint::parse(&cfg.upstream.url)?;
+    if endpoint.tls {
+        crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
+    }
+    let n = cfg.shards;
+    let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c)).collect();
+    let global = Arc::new(Global::new(n, cfg.simulate, cfg.upstream.url.clone(), channels));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ends = hub::bus_mesh(n);
+    let mut placements = placements(n);
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
+        .parse()
+        .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;
+    for id in 0..n {
+        let shard = Shard {
+            id,
+            addr,
+            bus: ends.remove(0),
+            global: global.clone(),
+            cfg: cfg.clone(),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
+        let builder =
+            LocalExecutorBuilder::new(placements.remove(0)).name(&format!("hedgehog-{id}")).io_memory(crate::IO_MEMORY);
+        let thread = builder.spawn(move || shard.run()).map_err(|e| format!("cannot start shard {id}: {e}"))?;
+        threads.push(thread);
+        // Shard 0 may have been given port 0: the others bind the port it got.
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(bound)) => addr = bound,
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+            Err(_) => return Err(format!("shard {id} did not start")),
+        }
+    }
+    log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
+    Ok(RelayHandle { addr, global, stop, threads, simulator })
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// What one shard's thread is given.
+struct Shard {
+    id: usize,
+    addr: SocketAddr,
+    bus: BusEnds,
+    global: Arc<Global>,
+    cfg: ServeConfig,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<SocketAddr, String>>,
+}
+
+impl Shard {
+    async fn run(self) {
+        let listener = match TcpListener::bind(self.addr) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.ready.send(Err(format!("cannot listen on {}: {e}", self.addr)));
+                return;
+            }
+        };
+        let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
+        let (bus, receivers) = self.bus.connect().await;
+        let (owner, events) = match self.id {
+            0 => match crate::upstream::spawn(self.cfg.upstream.clone()) {
+                Ok((up, events)) => (Some(Owner::new(up)), Some(events)),
+                Err(e) => {
+                    log::error!("upstream: {e}");
+                    return;
+                }
+            },
+            _ => (None, None),
+        };
+        let hub = Hub::new(self.id, self.global.clone(), bus, owner);
+        // Cross-shard traffic is latency-critical: a wake from another thread into a
+        // latency-matters queue is served promptly (see GLOMMIO notes in the README).
+        let queue =
+            glommio::executor().create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(1)), "bus");
+        for rx in receivers {
+            let hub = hub.clone();
+            let task = async move {
+                while let Some(msg) = rx.recv().await {
+                    hub.on_shard_msg(msg).await;
+                }
+            };
+            glommio::spawn_local_into(task, queue).map(|t| t.detach()).ok();
+        }
+        if let Some(events) = events {
+            glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
+        }
+        or(conn::accept_loop(listener, hub), watch(self.stop)).await;
+    }
+}
+
+async fn watch(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
