@@ -169,6 +169,31 @@ fn a_stalled_feed_is_detected_and_replaced() {
 }
 
 #[test]
+fn an_idle_connection_is_kept_alive_by_pings_not_dropped_as_stalled() {
+    let sim = simulator(|c| c.rate = 50.0);
+    glommio(async {
+        let cfg = UpstreamConfig { stall_timeout: Duration::from_millis(200), ..config(sim.url()) };
+        let (up, rx) = upstream::spawn(cfg).unwrap();
+        up.set("ticker", "BTC-USD", true);
+        until(&rx, "data", |e| is_message(e, "ticker", "BTC-USD")).await;
+        // The last product goes: the feed falls silent, rightly.
+        up.set("ticker", "BTC-USD", false);
+        within("five liveness pings", async {
+            while up.status().pings < 5 {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert_eq!(up.status().connects, 1, "silence without products is not a stall");
+        // Activity resumes on the same connection.
+        up.set("matches", "ETH-USD", true);
+        until(&rx, "data again", |e| is_message(e, "match", "ETH-USD")).await;
+        assert_eq!(up.status().connects, 1);
+        up.stop();
+    });
+}
+
+#[test]
 fn an_invalid_product_becomes_an_error_event_and_is_not_retried() {
     let sim = simulator(|c| c.rate = 20.0);
     glommio(async {

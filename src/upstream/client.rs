@@ -110,12 +110,20 @@ impl Client {
         let (mut rd, mut wr) = split(io);
         let mut dec = Decoder::new(Role::Client, self.cfg.max_message);
         dec.feed(leftover);
-        let mut last_rx = Instant::now();
+        // Liveness: with products subscribed, heartbeats arrive every second and
+        // silence on data for `stall_timeout` is a stall. With none, the feed may be
+        // rightly quiet, so a ping after half the timeout checks the connection.
+        let stall_timeout = self.cfg.stall_timeout;
+        let (mut last_data, mut last_any, mut pinged) = (Instant::now(), Instant::now(), false);
         loop {
             loop {
                 match dec.next_message() {
                     Ok(Some(msg)) => {
-                        last_rx = Instant::now();
+                        last_any = Instant::now();
+                        pinged = false;
+                        if matches!(msg, Message::Text(_)) {
+                            last_data = last_any;
+                        }
                         if let Err(e) = self.on_message(msg, &mut wr).await {
                             return e;
                         }
@@ -129,41 +137,56 @@ impl Client {
                     let _ = send(&mut wr, OpCode::Control(Control::Close), &ws::frame::close_payload(1000, "")).await;
                     return "stopped".into();
                 }
-                if let Err(e) = self.send_deltas(&mut wr).await {
-                    return e;
+                match self.send_deltas(&mut wr).await {
+                    // A new request restarts the clock: its answer is what comes next.
+                    Ok(true) => last_data = Instant::now(),
+                    Ok(false) => {}
+                    Err(e) => return e,
                 }
             }
-            let stall = (last_rx + self.cfg.stall_timeout).saturating_duration_since(Instant::now());
+            let watching = self.shared.subs.borrow().has_products();
+            let now = Instant::now();
+            let deadline = if watching { last_data } else { last_any } + stall_timeout;
+            if now >= deadline {
+                return format!("no message for {stall_timeout:?} (stalled)");
+            }
+            let ping_at = last_any + stall_timeout / 2;
+            if !watching && !pinged && now >= ping_at {
+                if let Err(e) = send(&mut wr, OpCode::Control(Control::Ping), b"hedgehog").await {
+                    return format!("write failed: {e}");
+                }
+                pinged = true;
+                self.shared.status.borrow_mut().pings += 1;
+            }
+            let wake_at = if !watching && !pinged { ping_at.min(deadline) } else { deadline };
             let read = async { Some(dec.read_from(&mut rd).await) };
             let changed = async {
                 self.shared.changed().await;
                 self.shared.changed.set(true);
                 None
             };
-            let stalled = async {
-                sleep(stall).await;
-                Some(Err(std::io::Error::other("stall")))
+            let timer = async {
+                sleep(wake_at.saturating_duration_since(now)).await;
+                None
             };
-            match or(read, or(changed, stalled)).await {
-                None => {}
+            match or(read, or(changed, timer)).await {
+                None | Some(Ok(1..)) => {}
                 Some(Ok(0)) => return "the feed closed the connection".into(),
-                Some(Ok(_)) => {}
-                Some(Err(e)) if e.to_string() == "stall" => {
-                    return format!("no message for {:?} (stalled)", self.cfg.stall_timeout);
-                }
                 Some(Err(e)) => return format!("read failed: {e}"),
             }
         }
     }
 
-    async fn send_deltas(&self, wr: &mut WriteHalf<BoxIo>) -> Result<(), Ended> {
+    /// Sends what changed; true if anything was sent.
+    async fn send_deltas(&self, wr: &mut WriteHalf<BoxIo>) -> Result<bool, Ended> {
         let deltas = self.shared.subs.borrow_mut().deltas();
+        let sent = !deltas.is_empty();
         for (subscribe, channels) in deltas {
             let text = super::request_text(subscribe, &channels);
             log::debug!("upstream: sending {text}");
             send(wr, OpCode::Data(Data::Text), text.as_bytes()).await.map_err(|e| format!("write failed: {e}"))?;
         }
-        Ok(())
+        Ok(sent)
     }
 
     async fn on_message(&self, msg: Message, wr: &mut WriteHalf<BoxIo>) -> Result<(), Ended> {

@@ -154,6 +154,8 @@ pub struct Status {
     pub messages: u64,
     pub malformed: u64,
     pub connects: u64,
+    /// Liveness pings sent while no product was subscribed.
+    pub pings: u64,
     pub last_error: Option<String>,
     pub subscriptions: BTreeMap<String, BTreeSet<String>>,
 }
@@ -243,6 +245,7 @@ pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), St
             messages: 0,
             malformed: 0,
             connects: 0,
+            pings: 0,
             last_error: None,
             subscriptions: BTreeMap::new(),
         }),

@@ -47,6 +47,11 @@ impl Subs {
         out
     }
 
+    /// Whether any product is wanted (and so heartbeats are expected).
+    pub fn has_products(&self) -> bool {
+        self.desired.iter().any(|(_, p)| !self.rejected.contains(p))
+    }
+
     /// The owner's desired pairs.
     pub fn desired(&self) -> &BTreeSet<Sub> {
         &self.desired
