@@ -42,7 +42,9 @@ where
             return Ok(Some(req));
         }
         // A stack chunk keeps this cancel-safe: `buf` only ever holds received bytes.
-        let mut chunk = [0u8; 4096];
+        // It is small because it sits in every connection's task (a request head
+        // rarely needs more than one or two reads of it).
+        let mut chunk = [0u8; 512];
         let n = r.read(&mut chunk).await?;
         if n == 0 {
             return Ok(None);

@@ -47,19 +47,23 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>) {
             Err(ReadError::Parse(e)) => {
                 let (status, code) = e.status();
                 let resp = Response::error(status, code, e.to_string());
-                return close_after(stream, &resp).await;
+                return Box::pin(close_after(stream, &resp)).await;
             }
         };
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
             Ok(route) => match route {
-                Route::WebSocket => return websocket(stream, req, buf, hub, None).await,
-                Route::Pair(pair) if !names_client(&req) => return stream_pair(stream, req, buf, hub, &pair).await,
-                route => api::handle(&hub, route, &req).await,
+                Route::WebSocket => return upgrade(stream, &req, buf, hub, None).await,
+                // The rare and larger paths are boxed: a connection's task is as big
+                // as its largest state, for as long as the connection lives.
+                Route::Pair(pair) if !names_client(&req) => {
+                    return Box::pin(stream_pair(stream, req, buf, hub, &pair)).await
+                }
+                route => Box::pin(api::handle(&hub, route, &req)).await,
             },
             Err(resp) => resp,
         };
         if !req.keep_alive() {
-            return close_after(stream, &resp).await;
+            return Box::pin(close_after(stream, &resp)).await;
         }
         if stream.write_all(&resp.to_bytes(false)).await.is_err() {
             return;
@@ -79,21 +83,27 @@ async fn close_after(mut stream: TcpStream, resp: &Response) {
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = [0u8; 256];
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     };
     or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
 }
 
-/// Upgrades to a WebSocket client, optionally already subscribed to a pair.
-async fn websocket(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
-    let handshake = match ws::accept(&req) {
-        Ok(bytes) => bytes,
-        Err(resp) => return close_after(stream, &resp).await,
-    };
+/// Answers an upgrade request: the handshake, or the error and a close.
+async fn upgrade(stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
+    match ws::accept(req) {
+        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre).await,
+        Err(resp) => Box::pin(close_after(stream, &resp)).await,
+    }
+}
+
+/// A WebSocket client, optionally already subscribed to a pair. Only what the
+/// session needs is kept: this future lives as long as the connection.
+async fn websocket(mut stream: TcpStream, handshake: Vec<u8>, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
     if stream.write_all(&handshake).await.is_err() {
         return;
     }
+    drop(handshake);
     let outbox = Rc::new(Outbox::new(CLIENT_OUTBOX));
     let Some(id) = hub.register(outbox.clone()) else {
         outbox.close(close::INTERNAL, "no room for another client");
@@ -103,10 +113,15 @@ async fn websocket(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: 
     let welcome = json!({"type": "welcome", "client_id": id.to_string()}).to_string();
     let _ = outbox.push(ws::frame::text(welcome.as_bytes()));
     if let Some(op) = pre {
-        let _ = hub.execute(id, op).await;
+        let _ = Box::pin(hub.execute(id, op)).await;
     }
-    ws::run_session(stream, &leftover, outbox, MAX_CLIENT_MESSAGE, Session).await;
-    hub.unregister(id).await;
+    // The session gets a task of its own, holding only what it needs; this
+    // connection's HTTP task ends here and its memory is freed.
+    glommio::spawn_local(async move {
+        ws::run_session(stream, leftover, outbox, MAX_CLIENT_MESSAGE, Session).await;
+        Box::pin(hub.unregister(id)).await;
+    })
+    .detach();
 }
 
 /// What a relay client may send: nothing yet beyond control frames.
@@ -138,10 +153,10 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         .and_then(|p| Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)? }))
     {
         Ok(op) => op,
-        Err(e) => return close_after(stream, &Response::error(e.status, e.code, e.message)).await,
+        Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message))).await,
     };
     if ws::is_upgrade(&req) {
-        return websocket(stream, req, leftover, hub, Some(op)).await;
+        return upgrade(stream, &req, leftover, hub, Some(op)).await;
     }
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
@@ -151,6 +166,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         return;
     };
     let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
+    drop((req, leftover));
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\nConnection: close\r\n\r\n"
     );
@@ -159,7 +175,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         let (mut rd, mut wr) = futures_lite::io::split(stream);
         // The client sends nothing more; reading only notices when it leaves.
         let reader = async {
-            let mut sink = [0u8; 512];
+            let mut sink = [0u8; 256];
             while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
         };
         let writer = stream_writer(&outbox, &mut wr, kind);
@@ -171,7 +187,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         )
         .await;
     }
-    hub.unregister(id).await;
+    Box::pin(hub.unregister(id)).await;
 }
 
 /// Writes each queued message as an SSE event or an NDJSON line.

@@ -174,7 +174,7 @@ async fn serve(
     feed.borrow_mut().conns.insert(id, conn);
     feed.borrow().control.record(SimEvent::Connected(id));
     let handler = SessionHandler { feed: feed.clone(), id };
-    ws::run_session(io, &buf, outbox, MAX_MESSAGE, handler).await;
+    ws::run_session(io, buf, outbox, MAX_MESSAGE, handler).await;
     let mut f = feed.borrow_mut();
     f.conns.remove(&id);
     f.control.record(SimEvent::Closed(id));

@@ -108,7 +108,7 @@ impl Client {
         self.shared.subs.borrow_mut().reset();
         self.shared.changed.set(true);
         let (mut rd, mut wr) = split(io);
-        let mut dec = Decoder::new(Role::Client, self.cfg.max_message);
+        let mut dec = Decoder::new(Role::Client, self.cfg.max_message).with_read_size(64 * 1024);
         dec.feed(leftover);
         // Liveness: with products subscribed, heartbeats arrive every second and
         // silence on data for `stall_timeout` is a stall. With none, the feed may be

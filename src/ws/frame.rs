@@ -135,11 +135,28 @@ pub struct Decoder {
     start: usize,
     end: usize,
     partial: Option<(bool, Vec<u8>)>,
+    /// How much to read at a time; also what an idle buffer shrinks back to.
+    read_size: usize,
+    /// Bytes still missing from the frame at the front of the buffer.
+    missing: usize,
 }
 
 impl Decoder {
     pub fn new(role: Role, max_message: usize) -> Self {
-        Decoder { role, max_message, buf: Vec::new(), start: 0, end: 0, partial: None }
+        Decoder { role, max_message, buf: Vec::new(), start: 0, end: 0, partial: None, read_size: 8192, missing: 0 }
+    }
+
+    /// Sets how much to read at a time. Small for the many mostly-silent client
+    /// sessions (memory per idle connection), large for the upstream feed.
+    pub fn with_read_size(mut self, n: usize) -> Self {
+        self.read_size = n.max(16);
+        self
+    }
+
+    /// Drops everything buffered (after a framing error, the rest is noise).
+    pub fn discard(&mut self) {
+        self.start = 0;
+        self.end = 0;
     }
 
     /// Adds received bytes.
@@ -154,8 +171,9 @@ impl Decoder {
     /// dropped before completion, it leaves the received bytes as they were.
     pub async fn read_from<R: AsyncRead + Unpin + ?Sized>(&mut self, r: &mut R) -> std::io::Result<usize> {
         self.compact();
-        if self.buf.len() < self.end + 4096 {
-            self.buf.resize(self.end + 8192, 0);
+        let want = self.end + self.read_size.max(self.missing);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
         }
         let n = r.read(&mut self.buf[self.end..]).await?;
         self.end += n;
@@ -166,7 +184,7 @@ impl Decoder {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.capacity() > 64 * 1024 {
+            if self.buf.capacity() > 4 * self.read_size {
                 self.buf = Vec::new();
             }
         } else if self.start > 0 && self.start >= self.end / 2 {
@@ -189,8 +207,10 @@ impl Decoder {
             let head = cur.position() as usize;
             let len = len as usize;
             if self.end - self.start < head + len {
+                self.missing = head + len - (self.end - self.start);
                 return Ok(None);
             }
+            self.missing = 0;
             let at = self.start + head;
             self.start = at + len;
             let payload = &mut self.buf[at..at + len];

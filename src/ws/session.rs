@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future::or;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use super::frame::{self, close, Decoder, Message, Role};
@@ -23,6 +23,9 @@ pub trait Handler {
     }
 }
 
+/// Clients of a relay send little: small reads keep an idle session's buffer small.
+const CLIENT_READ_SIZE: usize = 512;
+
 /// After our close frame is out, how long the peer has to answer and hang up.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -33,7 +36,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// ignoring data) until the peer's close frame or hang-up, so the peer is never
 /// reset with bytes in flight and always gets our close frame; when the peer
 /// closes first, we answer and hang up.
-pub async fn run<S, H>(stream: S, leftover: &[u8], outbox: Rc<Outbox>, max_message: usize, mut handler: H)
+pub async fn run<S, H>(stream: S, leftover: Vec<u8>, outbox: Rc<Outbox>, max_message: usize, mut handler: H)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -41,8 +44,9 @@ where
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let peer_closed = Cell::new(false);
     let reader = async {
-        let mut dec = Decoder::new(Role::Server, max_message);
-        dec.feed(leftover);
+        let mut dec = Decoder::new(Role::Server, max_message).with_read_size(CLIENT_READ_SIZE);
+        dec.feed(&leftover);
+        drop(leftover);
         let mut closing = false;
         loop {
             match dec.next_message() {
@@ -62,8 +66,10 @@ where
                 Err(e) => {
                     // The framing is lost: close, and drop what else arrives.
                     outbox.close(e.close_code(), &e.to_string());
-                    let mut sink = [0u8; 4096];
-                    while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+                    dec.discard();
+                    while matches!(dec.read_from(&mut rd).await, Ok(n) if n > 0) {
+                        dec.discard();
+                    }
                     return;
                 }
             }
