@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::TaskQueueHandle;
 use serde_json::json;
 
 use super::api;
@@ -21,12 +22,23 @@ pub const CLIENT_OUTBOX: usize = 4 << 20;
 /// The largest message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>) {
+/// The task queues a shard runs its connections in.
+#[derive(Clone, Copy)]
+pub struct Queues {
+    /// HTTP requests, handshakes and REST: kept responsive while fan-out is heavy.
+    pub http: TaskQueueHandle,
+    /// WebSocket and stream sessions: the fan-out's writers.
+    pub sessions: TaskQueueHandle,
+}
+
+pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let hub = hub.clone();
-                glommio::spawn_local(serve(stream, hub)).detach();
+                if let Ok(task) = glommio::spawn_local_into(serve(stream, hub, queues), queues.http) {
+                    task.detach();
+                }
             }
             Err(e) => {
                 // Typically out of file descriptors: wait for some to free up.
@@ -37,7 +49,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>) {
     }
 }
 
-async fn serve(mut stream: TcpStream, hub: Rc<Hub>) {
+async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -52,11 +64,11 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>) {
         };
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
             Ok(route) => match route {
-                Route::WebSocket => return upgrade(stream, &req, buf, hub, None).await,
+                Route::WebSocket => return upgrade(stream, &req, buf, hub, None, queues).await,
                 // The rare and larger paths are boxed: a connection's task is as big
                 // as its largest state, for as long as the connection lives.
                 Route::Pair(pair) if !names_client(&req) => {
-                    return Box::pin(stream_pair(stream, req, buf, hub, &pair)).await
+                    return Box::pin(stream_pair(stream, req, buf, hub, &pair, queues)).await
                 }
                 route => Box::pin(api::handle(&hub, route, &req)).await,
             },
@@ -90,16 +102,23 @@ async fn close_after(mut stream: TcpStream, resp: &Response) {
 }
 
 /// Answers an upgrade request: the handshake, or the error and a close.
-async fn upgrade(stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
+async fn upgrade(stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>, queues: Queues) {
     match ws::accept(req) {
-        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre).await,
+        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre, queues).await,
         Err(resp) => Box::pin(close_after(stream, &resp)).await,
     }
 }
 
 /// A WebSocket client, optionally already subscribed to a pair. Only what the
 /// session needs is kept: this future lives as long as the connection.
-async fn websocket(mut stream: TcpStream, handshake: Vec<u8>, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>) {
+async fn websocket(
+    mut stream: TcpStream,
+    handshake: Vec<u8>,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    pre: Option<Op>,
+    queues: Queues,
+) {
     if stream.write_all(&handshake).await.is_err() {
         return;
     }
@@ -117,11 +136,13 @@ async fn websocket(mut stream: TcpStream, handshake: Vec<u8>, leftover: Vec<u8>,
     }
     // The session gets a task of its own, holding only what it needs; this
     // connection's HTTP task ends here and its memory is freed.
-    glommio::spawn_local(async move {
+    let session = async move {
         ws::run_session(stream, leftover, outbox, MAX_CLIENT_MESSAGE, Session).await;
         Box::pin(hub.unregister(id)).await;
-    })
-    .detach();
+    };
+    if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
+        task.detach();
+    }
 }
 
 /// What a relay client may send: nothing yet beyond control frames.
@@ -148,7 +169,7 @@ enum StreamKind {
 
 /// `GET /api/v1/subscribe/{pair}` without a client id: this connection itself
 /// becomes the subscriber, as a WebSocket, SSE or NDJSON stream.
-async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pair: &str) {
+async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pair: &str, queues: Queues) {
     let op = match api::product(&hub, pair)
         .and_then(|p| Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)? }))
     {
@@ -156,7 +177,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message))).await,
     };
     if ws::is_upgrade(&req) {
-        return upgrade(stream, &req, leftover, hub, Some(op)).await;
+        return upgrade(stream, &req, leftover, hub, Some(op), queues).await;
     }
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };

@@ -178,7 +178,12 @@ impl Shard {
         if let Some(events) = events {
             glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
         }
-        or(conn::accept_loop(listener, hub), watch(self.stop)).await;
+        let ex = glommio::executor();
+        let queues = conn::Queues {
+            http: ex.create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(5)), "http"),
+            sessions: ex.create_task_queue(Shares::default(), Latency::NotImportant, "sessions"),
+        };
+        or(conn::accept_loop(listener, hub, queues), watch(self.stop)).await;
     }
 }
 
