@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Turns bench.sh's raw results (one JSON object per line) into benches/RESULTS.md.
+
+    report.py RAW MODE SECONDS   print the markdown report
+    report.py --check RAW        exit non-zero unless every scenario produced data
+"""
+import json
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+
+TARGETS = ["hedgehog", "nats", "ceiling"]
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def kept_up(r):
+    return (r.get("ready", 0) > 0 and r.get("lost", 1) == 0 and r.get("errors", 1) == 0
+            and r.get("p99_ms", 1e9) < 100 and r.get("deliveries", 0) > 0 and not r.get("loadgen_saturated"))
+
+
+def ratio(a, b, higher_is_better=True):
+    if a is None or b is None or a == 0 or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit, dirty = "unknown", ""
+    import os
+    return model, platform.release(), os.cpu_count(), commit + (" (+uncommitted src changes)" if dirty else "")
+
+
+def fanout_section(rows, out):
+    runs = defaultdict(dict)
+    for row in rows:
+        runs[(row["result"]["clients"], row["rate"])][row["target"]] = row["result"]
+    out.append("## Fan-out sweep (1 product, `matches`)\n")
+    out.append("Per step: deliveries/s, server CPU seconds (/proc), deliveries per server CPU-second, "
+               "latency (receive time minus the message's `time`), losses. A target's ladder stops at the "
+               "first step where it falls behind. `valid` is no when the load generator saturated its core.\n")
+    out.append("| clients | msg/s | target | deliveries/s | server CPU-s | deliveries/CPU-s | p50 ms | p99 ms | p99.9 ms | max ms | lost | kept up | valid |")
+    out.append("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for (clients, rate) in sorted(runs):
+        for t in TARGETS:
+            r = runs[(clients, rate)].get(t)
+            if not r:
+                continue
+            out.append(f"| {clients:,} | {rate} | {t} | {fmt(r.get('deliveries_per_s'), 0)} | {fmt(r.get('server_cpu'), 2)} | "
+                       f"{fmt(r.get('per_cpu_s'), 0)} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | {fmt(r.get('p999_ms'))} | "
+                       f"{fmt(r.get('max_ms'))} | {fmt(r.get('lost'))} | {'yes' if kept_up(r) else 'no'} | "
+                       f"{'no' if r.get('loadgen_saturated') else 'yes'} |")
+    out.append("\nRatios at each step both ran (deliveries per CPU-second: higher is better; p99: lower is better):\n")
+    out.append("| clients | msg/s | deliveries/CPU-s hedgehog/nats | hedgehog/ceiling | p99 hedgehog/nats | p99 hedgehog/ceiling |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for (clients, rate) in sorted(runs):
+        s = runs[(clients, rate)]
+        h = s.get("hedgehog")
+        if not h:
+            continue
+        n, c = s.get("nats"), s.get("ceiling")
+        g = lambda r, k: r.get(k) if r else None
+        out.append(f"| {clients:,} | {rate} | {ratio(g(h, 'per_cpu_s'), g(n, 'per_cpu_s'))} | {ratio(g(h, 'per_cpu_s'), g(c, 'per_cpu_s'))} | "
+                   f"{ratio(g(h, 'p99_ms'), g(n, 'p99_ms'))} | {ratio(g(h, 'p99_ms'), g(c, 'p99_ms'))} |")
+    knees = defaultdict(dict)
+    bound = defaultdict(dict)
+    for (clients, rate), s in sorted(runs.items()):
+        for t, r in s.items():
+            if kept_up(r):
+                knees[clients][t] = max(knees[clients].get(t, 0), rate)
+            elif r.get("loadgen_saturated") and r.get("lost", 1) == 0 and r.get("errors", 1) == 0:
+                bound[clients][t] = True
+    out.append("\nThe knee: the highest rate with zero loss and p99 under 100 ms (0: not even the first step). "
+               "A `+` marks a ladder stopped by the load generator saturating its core while the server still "
+               "delivered everything: the server's real knee is higher than shown, and the ratio is a lower bound "
+               "for it (or an upper bound, when the peer is the one marked).\n")
+    out.append("| clients | hedgehog | nats | ceiling | hedgehog/nats | hedgehog/ceiling |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for clients in sorted({c for c, _ in runs}):
+        k = knees[clients]
+        h, n, c = k.get("hedgehog", 0), k.get("nats", 0), k.get("ceiling", 0)
+        mark = lambda t, v: f"{v}{'+' if bound[clients].get(t) else ''}"
+        out.append(f"| {clients:,} | {mark('hedgehog', h)} | {mark('nats', n)} | {mark('ceiling', c)} | {ratio(h, n)} | {ratio(h, c)} |")
+    return runs, knees
+
+
+def simple_section(title, rows, cols, out, note=""):
+    out.append(f"## {title}\n")
+    if note:
+        out.append(note + "\n")
+    out.append("| target | " + " | ".join(c[0] for c in cols) + " |")
+    out.append("|---|" + "---:|" * len(cols))
+    by = {r["target"]: r["result"] for r in rows}
+    for t in TARGETS:
+        if t in by:
+            out.append(f"| {t} | " + " | ".join(c[1](by[t]) for c in cols) + " |")
+    if "hedgehog" in by:
+        for peer in ("nats", "ceiling"):
+            if peer in by:
+                out.append(f"| hedgehog/{peer} | " + " | ".join(
+                    ratio(c[2](by["hedgehog"]), c[2](by[peer])) if len(c) > 2 else "" for c in cols) + " |")
+    out.append("")
+    return by
+
+
+def rss_per_conn(r):
+    n = r.get("ready", 0)
+    return (r.get("rss_after_kib", 0) - r.get("rss_before_kib", 0)) * 1024 / n if n else None
+
+
+def main():
+    if sys.argv[1] == "--check":
+        rows = load(sys.argv[2])
+        scenarios = {r["scenario"] for r in rows}
+        missing = {"fanout", "mix", "idle", "storm", "rest", "micro"} - scenarios
+        bad = [r for r in rows if r["scenario"] != "rest" and r["result"].get("ready", 0) == 0]
+        if missing or bad:
+            print(f"bench smoke failed: missing {sorted(missing)}, empty runs {len(bad)}", file=sys.stderr)
+            sys.exit(1)
+        print(f"bench smoke: {len(rows)} runs, every scenario produced data")
+        return
+    rows, mode, seconds = load(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    model, kernel, cores, commit = machine()
+    import datetime
+    out = ["# hedgehog benchmark results\n",
+           f"- Machine: {model}, {cores} cores, Linux {kernel}",
+           f"- Commit: {commit}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+           f"`bash bench.sh {mode}` took {seconds} s",
+           "- Layout: each server pinned to core 0 (hedgehog with `WEB_CONCURRENCY=1`; nats-server 2.9 with its "
+           "WebSocket listener, fed by a bridge that publishes the simulator's messages; the ceiling program, which "
+           "writes pre-encoded stamped frames, one write per delivery, no logic). Simulator, bridge and load "
+           "generator on the other core(s). Loopback only.",
+           "- Figures are from one run on a shared machine: compare ratios within this file, not across files.\n"]
+    by_scenario = defaultdict(list)
+    for r in rows:
+        by_scenario[r["scenario"]].append(r)
+    runs, knees = fanout_section(by_scenario["fanout"], out)
+    out.append("")
+    mix = simple_section("Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)",
+                         by_scenario["mix"], [
+                             ("clients", lambda r: fmt(r.get("ready"))),
+                             ("deliveries/s", lambda r: fmt(r.get("deliveries_per_s"), 0), lambda r: r.get("deliveries_per_s")),
+                             ("deliveries/CPU-s", lambda r: fmt(r.get("per_cpu_s"), 0), lambda r: r.get("per_cpu_s")),
+                             ("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),
+                             ("p99 ms", lambda r: fmt(r.get("p99_ms")), lambda r: r.get("p99_ms")),
+                             ("max ms", lambda r: fmt(r.get("max_ms"))),
+                             ("lost", lambda r: fmt(r.get("lost"))),
+                             ("valid", lambda r: "no" if r.get("loadgen_saturated") else "yes"),
+                         ], out)
+    idle = simple_section("Idle capacity", by_scenario["idle"], [
+        ("connections held", lambda r: fmt(r.get("ready")), lambda r: r.get("ready")),
+        ("errors", lambda r: fmt(r.get("errors"))),
+        ("server RSS delta MiB", lambda r: fmt((r.get("rss_after_kib", 0) - r.get("rss_before_kib", 0)) / 1024, 1)),
+        ("RSS per connection (bytes)", lambda r: fmt(rss_per_conn(r), 0), rss_per_conn),
+    ], out, "Server RSS (`/proc/PID/smaps_rollup`) after all connections are up, minus before, over the connections held. Lower is better.")
+    storm = simple_section("Connect storm", by_scenario["storm"], [
+        ("connections", lambda r: fmt(r.get("ready"))),
+        ("errors", lambda r: fmt(r.get("errors"))),
+        ("seconds to accept and greet all", lambda r: fmt(r.get("ready_seconds"), 2), lambda r: r.get("ready_seconds")),
+    ], out, "From the first connect to the last greeting (hedgehog's welcome, nats' INFO, the ceiling's handshake); one load generator connecting as fast as it can. Lower is better.")
+    out.append("## REST (wrk, 16 keep-alive connections, hedgehog only)\n")
+    out.append("nats-server and the ceiling have no subscription API, so there is no peer for this row.\n")
+    out.append("| request | requests/s | p99 ms | non-2xx |")
+    out.append("|---|---:|---:|---:|")
+    for r in by_scenario["rest"]:
+        x = r["result"]
+        out.append(f"| {r['method']} /api/v1/subscribe/BTC-USD | {fmt(x.get('rps'), 0)} | {fmt(x.get('p99_ms'), 2)} | {x.get('non_2xx')} |")
+    out.append("")
+    out.append("## Micro-benchmarks (criterion, `cargo bench --bench micro`)\n")
+    out.append("| benchmark | time per iteration |")
+    out.append("|---|---:|")
+    for r in by_scenario["micro"]:
+        ns = r["result"].get("ns")
+        if ns is None:
+            continue
+        shown = f"{ns / 1000:,.1f} us" if ns >= 10_000 else f"{ns:,.0f} ns"
+        out.append(f"| {r['name']} | {shown} |")
+    out.append("")
+    out.append("## Targets\n")
+    out.append("| target | measured | met |")
+    out.append("|---|---|---|")
+    for clients, rate in [(1000, 10), (1000, 50)]:
+        s = runs.get((clients, rate), {})
+        h, n, c = (s.get(t, {}).get("per_cpu_s") for t in TARGETS)
+        if h:
+            out.append(f"| deliveries/CPU-s >= 2x nats at {clients:,} x {rate}/s | {ratio(h, n)} | {'yes' if n and h >= 2 * n else 'no'} |")
+            out.append(f"| deliveries/CPU-s >= 0.8x ceiling at {clients:,} x {rate}/s | {ratio(h, c)} | {'yes' if c and h >= 0.8 * c else 'no'} |")
+        hp, cp = s.get("hedgehog", {}).get("p99_ms"), s.get("ceiling", {}).get("p99_ms")
+        if hp and cp:
+            out.append(f"| p99 <= 1.5x ceiling's at {clients:,} x {rate}/s | {ratio(hp, cp)} | {'yes' if hp <= 1.5 * cp else 'no'} |")
+    for clients in sorted(knees):
+        h, n = knees[clients].get("hedgehog", 0), knees[clients].get("nats", 0)
+        out.append(f"| knee >= 2x nats' at {clients:,} clients | {h} vs {n} msg/s | {'yes' if h >= 2 * max(n, 1) else 'no'} |")
+    h = idle.get("hedgehog")
+    if h:
+        per = rss_per_conn(h)
+        out.append(f"| <= 4 KiB RSS per idle connection | {fmt(per, 0)} bytes | {'yes' if per is not None and per <= 4096 else 'no'} |")
+        out.append(f"| 19,000 connections held by one process | {fmt(h.get('ready'))} | {'yes' if h.get('ready', 0) >= 19000 else 'no'} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
