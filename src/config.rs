@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::sim::SimConfig;
 use crate::upstream::UpstreamConfig;
+use crate::ws::SlowPolicy;
 
 /// The largest `WEB_CONCURRENCY` taken: more shards than this is a typo.
 pub const MAX_SHARDS: usize = 256;
@@ -33,6 +34,25 @@ pub struct ServeConfig {
     pub channels: Vec<String>,
     /// Run the built-in simulator and relay it instead of Coinbase.
     pub simulate: bool,
+    /// Bytes a client's outbound queue may hold.
+    pub client_queue_bytes: usize,
+    /// What happens to a client whose queue is full.
+    pub slow_consumer: SlowPolicy,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            shards: default_shards(),
+            upstream: UpstreamConfig::default(),
+            channels: vec!["ticker".into(), "matches".into()],
+            simulate: false,
+            client_queue_bytes: 4 << 20,
+            slow_consumer: SlowPolicy::Disconnect,
+        }
+    }
 }
 
 /// The usage text.
@@ -51,6 +71,8 @@ Relay options (environment variable in brackets):
   --channels LIST        default channels [COINBASE_CHANNELS] (default ticker,matches)
   --stall-timeout SECS   reconnect after this long without a message (default 5)
   --simulate             relay the built-in simulator (offline mode; data is simulated)
+  --client-queue-bytes N a client's outbound queue limit (default 4194304)
+  --slow-consumer P      disconnect (default) or conflate, when a client's queue is full
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -196,14 +218,7 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
 }
 
 fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
-    let mut c = ServeConfig {
-        host: "0.0.0.0".into(),
-        port: 8080,
-        shards: default_shards(),
-        upstream: UpstreamConfig::default(),
-        channels: vec!["ticker".into(), "matches".into()],
-        simulate: false,
-    };
+    let mut c = ServeConfig::default();
     if let Some(h) = f.get("host").map(str::to_string).or_else(|| env("HOST")) {
         c.host = h;
     }
@@ -225,6 +240,14 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.upstream.stall_timeout = seconds("stall-timeout", s)?;
     }
     c.simulate = f.flag("simulate");
+    if let Some(n) = f.parsed::<usize>("client-queue-bytes")? {
+        c.client_queue_bytes = n;
+    }
+    c.slow_consumer = match f.get("slow-consumer") {
+        None | Some("disconnect") => SlowPolicy::Disconnect,
+        Some("conflate") => SlowPolicy::Conflate,
+        Some(other) => return Err(format!("--slow-consumer {other:?}: use disconnect or conflate")),
+    };
     f.finish()?;
     validate_serve(c)
 }
@@ -246,6 +269,9 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     crate::upstream::Endpoint::parse(&c.upstream.url)?;
     if c.channels.is_empty() {
         return Err("--channels is empty".into());
+    }
+    if c.client_queue_bytes < 64 * 1024 {
+        return Err(format!("--client-queue-bytes {} is too small: at least 65536", c.client_queue_bytes));
     }
     if let Some(bad) = c.channels.iter().find(|ch| !RELAYED_CHANNELS.contains(&ch.as_str())) {
         return Err(format!("--channels: {bad:?} is not a channel hedgehog relays ({})", RELAYED_CHANNELS.join(", ")));

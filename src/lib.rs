@@ -28,8 +28,5 @@ pub mod ws;
 /// limit of common hosts (8 MiB), so a small amount is asked for.
 pub const IO_MEMORY: usize = 256 * 1024;
 
-/// Runs the relay until its shards end.
-pub fn serve(cfg: config::ServeConfig) -> Result<(), String> {
-    shard::start(cfg)?.join();
-    Ok(())
-}
+/// How long a graceful shutdown may take before shards are stopped outright.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Simulate(cfg) => simulate(cfg),
-        Command::Serve(cfg) => hedgehog::serve(cfg),
+        Command::Serve(cfg) => serve(cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +33,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully.
+fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // glommio has no signal handling: a plain thread waits for them.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let relay = hedgehog::shard::start(cfg)?;
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
+    }
+    if relay.shutdown(hedgehog::SHUTDOWN_GRACE) {
+        log::info!("shut down cleanly");
+    } else {
+        log::warn!("clients still connected after {:?}; stopped anyway", hedgehog::SHUTDOWN_GRACE);
+    }
+    Ok(())
 }
 
 fn simulate(cfg: hedgehog::sim::SimConfig) -> Result<(), String> {

@@ -43,6 +43,8 @@ pub enum ShardMsg {
     ProductError { product: String, frame: Frame },
     /// From shard 0: the products the upstream lists.
     Products(Arc<HashSet<String>>),
+    /// From shard 0: the upstream's state changed; `frame` is the `upstream` message.
+    Upstream(Frame),
     /// A REST operation for a client of the receiving shard.
     Command { req: u64, from: usize, client: ClientId, op: Op },
     /// The answer to a command.
@@ -94,18 +96,24 @@ pub struct Global {
     pub simulated: bool,
     pub upstream_url: String,
     pub default_channels: Vec<usize>,
+    /// Each client's outbound queue limit and what happens past it.
+    pub queue_bytes: usize,
+    pub slow_policy: crate::ws::SlowPolicy,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
     upstream: Mutex<UpstreamInfo>,
 }
 
 impl Global {
-    pub fn new(shards: usize, simulated: bool, upstream_url: String, default_channels: Vec<usize>) -> Self {
+    pub fn new(cfg: &crate::config::ServeConfig, default_channels: Vec<usize>) -> Self {
+        let shards = cfg.shards;
         Global {
             shards,
-            simulated,
-            upstream_url,
+            simulated: cfg.simulate,
+            upstream_url: cfg.upstream.url.clone(),
             default_channels,
+            queue_bytes: cfg.client_queue_bytes,
+            slow_policy: cfg.slow_consumer,
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
@@ -146,6 +154,8 @@ pub struct Hub {
     pub id: usize,
     pub global: Arc<Global>,
     clients: sharded_slab::Slab<Client>,
+    /// Every local client's outbox by slot, for shutdown.
+    outboxes: RefCell<HashMap<usize, Rc<Outbox>>>,
     table: RefCell<Table>,
     bus: Bus,
     pending: RefCell<HashMap<u64, LocalSender<Result<Value, ApiError>>>>,
@@ -160,6 +170,7 @@ impl Hub {
             id,
             global,
             clients: sharded_slab::Slab::new(),
+            outboxes: RefCell::new(HashMap::new()),
             table: RefCell::new(Table::default()),
             bus,
             pending: RefCell::new(HashMap::new()),
@@ -169,10 +180,16 @@ impl Hub {
         })
     }
 
+    /// A new client's outbox, bounded and with the policy configured.
+    pub fn new_outbox(&self) -> Rc<Outbox> {
+        Rc::new(Outbox::with_policy(self.global.queue_bytes, self.global.slow_policy))
+    }
+
     /// Registers a new client; returns its id, or `None` when the table is full.
     pub fn register(&self, outbox: Rc<Outbox>) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
         let id = ClientId::new(self.id, entry.key());
+        self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         entry.insert(Client { id, outbox, subs: RefCell::new(BTreeMap::new()) });
         self.global.clients[self.id].fetch_add(1, Ordering::Relaxed);
         Some(id)
@@ -181,6 +198,7 @@ impl Hub {
     /// Forgets a client and releases its subscriptions.
     pub async fn unregister(&self, id: ClientId) {
         let Some(client) = self.clients.take(id.slot) else { return };
+        self.outboxes.borrow_mut().remove(&id.slot);
         self.global.clients[self.id].fetch_sub(1, Ordering::Relaxed);
         let subs = std::mem::take(&mut *client.subs.borrow_mut());
         for (product, channels) in subs {
@@ -188,6 +206,28 @@ impl Hub {
                 self.drop_subscriber(&product, ch, id.slot).await;
             }
         }
+    }
+
+    /// Sends `frame` to every local client with at least one subscription.
+    fn tell_subscribed(&self, frame: &Frame) {
+        for outbox in self.outboxes.borrow().iter().filter_map(|(slot, o)| {
+            let subscribed = self.clients.get(*slot).is_some_and(|c| !c.subs.borrow().is_empty());
+            subscribed.then_some(o)
+        }) {
+            let _ = outbox.push(frame.clone());
+        }
+    }
+
+    /// Sends every local client a close frame (their sessions end once it is out).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for outbox in self.outboxes.borrow().values() {
+            outbox.close(code, reason);
+        }
+    }
+
+    /// Clients still connected to this shard.
+    pub fn local_clients(&self) -> usize {
+        self.outboxes.borrow().len()
     }
 
     /// Whether `product` may be subscribed: unknown until the upstream lists products.
@@ -314,6 +354,7 @@ impl Hub {
             }
             ShardMsg::ProductError { product, frame } => self.product_error(&product, &frame).await,
             ShardMsg::Products(list) => *self.products.borrow_mut() = Some(list),
+            ShardMsg::Upstream(frame) => self.tell_subscribed(&frame),
             ShardMsg::Command { req, from, client, op } => {
                 let result = self.apply(client, op).await;
                 self.bus.send(from, ShardMsg::Reply { req, result }).await;

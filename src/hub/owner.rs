@@ -132,7 +132,23 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             }
         }
         Event::Connected | Event::Disconnected { .. } => {
+            let reason = match &event {
+                Event::Disconnected { reason } => Some(reason.as_str()),
+                _ => None,
+            };
             let s = owner.upstream.status();
+            // Subscribers hear of it: data may pause (and later resume) for a reason.
+            let note = serde_json::json!({
+                "type": "upstream",
+                "state": s.state.as_str(),
+                "reason": reason,
+                "time": crate::clock::now_iso(),
+            });
+            let frame = crate::ws::frame::text(note.to_string().as_bytes());
+            hub.tell_subscribed(&frame);
+            for shard in (0..hub.global.shards).filter(|s| *s != hub.id) {
+                hub.bus().send(shard, ShardMsg::Upstream(frame.clone())).await;
+            }
             hub.global.set_upstream(|u| {
                 u.state = s.state.as_str();
                 u.since = crate::clock::format_iso(

@@ -17,16 +17,29 @@ pub fn channel_index(name: &str) -> Option<usize> {
 /// Subscribers of one (product, channel): (client slot, outbox).
 type Subscribers = Vec<(usize, Rc<Outbox>)>;
 
+/// One product's subscribers per channel, and its number (for topic ids).
+#[derive(Default)]
+struct Product {
+    number: u64,
+    channels: [Subscribers; CHANNELS.len()],
+}
+
 /// product -> per-channel subscribers.
 #[derive(Default)]
 pub struct Table {
-    topics: HashMap<String, [Subscribers; CHANNELS.len()]>,
+    topics: HashMap<String, Product>,
+    next_number: u64,
 }
 
 impl Table {
     /// Adds a subscriber; true if it is the first for this (product, channel).
     pub fn add(&mut self, product: &str, channel: usize, slot: usize, outbox: &Rc<Outbox>) -> bool {
-        let subs = &mut self.topics.entry(product.to_string()).or_default()[channel];
+        if !self.topics.contains_key(product) {
+            self.next_number += 1;
+            let entry = Product { number: self.next_number, ..Product::default() };
+            self.topics.insert(product.to_string(), entry);
+        }
+        let subs = &mut self.topics.get_mut(product).expect("just inserted").channels[channel];
         if subs.iter().any(|(s, _)| *s == slot) {
             return false;
         }
@@ -37,31 +50,32 @@ impl Table {
     /// Removes a subscriber; true if it was the last for this (product, channel).
     pub fn remove(&mut self, product: &str, channel: usize, slot: usize) -> bool {
         let Some(topic) = self.topics.get_mut(product) else { return false };
-        let subs = &mut topic[channel];
+        let subs = &mut topic.channels[channel];
         let Some(i) = subs.iter().position(|(s, _)| *s == slot) else { return false };
         subs.swap_remove(i);
         let last = subs.is_empty();
-        if topic.iter().all(Vec::is_empty) {
+        if topic.channels.iter().all(Vec::is_empty) {
             self.topics.remove(product);
         }
         last
     }
 
     /// Queues `frame` for every subscriber of (`product`, `channel`). A subscriber
-    /// whose outbox overflows is killed by it; its session cleans up.
+    /// whose outbox overflows is dealt with by its policy; its session cleans up.
     pub fn deliver(&self, product: &str, channel: usize, frame: &Frame) -> usize {
         let Some(topic) = self.topics.get(product) else { return 0 };
-        for (_, outbox) in &topic[channel] {
-            let _ = outbox.push(frame.clone());
+        let id = Some(topic.number * CHANNELS.len() as u64 + channel as u64);
+        for (_, outbox) in &topic.channels[channel] {
+            let _ = outbox.push_topic(frame.clone(), id);
         }
-        topic[channel].len()
+        topic.channels[channel].len()
     }
 
     /// Queues `frame` once for every subscriber of `product` on any channel.
     pub fn deliver_product(&self, product: &str, frame: &Frame) {
         let Some(topic) = self.topics.get(product) else { return };
         let mut seen = Vec::new();
-        for (slot, outbox) in topic.iter().flatten() {
+        for (slot, outbox) in topic.channels.iter().flatten() {
             if !seen.contains(slot) {
                 seen.push(*slot);
                 let _ = outbox.push(frame.clone());
@@ -71,7 +85,8 @@ impl Table {
 
     /// The (slot) of every subscriber to `product` on any channel.
     pub fn subscribers_of(&self, product: &str) -> Vec<usize> {
-        let mut out: Vec<usize> = self.topics.get(product).into_iter().flatten().flatten().map(|(s, _)| *s).collect();
+        let mut out: Vec<usize> =
+            self.topics.get(product).into_iter().flat_map(|t| t.channels.iter().flatten()).map(|(s, _)| *s).collect();
         out.sort_unstable();
         out.dedup();
         out

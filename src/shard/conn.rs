@@ -16,9 +16,6 @@ use crate::hub::{Hub, Op};
 use crate::net::{self, ReadError};
 use crate::ws::{self, close, Outbox};
 
-/// A client's outbound queue, in bytes. A client this far behind is dropped
-/// (close 1008 "slow consumer" on WebSockets), so it cannot hold memory or others back.
-pub const CLIENT_OUTBOX: usize = 4 << 20;
 /// The largest message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -123,7 +120,7 @@ async fn websocket(
         return;
     }
     drop(handshake);
-    let outbox = Rc::new(Outbox::new(CLIENT_OUTBOX));
+    let outbox = hub.new_outbox();
     let Some(id) = hub.register(outbox.clone()) else {
         outbox.close(close::INTERNAL, "no room for another client");
         let _ = ws::write_loop(&outbox, &mut stream).await;
@@ -181,7 +178,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
     }
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
-    let outbox = Rc::new(Outbox::new(CLIENT_OUTBOX));
+    let outbox = hub.new_outbox();
     let Some(id) = hub.register(outbox.clone()) else {
         let _ = stream.write_all(&Response::error(503, "full", "no room for another client").to_bytes(true)).await;
         return;
@@ -203,7 +200,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         or(
             reader,
             or(writer, async {
-                outbox.killed().await;
+                outbox.abandoned(Duration::from_secs(2)).await;
             }),
         )
         .await;

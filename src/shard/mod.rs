@@ -19,11 +19,12 @@ use crate::config::ServeConfig;
 use crate::hub::{self, BusEnds, Global, Hub, Owner};
 use crate::sim::{self, SimConfig, SimHandle};
 
-/// A running relay. Dropping it stops every shard.
+/// A running relay. Dropping it stops every shard at once; [`RelayHandle::shutdown`]
+/// stops them gracefully.
 pub struct RelayHandle {
     pub addr: SocketAddr,
     pub global: Arc<Global>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     simulator: Option<SimHandle>,
 }
@@ -34,9 +35,30 @@ impl RelayHandle {
         self.simulator.as_ref()
     }
 
-    /// Asks every shard to stop.
+    /// Asks every shard to stop at once.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.now.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops gracefully: no new connections, Close 1001 to every client, the
+    /// upstream closed; every shard ends once its clients are gone or `grace` has
+    /// passed, whichever is first. Returns whether it ended within `grace`.
+    pub fn shutdown(mut self, grace: Duration) -> bool {
+        self.stop.draining.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + grace;
+        let threads = std::mem::take(&mut self.threads);
+        let waiter = std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        while !waiter.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let in_time = waiter.is_finished();
+        self.stop();
+        let _ = waiter.join();
+        in_time
     }
 
     /// Waits for every shard to end.
@@ -45,6 +67,15 @@ impl RelayHandle {
             let _ = t.join();
         }
     }
+}
+
+/// How shards are told to end.
+#[derive(Default)]
+struct Stop {
+    /// Stop accepting, say goodbye, end when the clients are gone.
+    draining: AtomicBool,
+    /// End now.
+    now: AtomicBool,
 }
 
 impl Drop for RelayHandle {
@@ -84,8 +115,8 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     }
     let n = cfg.shards;
     let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c)).collect();
-    let global = Arc::new(Global::new(n, cfg.simulate, cfg.upstream.url.clone(), channels));
-    let stop = Arc::new(AtomicBool::new(false));
+    let global = Arc::new(Global::new(&cfg, channels));
+    let stop = Arc::new(Stop::default());
     let mut ends = hub::bus_mesh(n);
     let mut placements = placements(n);
     let mut threads = Vec::new();
@@ -111,7 +142,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(bound)) => addr = bound,
             Ok(Err(e)) => {
-                stop.store(true, Ordering::SeqCst);
+                stop.now.store(true, Ordering::SeqCst);
                 return Err(e);
             }
             Err(_) => return Err(format!("shard {id} did not start")),
@@ -136,7 +167,7 @@ struct Shard {
     bus: BusEnds,
     global: Arc<Global>,
     cfg: ServeConfig,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
 }
 
@@ -183,12 +214,25 @@ impl Shard {
             http: ex.create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(5)), "http"),
             sessions: ex.create_task_queue(Shares::default(), Latency::NotImportant, "sessions"),
         };
-        or(conn::accept_loop(listener, hub, queues), watch(self.stop)).await;
+        let stop = self.stop;
+        or(conn::accept_loop(listener, hub.clone(), queues), wait(&stop.draining, &stop.now)).await;
+        // Draining: the listener is closed; tell everyone and let them go.
+        hub.close_all(crate::ws::close::GOING_AWAY, "server shutting down");
+        if let Some(owner) = hub.owner() {
+            owner.upstream.stop();
+        }
+        let gone = async {
+            while hub.local_clients() > 0 {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        or(gone, wait(&stop.now, &stop.now)).await;
     }
 }
 
-async fn watch(stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+/// Resolves once either flag is set.
+async fn wait(a: &AtomicBool, b: &AtomicBool) {
+    while !a.load(Ordering::SeqCst) && !b.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -22,6 +22,20 @@ const MAX_BATCH: usize = 256 * 1024;
 #[error("outbound queue full")]
 pub struct Overflow;
 
+/// What a full outbox does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Drop what is queued and close with 1008 "slow consumer" (Coinbase's
+    /// ErrSlowConsume); the socket is dropped if even that cannot be sent.
+    Disconnect,
+    /// Keep only the newest message per product and channel while the client is
+    /// behind; disconnect if even that does not fit.
+    Conflate,
+}
+
+/// The close reason a slow consumer gets.
+pub const SLOW_CONSUMER: &str = "slow consumer";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Open,
@@ -32,10 +46,14 @@ enum State {
 }
 
 struct Inner {
-    queue: VecDeque<Frame>,
+    /// Frames with their topic (product and channel) when they carry feed data.
+    queue: VecDeque<(Frame, Option<u64>)>,
     bytes: usize,
     cap: usize,
+    policy: SlowPolicy,
     state: State,
+    /// Closing because it overflowed: the close frame gets a short grace.
+    slow: bool,
     writer: Option<Waker>,
     watcher: Option<Waker>,
 }
@@ -48,33 +66,57 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `cap` bytes.
+    /// An empty outbox holding at most `cap` bytes, disconnecting when full.
     pub fn new(cap: usize) -> Self {
+        Self::with_policy(cap, SlowPolicy::Disconnect)
+    }
+
+    /// An empty outbox holding at most `cap` bytes, full as `policy` says.
+    pub fn with_policy(cap: usize, policy: SlowPolicy) -> Self {
         Outbox {
             inner: RefCell::new(Inner {
                 queue: VecDeque::new(),
                 bytes: 0,
                 cap,
+                policy,
                 state: State::Open,
+                slow: false,
                 writer: None,
                 watcher: None,
             }),
         }
     }
 
-    /// Queues a data frame. Over the cap, the outbox is killed and `Overflow` returned.
+    /// Queues a frame that belongs to no topic.
     pub fn push(&self, f: Frame) -> Result<(), Overflow> {
+        self.push_topic(f, None)
+    }
+
+    /// Queues a frame of `topic` (a product and channel). When it does not fit, the
+    /// policy decides: conflate older frames of the same topics away, or close the
+    /// connection as a slow consumer (`Overflow`).
+    pub fn push_topic(&self, f: Frame, topic: Option<u64>) -> Result<(), Overflow> {
         let mut i = self.inner.borrow_mut();
         if i.state != State::Open {
             return Ok(());
         }
+        if i.bytes + f.len() > i.cap && i.policy == SlowPolicy::Conflate {
+            conflate(&mut i, topic);
+        }
         if i.bytes + f.len() > i.cap {
-            drop(i);
-            self.kill("slow consumer");
+            // Coinbase's answer to a slow reader: what is queued is dropped and a
+            // close frame goes out (or, if even that cannot, the socket is dropped).
+            i.queue.clear();
+            i.bytes = 0;
+            i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
+            i.state = State::Closing;
+            i.slow = true;
+            wake(&mut i.writer);
+            wake(&mut i.watcher);
             return Err(Overflow);
         }
         i.bytes += f.len();
-        i.queue.push_back(f);
+        i.queue.push_back((f, topic));
         wake(&mut i.writer);
         Ok(())
     }
@@ -84,7 +126,7 @@ impl Outbox {
         let mut i = self.inner.borrow_mut();
         if i.state == State::Open {
             i.bytes += f.len();
-            i.queue.push_back(f);
+            i.queue.push_back((f, None));
             wake(&mut i.writer);
         }
     }
@@ -93,7 +135,7 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &str) {
         let mut i = self.inner.borrow_mut();
         if i.state == State::Open {
-            i.queue.push_back(frame::close_frame(code, reason));
+            i.queue.push_back((frame::close_frame(code, reason), None));
             i.state = State::Closing;
             wake(&mut i.writer);
         }
@@ -121,19 +163,28 @@ impl Outbox {
         self.inner.borrow().bytes
     }
 
-    /// Resolves when the outbox is killed, with the reason.
-    pub async fn killed(&self) -> &'static str {
-        poll_fn(|cx| {
+    /// Resolves when the connection should be let go of: at once when the outbox is
+    /// killed; after `grace` when it overflowed (time for its close frame to go out).
+    pub async fn abandoned(&self, grace: std::time::Duration) -> &'static str {
+        let why = poll_fn(|cx| {
             let mut i = self.inner.borrow_mut();
             match i.state {
-                State::Killed(why) => Poll::Ready(why),
+                State::Killed(why) => Poll::Ready(Some(why)),
+                _ if i.slow => Poll::Ready(None),
                 _ => {
                     i.watcher = Some(cx.waker().clone());
                     Poll::Pending
                 }
             }
         })
-        .await
+        .await;
+        match why {
+            Some(why) => why,
+            None => {
+                glommio::timer::sleep(grace).await;
+                SLOW_CONSUMER
+            }
+        }
     }
 
     /// Waits for pending frames and takes them all, as they are. `None` once the
@@ -149,7 +200,7 @@ impl Outbox {
                 return Poll::Pending;
             }
             i.bytes = 0;
-            Poll::Ready(Some(i.queue.drain(..).collect()))
+            Poll::Ready(Some(i.queue.drain(..).map(|(f, _)| f).collect()))
         })
         .await
     }
@@ -169,13 +220,13 @@ impl Outbox {
                     Poll::Pending
                 }
                 1 => {
-                    let f = i.queue.pop_front().expect("queue has one frame");
+                    let (f, _) = i.queue.pop_front().expect("queue has one frame");
                     i.bytes -= f.len().min(i.bytes);
                     Poll::Ready(Some(Batch::One(f)))
                 }
                 _ => {
                     scratch.clear();
-                    while let Some(f) = i.queue.front() {
+                    while let Some((f, _)) = i.queue.front() {
                         if !scratch.is_empty() && scratch.len() + f.len() > MAX_BATCH {
                             break;
                         }
@@ -190,6 +241,25 @@ impl Outbox {
         })
         .await
     }
+}
+
+/// Keeps only the newest frame of each topic (and every frame of none), making
+/// room for one more frame of `incoming`.
+fn conflate(i: &mut Inner, incoming: Option<u64>) {
+    let mut seen: Vec<u64> = incoming.into_iter().collect();
+    let mut kept: VecDeque<(Frame, Option<u64>)> = VecDeque::with_capacity(i.queue.len());
+    for (f, topic) in i.queue.drain(..).rev() {
+        match topic {
+            Some(t) if seen.contains(&t) => {}
+            Some(t) => {
+                seen.push(t);
+                kept.push_front((f, topic));
+            }
+            None => kept.push_front((f, topic)),
+        }
+    }
+    i.bytes = kept.iter().map(|(f, _)| f.len()).sum();
+    i.queue = kept;
 }
 
 enum Batch {
@@ -244,14 +314,38 @@ mod tests {
     }
 
     #[test]
-    fn a_push_over_the_cap_kills_the_connection() {
+    fn a_push_over_the_cap_closes_with_1008_slow_consumer() {
         let o = Outbox::new(10);
         o.push(frame::text(b"12345678")).unwrap();
         assert_eq!(o.push(frame::text(b"x")), Err(Overflow));
         assert!(!o.is_open());
-        assert_eq!(run(o.killed()), "slow consumer");
+        let mut out = Vec::new();
+        run(write_loop(&o, &mut out)).unwrap();
+        assert_eq!(out, &frame::close_frame(1008, "slow consumer")[..], "queued data dropped, close sent");
+    }
+
+    #[test]
+    fn a_killed_outbox_writes_nothing() {
+        let o = Outbox::new(100);
+        o.push(frame::text(b"data")).unwrap();
+        o.kill("dropped");
         let mut out = Vec::new();
         assert!(run(write_loop(&o, &mut out)).is_err());
-        assert!(out.is_empty(), "a killed outbox writes nothing");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn conflation_keeps_the_newest_per_topic() {
+        let f = |s: &str| frame::text(s.as_bytes());
+        let o = Outbox::with_policy(3 * f("a1").len() + 1, SlowPolicy::Conflate);
+        o.push_topic(f("a1"), Some(1)).unwrap();
+        o.push_topic(f("b1"), Some(2)).unwrap();
+        o.push_topic(f("a2"), Some(1)).unwrap();
+        // Full: the next frame of topic 1 replaces both older ones.
+        o.push_topic(f("a3"), Some(1)).unwrap();
+        o.close(1000, "");
+        let mut out = Vec::new();
+        run(write_loop(&o, &mut out)).unwrap();
+        assert_eq!(out, [&f("b1")[..], &f("a3"), &frame::close_frame(1000, "")].concat());
     }
 }

@@ -83,7 +83,7 @@ where
         }
     };
     let killed = async {
-        let why = outbox.killed().await;
+        let why = outbox.abandoned(LINGER).await;
         log::debug!("session dropped: {why}");
     };
     or(reader, or(writer, killed)).await;

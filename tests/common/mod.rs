@@ -158,6 +158,7 @@ pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle 
         },
         channels: vec!["ticker".into(), "matches".into()],
         simulate: false,
+        ..Default::default()
     };
     hedgehog::shard::start(cfg).expect("relay starts")
 }
