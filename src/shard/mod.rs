@@ -87,16 +87,30 @@ impl Drop for RelayHandle {
     }
 }
 
-/// Where each shard runs: pinned one per CPU when the CPUs suffice.
+/// Where each shard runs: shard i pinned to the i-th CPU this process may use
+/// (so `taskset` is honoured, and shard 0 is on the lowest CPU), unpinned when
+/// there are more shards than CPUs.
 fn placements(n: usize) -> Vec<Placement> {
-    let cpus: Vec<usize> =
-        glommio::CpuSet::online().map(|s| s.into_iter().map(|l| l.cpu).collect()).unwrap_or_default();
+    let cpus = allowed_cpus();
     if n <= cpus.len() {
         cpus.into_iter().take(n).map(Placement::Fixed).collect()
     } else {
-        log::info!("WEB_CONCURRENCY={n} exceeds the {} online CPUs: shards are not pinned", cpus.len());
+        log::info!("WEB_CONCURRENCY={n} exceeds the {} usable CPUs: shards are not pinned", cpus.len());
         (0..n).map(|_| Placement::Unbound).collect()
     }
+}
+
+/// The CPUs in this process's affinity mask, ascending. (glommio's `CpuSet` is a
+/// hash set: its order differs from run to run, so it cannot say which is first.)
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    if !ok {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
 /// Starts the relay; returns once every shard listens.
