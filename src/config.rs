@@ -86,6 +86,11 @@ Simulator options:
   --replay FILE          replay recorded messages (one JSON message per line)
   --speed X              replay speed-up; 0 = as fast as possible (default 1)
   --subscribe-timeout S  close connections that do not subscribe within S seconds; 0 = never (default 5)
+  --hold S               no trades for the first S seconds (let subscribers join first)
+  --fault LIST           inject faults in turn: drop, reset, stall, garbage, binary, oversized,
+                         skip, refuse, slow-handshake
+  --fault-every S        seconds between faults (default 10)
+  --fault-for S          how long stall, refuse and slow-handshake last (default 3)
 
   -h, --help             this text
   -V, --version          the version
@@ -194,6 +199,18 @@ fn simulate(mut f: Flags) -> Result<SimConfig, String> {
     if let Some(s) = f.parsed::<f64>("subscribe-timeout")? {
         c.subscribe_timeout = seconds("subscribe-timeout", s)?;
     }
+    if let Some(s) = f.parsed::<f64>("hold")? {
+        c.hold = seconds("hold", s)?;
+    }
+    if let Some(list) = f.get("fault") {
+        c.faults = list.split(',').filter(|k| !k.is_empty()).map(str::parse).collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = f.parsed::<f64>("fault-every")? {
+        c.fault_every = seconds("fault-every", s)?;
+    }
+    if let Some(s) = f.parsed::<f64>("fault-for")? {
+        c.fault_for = seconds("fault-for", s)?;
+    }
     f.finish()?;
     validate_sim(c)
 }
@@ -210,6 +227,9 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     }
     if let Some(bad) = c.products.iter().find(|p| crate::protocol::normalize_product(p).is_none()) {
         return Err(format!("--products: {bad:?} is not a product id (want BASE-QUOTE)"));
+    }
+    if !c.faults.is_empty() && c.fault_every.is_zero() {
+        return Err("--fault-every must be more than 0".into());
     }
     if c.cert_out.is_some() && !c.tls {
         return Err("--cert-out needs --tls".into());

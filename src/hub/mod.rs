@@ -101,6 +101,7 @@ pub struct Global {
     pub slow_policy: crate::ws::SlowPolicy,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
+    malformed: AtomicU64,
     upstream: Mutex<UpstreamInfo>,
 }
 
@@ -116,6 +117,7 @@ impl Global {
             slow_policy: cfg.slow_consumer,
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
         }
     }
@@ -128,6 +130,11 @@ impl Global {
     /// Upstream messages received.
     pub fn messages(&self) -> u64 {
         self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Malformed upstream messages ignored.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
     }
 
     pub fn upstream(&self) -> UpstreamInfo {

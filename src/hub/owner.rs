@@ -98,6 +98,7 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
     match event {
         Event::Message(msg) => {
             hub.global.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            hub.global.malformed.store(owner.upstream.malformed(), std::sync::atomic::Ordering::Relaxed);
             let Some(channel) = protocol::channel_of(msg.kind()).and_then(channel_index) else { return };
             let Some(product) = msg.product() else { return };
             let shards = owner.shards_for(product, channel);
@@ -132,6 +133,7 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             }
         }
         Event::Connected | Event::Disconnected { .. } => {
+            hub.global.malformed.store(owner.upstream.malformed(), std::sync::atomic::Ordering::Relaxed);
             let reason = match &event {
                 Event::Disconnected { reason } => Some(reason.as_str()),
                 _ => None,

@@ -78,6 +78,7 @@ fn health(hub: &Hub) -> serde_json::Value {
             "state": up.state,
             "since": up.since,
             "messages": g.messages(),
+            "malformed": g.malformed(),
             "connects": up.connects,
             "last_error": up.last_error,
             "products": up.products,

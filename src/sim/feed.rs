@@ -3,10 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use rand::rngs::SmallRng;
 
+use super::fault::Fault;
 use super::market::{self, Book, Spec};
 use super::replay::Replay;
 use super::Control;
@@ -16,6 +19,8 @@ use crate::ws::{self, Frame, Outbox};
 /// One client connection.
 pub struct Conn {
     pub outbox: Rc<Outbox>,
+    /// The TCP socket, for the `reset` fault.
+    pub fd: std::os::fd::RawFd,
     pub subs: BTreeMap<String, BTreeSet<String>>,
     pub subscribed: bool,
     pub since: Instant,
@@ -42,12 +47,53 @@ pub struct Feed {
     pub specs: Vec<Spec>,
     pub status: Frame,
     pub control: std::sync::Arc<Control>,
+    /// Lasting faults in effect.
+    pub windows: super::fault::Windows,
 }
 
 impl Feed {
     pub fn new(source: Source, specs: Vec<Spec>, control: std::sync::Arc<Control>) -> Feed {
         let status = ws::frame::text(market::status_message(&specs).as_bytes());
-        Feed { conns: BTreeMap::new(), source, specs, status, control }
+        Feed { conns: BTreeMap::new(), source, specs, status, control, windows: Default::default() }
+    }
+
+    /// Stalled by the test handle or by a `stall` fault: nothing is sent or answered.
+    pub fn stalled(&self) -> bool {
+        self.control.is_stalled() || self.windows.stalled(Instant::now())
+    }
+
+    /// Applies one fault now; lasting ones last `lasting`.
+    pub fn apply(&mut self, fault: Fault, lasting: Duration) {
+        log::info!("simulator: injecting fault {}", fault.name());
+        let until = Some(Instant::now() + lasting);
+        let all = |f: &Feed, frame: Frame| {
+            for c in f.conns.values() {
+                let _ = c.outbox.push(frame.clone());
+            }
+        };
+        match fault {
+            Fault::Drop => self.conns.values().for_each(|c| c.outbox.close(ws::close::GOING_AWAY, "going away")),
+            Fault::Reset => {
+                for c in self.conns.values() {
+                    reset_on_close(c.fd);
+                    c.outbox.kill("reset");
+                }
+            }
+            Fault::Stall => self.windows.stall_until = until,
+            Fault::Refuse => self.windows.refuse_until = until,
+            Fault::SlowHandshake => self.windows.slow_until = until,
+            Fault::Garbage => all(self, ws::frame::text(b"this is not JSON {")),
+            Fault::Binary => all(self, ws::frame::encode(OpCode::Data(Data::Binary), &[0, 1, 2, 3], None).into()),
+            Fault::Oversized => all(self, ws::frame::text(&vec![b'x'; 17 << 20])),
+            Fault::Skip => {
+                if let Source::Market { products, .. } = &mut self.source {
+                    for p in products.iter_mut() {
+                        p.book.trade_id += 10;
+                        p.book.sequence += 1000;
+                    }
+                }
+            }
+        }
     }
 
     fn knows(&self, product: &str) -> bool {
@@ -56,7 +102,7 @@ impl Feed {
 
     /// Sends `frame` to every connection subscribed to (`channel`, `product`).
     pub fn deliver(&self, channel: &str, product: &str, frame: &Frame) {
-        if self.control.is_stalled() {
+        if self.stalled() {
             return;
         }
         for (id, conn) in &self.conns {
@@ -74,7 +120,7 @@ impl Feed {
     /// Handles one client message on connection `id`.
     pub fn on_text(&mut self, id: u64, text: &[u8]) {
         self.control.record(super::SimEvent::Request(id, String::from_utf8_lossy(text).into_owned()));
-        if self.control.is_stalled() {
+        if self.stalled() {
             return;
         }
         let Some(outbox) = self.conns.get(&id).map(|c| c.outbox.clone()) else { return };
@@ -172,4 +218,19 @@ fn first_frames(source: &Source, status: &Frame, channel: &str, product: &str) -
         _ => None,
     };
     frame.into_iter().collect()
+}
+
+/// Makes the socket send a TCP reset rather than a FIN when it is closed.
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads a `linger` of the size given; a bad fd only fails.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }

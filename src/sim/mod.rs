@@ -4,6 +4,7 @@
 //! One glommio executor runs it all: an accept loop, one session task per client,
 //! and a tick loop that moves the market and sends what each client subscribed to.
 
+mod fault;
 mod feed;
 mod market;
 mod replay;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use fault::Fault;
 pub use market::{Spec, DEFAULT_PRODUCTS};
 
 /// The simulator's settings.
@@ -36,6 +38,13 @@ pub struct SimConfig {
     pub speed: f64,
     /// Connections that send no subscribe within this are closed; zero disables.
     pub subscribe_timeout: Duration,
+    /// No trades for this long after start (subscribers can all join first).
+    pub hold: Duration,
+    /// Faults injected on a schedule, in turn, every `fault_every`.
+    pub faults: Vec<Fault>,
+    pub fault_every: Duration,
+    /// How long a lasting fault (stall, refuse, slow handshake) lasts.
+    pub fault_for: Duration,
 }
 
 impl Default for SimConfig {
@@ -51,6 +60,10 @@ impl Default for SimConfig {
             replay: None,
             speed: 1.0,
             subscribe_timeout: Duration::from_secs(5),
+            hold: Duration::ZERO,
+            faults: Vec::new(),
+            fault_every: Duration::from_secs(10),
+            fault_for: Duration::from_secs(3),
         }
     }
 }
@@ -73,6 +86,8 @@ pub struct Control {
     stalled: AtomicBool,
     drops: AtomicU64,
     events: Mutex<Vec<SimEvent>>,
+    /// Faults asked for and not yet applied.
+    faults: Mutex<Vec<Fault>>,
 }
 
 impl Control {
@@ -86,6 +101,16 @@ impl Control {
 
     fn is_stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn inject_later(&self, fault: Fault) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.push(fault);
+        }
+    }
+
+    fn take_faults(&self) -> Vec<Fault> {
+        self.faults.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default()
     }
 }
 
@@ -115,6 +140,11 @@ impl SimHandle {
     /// Closes every client connection (the clients may reconnect).
     pub fn drop_connections(&self) {
         self.control.drops.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Injects `fault` at the next tick (lasting faults last `fault_for`).
+    pub fn inject(&self, fault: Fault) {
+        self.control.inject_later(fault);
     }
 
     /// While stalled, sockets stay open and nothing is sent or answered.

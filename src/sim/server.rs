@@ -63,7 +63,7 @@ pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
         let _ = ready.send(Ok((addr, pem)));
         let acceptor = tls.map(|(config, _)| futures_rustls::TlsAcceptor::from(config));
         let feed = Rc::new(RefCell::new(feed));
-        let ticker = glommio::spawn_local(tick_loop(feed.clone(), cfg.rate, cfg.subscribe_timeout)).detach();
+        let ticker = glommio::spawn_local(tick_loop(feed.clone(), cfg.clone())).detach();
         or(accept_loop(listener, acceptor, feed), watch_stop(control)).await;
         drop(ticker);
     });
@@ -133,6 +133,10 @@ async fn accept_loop(listener: TcpListener, tls: Option<futures_rustls::TlsAccep
                 continue;
             }
         };
+        if feed.borrow().windows.refusing(Instant::now()) {
+            drop(stream); // the `refuse` fault: accepted and closed at once
+            continue;
+        }
         next_id += 1;
         let (feed, tls) = (feed.clone(), tls.clone());
         glommio::spawn_local(async move {
@@ -151,6 +155,7 @@ async fn serve(
     id: u64,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let mut io: BoxIo = match tls {
         Some(acceptor) => Box::new(acceptor.accept(stream).await.map_err(|e| format!("TLS: {e}"))?),
         None => Box::new(stream),
@@ -168,9 +173,13 @@ async fn serve(
             return Err(format!("refused upgrade: {}", resp.status));
         }
     };
+    let delay = feed.borrow().windows.handshake_delay(Instant::now());
+    if let Some(delay) = delay {
+        sleep(delay).await; // the `slow-handshake` fault
+    }
     io.write_all(&response).await.map_err(|e| e.to_string())?;
     let outbox = Rc::new(Outbox::new(OUTBOX_BYTES));
-    let conn = Conn { outbox: outbox.clone(), subs: Default::default(), subscribed: false, since: Instant::now() };
+    let conn = Conn { outbox: outbox.clone(), fd, subs: Default::default(), subscribed: false, since: Instant::now() };
     feed.borrow_mut().conns.insert(id, conn);
     feed.borrow().control.record(SimEvent::Connected(id));
     let handler = SessionHandler { feed: feed.clone(), id };
@@ -198,11 +207,19 @@ impl ws::Handler for SessionHandler {
 }
 
 /// Moves the market (or the replay) on, and sends what is due.
-async fn tick_loop(feed: Rc<RefCell<Feed>>, rate: f64, subscribe_timeout: Duration) {
-    let mut clock =
-        Clock { last: Instant::now(), last_l2: Instant::now(), last_heartbeat: Instant::now(), drops_seen: 0 };
+async fn tick_loop(feed: Rc<RefCell<Feed>>, cfg: SimConfig) {
+    let now = Instant::now();
+    let mut clock = Clock {
+        last: now,
+        last_l2: now,
+        last_heartbeat: now,
+        drops_seen: 0,
+        next_fault: now + cfg.fault_every,
+        fault_turn: 0,
+        trading_from: now + cfg.hold,
+    };
     loop {
-        let busy = tick(&mut feed.borrow_mut(), &mut clock, rate, subscribe_timeout);
+        let busy = tick(&mut feed.borrow_mut(), &mut clock, &cfg);
         if busy {
             futures_lite::future::yield_now().await;
         } else {
@@ -217,11 +234,23 @@ struct Clock {
     last_l2: Instant,
     last_heartbeat: Instant,
     drops_seen: u64,
+    next_fault: Instant,
+    fault_turn: usize,
+    trading_from: Instant,
 }
 
 /// One tick; true when more is due at once (a replay at full speed).
-fn tick(f: &mut Feed, clock: &mut Clock, rate: f64, subscribe_timeout: Duration) -> bool {
+fn tick(f: &mut Feed, clock: &mut Clock, cfg: &SimConfig) -> bool {
+    let (rate, subscribe_timeout) = (cfg.rate, cfg.subscribe_timeout);
     let now = Instant::now();
+    if !cfg.faults.is_empty() && now >= clock.next_fault {
+        clock.next_fault = now + cfg.fault_every;
+        f.control.inject_later(cfg.faults[clock.fault_turn % cfg.faults.len()]);
+        clock.fault_turn += 1;
+    }
+    for fault in f.control.take_faults() {
+        f.apply(fault, cfg.fault_for);
+    }
     let drops = f.control.drops.load(Ordering::SeqCst);
     if drops != clock.drops_seen {
         clock.drops_seen = drops;
@@ -232,7 +261,9 @@ fn tick(f: &mut Feed, clock: &mut Clock, rate: f64, subscribe_timeout: Duration)
     close_silent(f, now, subscribe_timeout);
     let busy = match &f.source {
         Source::Market { .. } => {
-            trade(f, rate * now.duration_since(clock.last).as_secs_f64());
+            if now >= clock.trading_from {
+                trade(f, rate * now.duration_since(clock.last).as_secs_f64());
+            }
             if now.duration_since(clock.last_l2) >= L2_BATCH {
                 clock.last_l2 = now;
                 send_l2(f);

@@ -218,6 +218,11 @@ impl Upstream {
         self.shared.subs.borrow().desired().clone()
     }
 
+    /// Malformed messages received so far (cheap; no copy of the status).
+    pub fn malformed(&self) -> u64 {
+        self.shared.status.borrow().malformed
+    }
+
     /// A copy of the current status.
     pub fn status(&self) -> Status {
         self.shared.status.borrow().clone()

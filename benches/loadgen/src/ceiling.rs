@@ -21,8 +21,8 @@ struct Sub {
     rest: Vec<u8>,
 }
 
-/// Serves until killed.
-pub fn run(listen: &str, rate: f64, products: &[String]) -> Result<(), String> {
+/// Serves until killed; sends nothing for the first `hold` seconds.
+pub fn run(listen: &str, rate: f64, products: &[String], hold: f64) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     eprintln!("ceiling listening on {}", listener.local_addr().map_err(|e| e.to_string())?);
     // Admitted clients wait here until the send loop takes them in at its next
@@ -41,7 +41,7 @@ pub fn run(listen: &str, rate: f64, products: &[String]) -> Result<(), String> {
     });
     let mut subs: HashMap<String, Vec<Sub>> = HashMap::new();
     let mut trade_ids: Vec<u64> = vec![1; products.len()];
-    let start = Instant::now();
+    let start = Instant::now() + Duration::from_secs_f64(hold);
     let mut sent = 0u64;
     loop {
         for (products, stream) in pending.lock().expect("lock").drain(..) {
@@ -52,7 +52,7 @@ pub fn run(listen: &str, rate: f64, products: &[String]) -> Result<(), String> {
             }
         }
         // Messages due by now, across products, at `rate` per product.
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        let due = (Instant::now().saturating_duration_since(start).as_secs_f64() * rate) as u64;
         while sent < due {
             for (i, p) in products.iter().enumerate() {
                 let frame = hedgehog::ws::frame::text(message(p, trade_ids[i]).as_bytes());

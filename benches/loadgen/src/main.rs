@@ -38,6 +38,7 @@ fn main() {
             flag(&flags, "listen", "127.0.0.1:9100"),
             num(&flags, "rate", 10.0),
             &list(&flags, "products", "BTC-USD"),
+            num(&flags, "hold", 0.0),
         ),
         "bridge" => bridge::run(
             flag(&flags, "sim", "ws://127.0.0.1:8765"),
