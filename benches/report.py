@@ -154,7 +154,9 @@ def main():
            "WebSocket listener, fed by a bridge that publishes the simulator's messages; the ceiling program, which "
            "writes pre-encoded stamped frames, one write per delivery, no logic). Simulator, bridge and load "
            "generator on the other core(s). Loopback only.",
-           "- Figures are from one run on a shared machine: compare ratios within this file, not across files.\n"]
+           "- Figures are from one run on a shared machine: compare ratios within this file, not across files.",
+           "- What bounds these numbers, with profiles, and the targets missed: `benches/ANALYSIS.md` "
+           "(written for the committed run; re-read it against a new one).\n"]
     by_scenario = defaultdict(list)
     for r in rows:
         by_scenario[r["scenario"]].append(r)
