@@ -38,6 +38,14 @@ pub struct ServeConfig {
     pub client_queue_bytes: usize,
     /// What happens to a client whose queue is full.
     pub slow_consumer: SlowPolicy,
+    /// Largest WebSocket message a client may send.
+    pub max_message_bytes: usize,
+    /// How often the server pings each client; zero: never.
+    pub ping_interval: Duration,
+    /// A client silent this long is closed; zero: never.
+    pub idle_timeout: Duration,
+    /// (product, channel) pairs one client may hold.
+    pub max_subscriptions: usize,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +59,10 @@ impl Default for ServeConfig {
             simulate: false,
             client_queue_bytes: 4 << 20,
             slow_consumer: SlowPolicy::Disconnect,
+            max_message_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_subscriptions: 100,
         }
     }
 }
@@ -73,6 +85,10 @@ Relay options (environment variable in brackets):
   --simulate             relay the built-in simulator (offline mode; data is simulated)
   --client-queue-bytes N a client's outbound queue limit (default 4194304)
   --slow-consumer P      disconnect (default) or conflate, when a client's queue is full
+  --max-message-bytes N  largest message a client may send (default 65536)
+  --ping-interval S      server pings every S seconds; 0 = never (default 20)
+  --idle-timeout S       close clients silent for S seconds; 0 = never (default 60)
+  --max-subscriptions N  product and channel pairs per client (default 100)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -262,6 +278,18 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     c.simulate = f.flag("simulate");
     if let Some(n) = f.parsed::<usize>("client-queue-bytes")? {
         c.client_queue_bytes = n;
+    }
+    if let Some(n) = f.parsed::<usize>("max-message-bytes")? {
+        c.max_message_bytes = n;
+    }
+    if let Some(s) = f.parsed::<f64>("ping-interval")? {
+        c.ping_interval = seconds("ping-interval", s)?;
+    }
+    if let Some(s) = f.parsed::<f64>("idle-timeout")? {
+        c.idle_timeout = seconds("idle-timeout", s)?;
+    }
+    if let Some(n) = f.parsed::<usize>("max-subscriptions")? {
+        c.max_subscriptions = n;
     }
     c.slow_consumer = match f.get("slow-consumer") {
         None | Some("disconnect") => SlowPolicy::Disconnect,

@@ -99,6 +99,10 @@ pub struct Global {
     /// Each client's outbound queue limit and what happens past it.
     pub queue_bytes: usize,
     pub slow_policy: crate::ws::SlowPolicy,
+    /// Message size, ping and idle limits of every client session.
+    pub limits: crate::ws::Limits,
+    /// (product, channel) pairs one client may hold.
+    pub max_subscriptions: usize,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
     malformed: AtomicU64,
@@ -115,6 +119,12 @@ impl Global {
             default_channels,
             queue_bytes: cfg.client_queue_bytes,
             slow_policy: cfg.slow_consumer,
+            limits: crate::ws::Limits {
+                max_message: cfg.max_message_bytes,
+                ping_every: cfg.ping_interval,
+                idle_after: cfg.idle_timeout,
+            },
+            max_subscriptions: cfg.max_subscriptions,
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -285,6 +295,18 @@ impl Hub {
             }
             Op::Subscribe { product, channels } => {
                 let mut subs = client.subs.borrow_mut();
+                let held: usize = subs.values().map(BTreeSet::len).sum();
+                let new = channels.iter().filter(|c| !subs.get(&product).is_some_and(|s| s.contains(c))).count();
+                if held + new > self.global.max_subscriptions {
+                    return Err(ApiError::new(
+                        409,
+                        "too_many_subscriptions",
+                        format!(
+                            "a client may hold {} subscriptions (product and channel pairs)",
+                            self.global.max_subscriptions
+                        ),
+                    ));
+                }
                 let set = subs.entry(product.clone()).or_default();
                 let added: Vec<usize> = channels.iter().copied().filter(|c| set.insert(*c)).collect();
                 let v = json!({"client_id": id.to_string(), "product_id": product, "channels": names(channels.iter().copied()), "subscribed": true});

@@ -16,9 +16,6 @@ use crate::hub::{Hub, Op};
 use crate::net::{self, ReadError};
 use crate::ws::{self, close, Outbox};
 
-/// The largest message a client may send.
-pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
 /// The task queues a shard runs its connections in.
 #[derive(Clone, Copy)]
 pub struct Queues {
@@ -134,7 +131,7 @@ async fn websocket(
     // The session gets a task of its own, holding only what it needs; this
     // connection's HTTP task ends here and its memory is freed.
     let session = async move {
-        ws::run_session(stream, leftover, outbox, MAX_CLIENT_MESSAGE, Session).await;
+        ws::run_session(stream, leftover, outbox, hub.global.limits, Session).await;
         Box::pin(hub.unregister(id)).await;
     };
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {

@@ -183,7 +183,9 @@ async fn serve(
     feed.borrow_mut().conns.insert(id, conn);
     feed.borrow().control.record(SimEvent::Connected(id));
     let handler = SessionHandler { feed: feed.clone(), id };
-    ws::run_session(io, buf, outbox, MAX_MESSAGE, handler).await;
+    let limits =
+        ws::Limits { max_message: MAX_MESSAGE, ping_every: Duration::from_secs(20), idle_after: Duration::ZERO };
+    ws::run_session(io, buf, outbox, limits, handler).await;
     let mut f = feed.borrow_mut();
     f.conns.remove(&id);
     f.control.record(SimEvent::Closed(id));

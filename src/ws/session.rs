@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -23,6 +23,17 @@ pub trait Handler {
     }
 }
 
+/// Per-session limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message accepted; bigger closes with 1009.
+    pub max_message: usize,
+    /// Server ping interval; zero: no pings (and no idle close).
+    pub ping_every: Duration,
+    /// Close a client silent for this long; zero: never.
+    pub idle_after: Duration,
+}
+
 /// Clients of a relay send little: small reads keep an idle session's buffer small.
 const CLIENT_READ_SIZE: usize = 512;
 
@@ -36,20 +47,25 @@ const LINGER: Duration = Duration::from_secs(2);
 /// ignoring data) until the peer's close frame or hang-up, so the peer is never
 /// reset with bytes in flight and always gets our close frame; when the peer
 /// closes first, we answer and hang up.
-pub async fn run<S, H>(stream: S, leftover: Vec<u8>, outbox: Rc<Outbox>, max_message: usize, mut handler: H)
+pub async fn run<S, H>(stream: S, leftover: Vec<u8>, outbox: Rc<Outbox>, limits: Limits, mut handler: H)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let peer_closed = Cell::new(false);
+    let last_heard = Cell::new(Instant::now());
     let reader = async {
-        let mut dec = Decoder::new(Role::Server, max_message).with_read_size(CLIENT_READ_SIZE);
+        let mut dec = Decoder::new(Role::Server, limits.max_message).with_read_size(CLIENT_READ_SIZE);
         dec.feed(&leftover);
         drop(leftover);
         let mut closing = false;
         loop {
-            match dec.next_message() {
+            let next = dec.next_message();
+            if matches!(next, Ok(Some(_))) {
+                last_heard.set(Instant::now());
+            }
+            match next {
                 // The peer answered our close: the handshake is complete.
                 Ok(Some(Message::Close(_))) if closing => return,
                 Ok(Some(Message::Close(c))) => {
@@ -86,7 +102,22 @@ where
         let why = outbox.abandoned(LINGER).await;
         log::debug!("session dropped: {why}");
     };
-    or(reader, or(writer, killed)).await;
+    // Server pings; a client that sends nothing (not even a pong) for `idle_after`
+    // is closed. It never ends the session itself: the close frame does.
+    let keepalive = async {
+        if limits.ping_every.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            glommio::timer::sleep(limits.ping_every).await;
+            if !limits.idle_after.is_zero() && last_heard.get().elapsed() >= limits.idle_after {
+                outbox.close(close::POLICY, "idle timeout: nothing received");
+                return std::future::pending().await;
+            }
+            outbox.push_control(frame::encode(OpCode::Control(Control::Ping), b"hedgehog", None).into());
+        }
+    };
+    or(reader, or(writer, or(killed, keepalive))).await;
 }
 
 /// Handles one message; false once the session is closing.

@@ -1,0 +1,124 @@
+//! Configurable limits: subscriptions per client, message size, server pings and
+//! the idle timeout, each answered with a status or close code a person understands.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{http, relay_client, simulator, Client, DEADLINE};
+use hedgehog::config::ServeConfig;
+
+fn relay_with(sim: &hedgehog::sim::SimHandle, adjust: impl FnOnce(&mut ServeConfig)) -> hedgehog::shard::RelayHandle {
+    let mut cfg = ServeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        shards: 2,
+        upstream: hedgehog::upstream::UpstreamConfig { url: sim.url(), ..Default::default() },
+        ..Default::default()
+    };
+    adjust(&mut cfg);
+    hedgehog::shard::start(cfg).unwrap()
+}
+
+#[test]
+fn subscriptions_per_client_are_capped_with_409() {
+    let sim = simulator(|c| c.rate = 5.0);
+    let relay = relay_with(&sim, |c| c.max_subscriptions = 3);
+    let (_c, id) = relay_client(relay.addr);
+    let with_id = format!("X-Client-Id: {id}\r\n");
+    assert_eq!(http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD", &with_id).0, 200);
+    assert_eq!(http(relay.addr, "POST", "/api/v1/subscribe/ETH-USD?channels=ticker", &with_id).0, 200);
+    assert_eq!(http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD", &with_id).0, 200, "idempotent, within the cap");
+    let (status, head, body) = http(relay.addr, "POST", "/api/v1/subscribe/SOL-USD", &with_id);
+    assert_eq!(status, 409, "{head}");
+    assert_eq!(body["error"], "too_many_subscriptions");
+    assert!(body["message"].as_str().unwrap().contains('3'));
+}
+
+#[test]
+fn messages_over_the_configured_size_close_with_1009() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = relay_with(&sim, |c| c.max_message_bytes = 1024);
+    let (mut c, _) = relay_client(relay.addr);
+    c.send(&"x".repeat(2000));
+    assert_eq!(c.close_frame().0, 1009);
+}
+
+/// A raw WebSocket that never sends a frame (so never answers a ping).
+fn silent_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    s
+}
+
+/// Frames read off a raw socket, past the handshake.
+struct Raw {
+    s: std::net::TcpStream,
+    buf: Vec<u8>,
+    at: Option<usize>,
+}
+
+impl Raw {
+    /// Skips frames until one with `opcode`; returns its payload.
+    fn frame_with(&mut self, opcode: u8) -> Vec<u8> {
+        loop {
+            if self.at.is_none() {
+                self.at = self.buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+            }
+            if let Some(i) = self.at {
+                if i + 2 <= self.buf.len() {
+                    let len = (self.buf[i + 1] & 0x7f) as usize;
+                    assert!(len < 126, "short frames only here");
+                    if i + 2 + len <= self.buf.len() {
+                        let (op, payload) = (self.buf[i] & 0x0f, self.buf[i + 2..i + 2 + len].to_vec());
+                        self.at = Some(i + 2 + len);
+                        if op == opcode {
+                            return payload;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed before a frame with opcode {opcode}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[test]
+fn the_server_pings_and_closes_silent_clients() {
+    let sim = simulator(|c| {
+        c.rate = 50.0;
+        c.products = vec!["BTC-USD".into()];
+    });
+    let relay = relay_with(&sim, |c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_secs(3);
+    });
+    // A client that answers pings (tungstenite does, as it reads) stays.
+    let (mut alive, id) = relay_client(relay.addr);
+    assert_eq!(
+        http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD?channels=matches", &format!("X-Client-Id: {id}\r\n")).0,
+        200
+    );
+    let mut silent = Raw { s: silent_client(relay.addr), buf: Vec::new(), at: None };
+    let watcher = std::thread::spawn(move || {
+        assert_eq!(silent.frame_with(9), b"hedgehog", "a server ping");
+        let close = silent.frame_with(8);
+        assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008);
+        assert!(String::from_utf8_lossy(&close[2..]).contains("idle timeout"));
+    });
+    // Meanwhile the answering client keeps reading, well past the idle timeout.
+    while !watcher.is_finished() {
+        alive.until("data", |v| v["type"] == "match");
+    }
+    watcher.join().expect("the silent client was pinged, then closed");
+    for _ in 0..40 {
+        alive.until("data after the silent one was closed", |v| v["type"] == "match");
+    }
+    let _: &mut Client = &mut alive;
+}
