@@ -147,21 +147,17 @@ market_mix() {
   HOLD=0
 }
 
-idle() {
+# Connections that only connect and get greeted: idle capacity (RSS per connection)
+# and the connect storm (time to greet them all) are the same run at two sizes.
+connect_only() { # scenario clients what
   local target
   for target in hedgehog nats ceiling; do
-    log "idle capacity: $target, $IDLE_CLIENTS connections"
-    run idle "$target" "$IDLE_CLIENTS" 1 BTC-USD 1 --idle --warmup 0 --duration 0.5
+    log "$3: $target, $2 connections"
+    run "$1" "$target" "$2" 1 BTC-USD 1 --idle --warmup 0 --duration 0.5
   done
 }
-
-storm() {
-  local target
-  for target in hedgehog nats ceiling; do
-    log "connect storm: $target, $STORM_CLIENTS connections"
-    run storm "$target" "$STORM_CLIENTS" 1 BTC-USD 1 --idle --warmup 0 --duration 0.5
-  done
-}
+idle() { connect_only idle "$IDLE_CLIENTS" "idle capacity"; }
+storm() { connect_only storm "$STORM_CLIENTS" "connect storm"; }
 
 rest() {
   start_target hedgehog 1 BTC-USD
