@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// (product, channel) pairs one client may hold.
     pub max_subscriptions: usize,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +65,7 @@ impl Default for ServeConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 100,
+            max_connections_per_ip: 10_000,
         }
     }
 }
@@ -89,6 +92,7 @@ Relay options (environment variable in brackets):
   --ping-interval S      server pings every S seconds; 0 = never (default 20)
   --idle-timeout S       close clients silent for S seconds; 0 = never (default 60)
   --max-subscriptions N  product and channel pairs per client (default 100)
+  --max-connections-per-ip N  open connections from one address (default 10000)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -290,6 +294,9 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     }
     if let Some(n) = f.parsed::<usize>("max-subscriptions")? {
         c.max_subscriptions = n;
+    }
+    if let Some(n) = f.parsed::<usize>("max-connections-per-ip")? {
+        c.max_connections_per_ip = n;
     }
     c.slow_consumer = match f.get("slow-consumer") {
         None | Some("disconnect") => SlowPolicy::Disconnect,

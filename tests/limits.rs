@@ -122,3 +122,16 @@ fn the_server_pings_and_closes_silent_clients() {
     }
     let _: &mut Client = &mut alive;
 }
+
+#[test]
+fn connections_per_ip_are_capped_with_429() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = relay_with(&sim, |c| c.max_connections_per_ip = 2);
+    let (first, _) = relay_client(relay.addr);
+    let (_second, _) = relay_client(relay.addr);
+    let (status, head, body) = http(relay.addr, "GET", "/healthz", "");
+    assert_eq!(status, 429, "{head}");
+    assert_eq!(body["error"], "too_many_connections");
+    drop(first);
+    common::wait_until("a place frees up when a client leaves", || http(relay.addr, "GET", "/healthz", "").0 == 200);
+}

@@ -103,6 +103,9 @@ pub struct Global {
     pub limits: crate::ws::Limits,
     /// (product, channel) pairs one client may hold.
     pub max_subscriptions: usize,
+    /// Open connections per client IP, all shards together.
+    pub max_per_ip: usize,
+    per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
     malformed: AtomicU64,
@@ -125,6 +128,8 @@ impl Global {
                 idle_after: cfg.idle_timeout,
             },
             max_subscriptions: cfg.max_subscriptions,
+            max_per_ip: cfg.max_connections_per_ip,
+            per_ip: Mutex::new(HashMap::new()),
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
@@ -135,6 +140,18 @@ impl Global {
     /// Connected clients, all shards together.
     pub fn clients(&self) -> usize {
         self.clients.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts a new connection from `ip`; `None` when that IP is at its limit.
+    /// The returned slot gives the place back when dropped.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut per_ip = self.per_ip.lock().ok()?;
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { global: self.clone(), ip })
     }
 
     /// Upstream messages received.
@@ -154,6 +171,25 @@ impl Global {
     fn set_upstream(&self, f: impl FnOnce(&mut UpstreamInfo)) {
         if let Ok(mut u) = self.upstream.lock() {
             f(&mut u);
+        }
+    }
+}
+
+/// One connection's place in its IP's count; dropping it frees the place.
+pub struct IpSlot {
+    global: Arc<Global>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut per_ip) = self.global.per_ip.lock() {
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
         }
     }
 }

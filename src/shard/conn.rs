@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::api;
 use crate::http::{self, Request, Response, Route};
-use crate::hub::{Hub, Op};
+use crate::hub::{Hub, IpSlot, Op};
 use crate::net::{self, ReadError};
 use crate::ws::{self, close, Outbox};
 
@@ -29,8 +29,12 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let hub = hub.clone();
-                if let Ok(task) = glommio::spawn_local_into(serve(stream, hub, queues), queues.http) {
+                let slot = stream.peer_addr().ok().and_then(|a| hub.global.admit(a.ip()));
+                let task = match slot {
+                    Some(slot) => glommio::spawn_local_into(serve(stream, hub.clone(), queues, slot), queues.http),
+                    None => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip), queues.http),
+                };
+                if let Ok(task) = task {
                     task.detach();
                 }
             }
@@ -43,7 +47,14 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
     }
 }
 
-async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues) {
+/// A connection over its IP's limit: 429 and close.
+async fn too_many(stream: TcpStream, limit: usize) {
+    let message = format!("at most {limit} connections from one address");
+    Box::pin(close_after(stream, &Response::error(429, "too_many_connections", message))).await;
+}
+
+/// `slot` holds this connection's place in its IP's count for as long as it lives.
+async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -58,11 +69,11 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues) {
         };
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
             Ok(route) => match route {
-                Route::WebSocket => return upgrade(stream, &req, buf, hub, None, queues).await,
+                Route::WebSocket => return upgrade(stream, &req, buf, hub, None, queues, slot).await,
                 // The rare and larger paths are boxed: a connection's task is as big
                 // as its largest state, for as long as the connection lives.
                 Route::Pair(pair) if !names_client(&req) => {
-                    return Box::pin(stream_pair(stream, req, buf, hub, &pair, queues)).await
+                    return Box::pin(stream_pair(stream, req, buf, hub, &pair, queues, slot)).await
                 }
                 route => Box::pin(api::handle(&hub, route, &req)).await,
             },
@@ -96,9 +107,17 @@ async fn close_after(mut stream: TcpStream, resp: &Response) {
 }
 
 /// Answers an upgrade request: the handshake, or the error and a close.
-async fn upgrade(stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, pre: Option<Op>, queues: Queues) {
+async fn upgrade(
+    stream: TcpStream,
+    req: &Request,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    pre: Option<Op>,
+    queues: Queues,
+    slot: IpSlot,
+) {
     match ws::accept(req) {
-        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre, queues).await,
+        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre, queues, slot).await,
         Err(resp) => Box::pin(close_after(stream, &resp)).await,
     }
 }
@@ -112,6 +131,7 @@ async fn websocket(
     hub: Rc<Hub>,
     pre: Option<Op>,
     queues: Queues,
+    slot: IpSlot,
 ) {
     if stream.write_all(&handshake).await.is_err() {
         return;
@@ -133,6 +153,7 @@ async fn websocket(
     let session = async move {
         ws::run_session(stream, leftover, outbox, hub.global.limits, Session).await;
         Box::pin(hub.unregister(id)).await;
+        drop(slot);
     };
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
         task.detach();
@@ -163,7 +184,15 @@ enum StreamKind {
 
 /// `GET /api/v1/subscribe/{pair}` without a client id: this connection itself
 /// becomes the subscriber, as a WebSocket, SSE or NDJSON stream.
-async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub: Rc<Hub>, pair: &str, queues: Queues) {
+async fn stream_pair(
+    mut stream: TcpStream,
+    req: Request,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    pair: &str,
+    queues: Queues,
+    slot: IpSlot,
+) {
     let op = match api::product(&hub, pair)
         .and_then(|p| Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)? }))
     {
@@ -171,7 +200,7 @@ async fn stream_pair(mut stream: TcpStream, req: Request, leftover: Vec<u8>, hub
         Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message))).await,
     };
     if ws::is_upgrade(&req) {
-        return upgrade(stream, &req, leftover, hub, Some(op), queues).await;
+        return upgrade(stream, &req, leftover, hub, Some(op), queues, slot).await;
     }
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
