@@ -98,7 +98,6 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
     match event {
         Event::Message(msg) => {
             hub.global.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            hub.global.malformed.store(owner.upstream.malformed(), std::sync::atomic::Ordering::Relaxed);
             let Some(channel) = protocol::channel_of(msg.kind()).and_then(channel_index) else { return };
             let Some(product) = msg.product() else { return };
             let shards = owner.shards_for(product, channel);
@@ -132,8 +131,8 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
                 hub.bus().send(shard, ShardMsg::Products(known.clone())).await;
             }
         }
+        Event::Malformed { total } => hub.global.malformed.store(total, std::sync::atomic::Ordering::Relaxed),
         Event::Connected | Event::Disconnected { .. } => {
-            hub.global.malformed.store(owner.upstream.malformed(), std::sync::atomic::Ordering::Relaxed);
             let reason = match &event {
                 Event::Disconnected { reason } => Some(reason.as_str()),
                 _ => None,

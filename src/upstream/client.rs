@@ -201,14 +201,12 @@ impl Client {
                 return Err(format!("the feed closed the connection: {c:?}"));
             }
             Message::Binary(b) => {
-                self.malformed(&format!("a binary frame of {} bytes", b.len()));
-                return Ok(());
+                return self.malformed(&format!("a binary frame of {} bytes", b.len())).await;
             }
         };
         self.shared.status.borrow_mut().messages += 1;
         let Some(message) = FeedMessage::new(&text) else {
-            self.malformed(&format!("{:.80}", String::from_utf8_lossy(&text)));
-            return Ok(());
+            return self.malformed(&format!("{:.80}", String::from_utf8_lossy(&text))).await;
         };
         let event = match message.kind() {
             "subscriptions" => match super::parse_subscriptions(&text) {
@@ -218,10 +216,7 @@ impl Client {
                     self.shared.changed.set(true);
                     Event::Subscriptions(set)
                 }
-                None => {
-                    self.malformed("a subscriptions message without channels");
-                    return Ok(());
-                }
+                None => return self.malformed("a subscriptions message without channels").await,
             },
             "error" => self.error_event(&text),
             "status" => {
@@ -251,7 +246,8 @@ impl Client {
         self.events.send(e).await.map_err(|_| "the owner is gone".to_string())
     }
 
-    fn malformed(&self, what: &str) {
+    /// Counts a message that is skipped, and tells the owner the new total.
+    async fn malformed(&self, what: &str) -> Result<(), Ended> {
         let n = {
             let mut s = self.shared.status.borrow_mut();
             s.malformed += 1;
@@ -260,6 +256,7 @@ impl Client {
         if n.is_power_of_two() {
             log::warn!("upstream: ignored malformed message #{n}: {what}");
         }
+        self.emit(Event::Malformed { total: n }).await
     }
 }
 

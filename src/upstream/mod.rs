@@ -126,6 +126,8 @@ pub enum Event {
     Error { message: String, reason: String, product: Option<String> },
     /// The products the `status` channel lists.
     Products(Vec<String>),
+    /// A message was skipped as malformed; `total` so far.
+    Malformed { total: u64 },
 }
 
 /// The connection's state, as `/healthz` shows it.
@@ -216,11 +218,6 @@ impl Upstream {
     /// The pairs the owner wants.
     pub fn desired(&self) -> BTreeSet<Sub> {
         self.shared.subs.borrow().desired().clone()
-    }
-
-    /// Malformed messages received so far (cheap; no copy of the status).
-    pub fn malformed(&self) -> u64 {
-        self.shared.status.borrow().malformed
     }
 
     /// A copy of the current status.
