@@ -48,6 +48,12 @@ pub struct ServeConfig {
     pub max_subscriptions: usize,
     /// Open connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// Requests (HTTP requests and WebSocket messages) one connection may send per
+    /// second, sustained; a burst of as many is allowed. Zero: no limit.
+    pub max_request_rate: u32,
+    /// Serve `/echo`, a WebSocket that echoes what it gets (a test aid for the
+    /// conformance suite; off by default).
+    pub echo: bool,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +72,8 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 100,
             max_connections_per_ip: 10_000,
+            max_request_rate: 20_000,
+            echo: false,
         }
     }
 }
@@ -93,6 +101,9 @@ Relay options (environment variable in brackets):
   --idle-timeout S       close clients silent for S seconds; 0 = never (default 60)
   --max-subscriptions N  product and channel pairs per client (default 100)
   --max-connections-per-ip N  open connections from one address (default 10000)
+  --max-request-rate N   requests or messages per second on one connection; 0 = no limit
+                         (default 20000)
+  --echo                 serve /echo, a WebSocket echo endpoint (a test aid; off by default)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -134,7 +145,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     if !command.is_empty() {
         args.remove(0);
     }
-    let flags = Flags::parse(&args, &["tls", "simulate"])?;
+    let flags = Flags::parse(&args, &["tls", "simulate", "echo"])?;
     match command {
         "simulate" => simulate(flags).map(Command::Simulate),
         _ => serve(flags, env).map(Command::Serve),
@@ -298,6 +309,10 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(n) = f.parsed::<usize>("max-connections-per-ip")? {
         c.max_connections_per_ip = n;
     }
+    if let Some(n) = f.parsed::<u32>("max-request-rate")? {
+        c.max_request_rate = n;
+    }
+    c.echo = f.flag("echo");
     c.slow_consumer = match f.get("slow-consumer") {
         None | Some("disconnect") => SlowPolicy::Disconnect,
         Some("conflate") => SlowPolicy::Conflate,

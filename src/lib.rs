@@ -7,6 +7,7 @@
 //! - [`http`]: HTTP/1.1 requests (httparse) and JSON responses.
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
 //! - [`net`]: plain/TLS streams and TLS configuration.
+//! - [`rate`]: the per-connection request-rate limit.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`hub`]: per-shard client and subscription tables, the cross-shard bus, shard 0's upstream owner.
@@ -18,6 +19,7 @@ pub mod http;
 pub mod hub;
 pub mod net;
 pub mod protocol;
+pub mod rate;
 pub mod shard;
 pub mod sim;
 pub mod upstream;

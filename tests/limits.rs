@@ -135,3 +135,64 @@ fn connections_per_ip_are_capped_with_429() {
     drop(first);
     common::wait_until("a place frees up when a client leaves", || http(relay.addr, "GET", "/healthz", "").0 == 200);
 }
+
+#[test]
+fn requests_over_the_rate_get_429_and_the_connection_stays() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = relay_with(&sim, |c| c.max_request_rate = 2);
+    // 40 pipelined requests on one connection: a bucket of 2 that refills at 2 a
+    // second cannot pass them all unless the server took 19 s over them.
+    let mut raw = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(39);
+    raw.push_str("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut s = std::net::TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("all 40 answered, then closed");
+    let statuses: Vec<&str> = out.match_indices("HTTP/1.1 ").map(|(i, _)| &out[i + 9..i + 12]).collect();
+    assert_eq!(statuses.len(), 40, "every request is answered on the same connection");
+    assert_eq!(&statuses[..2], ["200", "200"], "the burst passes");
+    assert!(statuses.iter().all(|s| *s == "200" || *s == "429"), "{statuses:?}");
+    assert!(statuses.contains(&"429"), "{statuses:?}");
+    let limited = &out[out.find("HTTP/1.1 429").unwrap()..];
+    let limited = &limited[..limited[1..].find("HTTP/1.1 ").map_or(limited.len(), |i| i + 1)];
+    assert!(limited.contains("Retry-After: 1\r\n"), "{limited}");
+    let body: serde_json::Value = serde_json::from_str(limited.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["message"].as_str().unwrap().contains("2 requests per second"), "{body}");
+    // The limit is per connection: a new one is served at once.
+    assert_eq!(http(relay.addr, "GET", "/healthz", "").0, 200);
+}
+
+#[test]
+fn websocket_messages_over_the_rate_get_an_error_and_the_session_stays() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = relay_with(&sim, |c| c.max_request_rate = 2);
+    let (mut c, id) = relay_client(relay.addr);
+    for _ in 0..40 {
+        c.send(r#"{"type":"hello"}"#);
+    }
+    c.until("a rate-limit error", |v| v["type"] == "error" && v["message"] == "rate limited");
+    // REST on another connection still works for this client, and it is still open.
+    let path = "/api/v1/subscribe";
+    assert_eq!(http(relay.addr, "GET", path, &format!("X-Client-Id: {id}\r\n")).0, 200);
+}
+
+#[test]
+fn the_echo_endpoint_exists_only_with_the_flag() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let off = relay_with(&sim, |_| {});
+    let (status, _, body) = http(off.addr, "GET", "/echo", "");
+    assert_eq!(status, 404);
+    assert!(body["message"].as_str().unwrap().contains("--echo"), "{body}");
+
+    let on = relay_with(&sim, |c| c.echo = true);
+    let mut c = Client::connect(&format!("ws://{}/echo", on.addr));
+    c.send("hello, echo");
+    assert_eq!(c.text(), "hello, echo", "text comes back first: the echo endpoint has no welcome");
+    c.ws.send(tungstenite::Message::Binary(vec![0u8, 1, 2, 255].into())).unwrap();
+    match c.next_message(std::time::Instant::now() + DEADLINE) {
+        Some(tungstenite::Message::Binary(b)) => assert_eq!(&b[..], [0, 1, 2, 255]),
+        other => panic!("expected the binary message back, got {other:?}"),
+    }
+}

@@ -19,6 +19,8 @@ pub enum Route {
     Unsubscribe(String),
     /// `GET /api/v1/subscribe/{pair}`: a stream, or one client's view of the pair.
     Pair(String),
+    /// `GET /echo`: the WebSocket echo endpoint, when `--echo` enables it.
+    Echo,
 }
 
 const PREFIX: &str = "/api/v1/subscribe";
@@ -35,6 +37,7 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/" if upgrade => only_get(Route::WebSocket),
         "/" => only_get(Route::Index),
         "/healthz" => only_get(Route::Health),
+        "/echo" => only_get(Route::Echo),
         PREFIX => only_get(Route::List),
         _ => {
             let Some(pair) = path.strip_prefix(PREFIX).and_then(|p| p.strip_prefix('/')) else {

@@ -105,6 +105,10 @@ pub struct Global {
     pub max_subscriptions: usize,
     /// Open connections per client IP, all shards together.
     pub max_per_ip: usize,
+    /// Requests or messages per second on one connection; zero: no limit.
+    pub max_request_rate: u32,
+    /// Whether `/echo` is served (`--echo`).
+    pub echo: bool,
     per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
@@ -129,6 +133,8 @@ impl Global {
             },
             max_subscriptions: cfg.max_subscriptions,
             max_per_ip: cfg.max_connections_per_ip,
+            max_request_rate: cfg.max_request_rate,
+            echo: cfg.echo,
             per_ip: Mutex::new(HashMap::new()),
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),

@@ -60,6 +60,7 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             )
         }
         Route::WebSocket => Err(ApiError::new(400, "bad_request", "a WebSocket upgrade was expected")),
+        Route::Echo => Err(ApiError::new(404, "not_found", "no route for /echo (it exists only with --echo)")),
     }
 }
 

@@ -14,6 +14,7 @@ use super::api;
 use crate::http::{self, Request, Response, Route};
 use crate::hub::{Hub, IpSlot, Op};
 use crate::net::{self, ReadError};
+use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
 
 /// The task queues a shard runs its connections in.
@@ -57,6 +58,7 @@ async fn too_many(stream: TcpStream, limit: usize) {
 async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
+    let mut rate = RateLimit::new(hub.global.max_request_rate);
     loop {
         let req = match net::read_request(&mut stream, &mut buf).await {
             Ok(Some(req)) => req,
@@ -68,8 +70,10 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             }
         };
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
+            _ if !rate.allow() => rate_limited(hub.global.max_request_rate),
             Ok(route) => match route {
                 Route::WebSocket => return upgrade(stream, &req, buf, hub, None, queues, slot).await,
+                Route::Echo if hub.global.echo => return Box::pin(echo(stream, &req, buf, hub, queues, slot)).await,
                 // The rare and larger paths are boxed: a connection's task is as big
                 // as its largest state, for as long as the connection lives.
                 Route::Pair(pair) if !names_client(&req) => {
@@ -86,6 +90,12 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             return;
         }
     }
+}
+
+/// The answer to a request over the connection's rate; the connection stays open.
+fn rate_limited(limit: u32) -> Response {
+    let message = format!("more than {limit} requests per second on one connection; slow down");
+    Response::error(429, "rate_limited", message).with_header("Retry-After", "1".to_string())
 }
 
 fn names_client(req: &Request) -> bool {
@@ -151,7 +161,8 @@ async fn websocket(
     // The session gets a task of its own, holding only what it needs; this
     // connection's HTTP task ends here and its memory is freed.
     let session = async move {
-        ws::run_session(stream, leftover, outbox, hub.global.limits, Session).await;
+        let session = Session { rate: RateLimit::new(hub.global.max_request_rate) };
+        ws::run_session(stream, leftover, outbox, hub.global.limits, session).await;
         Box::pin(hub.unregister(id)).await;
         drop(slot);
     };
@@ -161,15 +172,56 @@ async fn websocket(
 }
 
 /// What a relay client may send: nothing yet beyond control frames.
-struct Session;
+struct Session {
+    rate: RateLimit,
+}
 
 impl ws::Handler for Session {
     fn on_text(&mut self, _text: Vec<u8>, outbox: &Outbox) {
+        if !self.rate.allow() {
+            let error = crate::protocol::error_message("rate limited", "too many messages per second; slow down");
+            let _ = outbox.push(ws::frame::text(error.as_bytes()));
+            return;
+        }
         let error = crate::protocol::error_message(
             "Failed to subscribe",
             "subscribe with POST /api/v1/subscribe/{pair} and this connection's client_id",
         );
         let _ = outbox.push(ws::frame::text(error.as_bytes()));
+    }
+}
+
+/// `GET /echo` (only with `--echo`): a WebSocket that sends back every message it
+/// gets, so a conformance suite can drive hedgehog's WebSocket implementation.
+/// It has the relay's limits and outbox, but no client id and no subscriptions.
+async fn echo(mut stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
+    let handshake = match ws::accept(req) {
+        Ok(h) => h,
+        Err(resp) => return close_after(stream, &resp).await,
+    };
+    if stream.write_all(&handshake).await.is_err() {
+        return;
+    }
+    let outbox = hub.new_outbox();
+    let limits = hub.global.limits;
+    let session = async move {
+        ws::run_session(stream, leftover, outbox, limits, Echo).await;
+        drop(slot);
+    };
+    if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
+        task.detach();
+    }
+}
+
+struct Echo;
+
+impl ws::Handler for Echo {
+    fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        let _ = outbox.push(ws::frame::text(&text));
+    }
+
+    fn on_binary(&mut self, data: Vec<u8>, outbox: &Outbox) {
+        let _ = outbox.push(ws::frame::binary(&data));
     }
 }
 

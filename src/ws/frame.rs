@@ -84,6 +84,11 @@ pub fn text(payload: &[u8]) -> Frame {
     encode(OpCode::Data(Data::Text), payload, None).into()
 }
 
+/// A server binary frame.
+pub fn binary(payload: &[u8]) -> Frame {
+    encode(OpCode::Data(Data::Binary), payload, None).into()
+}
+
 /// A close frame's payload: the code, then the reason (cut to fit 123 bytes).
 pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(123);

@@ -55,6 +55,13 @@ where
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let peer_closed = Cell::new(false);
     let last_heard = Cell::new(Instant::now());
+    // The reader is done; if a close frame is still queued, the writer gets time to
+    // send it (the session ends as soon as the writer is done).
+    let wait_for_writer = || async {
+        if !outbox.is_open() {
+            glommio::timer::sleep(LINGER).await;
+        }
+    };
     let reader = async {
         let mut dec = Decoder::new(Role::Server, limits.max_message).with_read_size(CLIENT_READ_SIZE);
         dec.feed(&leftover);
@@ -67,7 +74,7 @@ where
             }
             match next {
                 // The peer answered our close: the handshake is complete.
-                Ok(Some(Message::Close(_))) if closing => return,
+                Ok(Some(Message::Close(_))) if closing && !peer_closed.get() => return,
                 Ok(Some(Message::Close(c))) => {
                     peer_closed.set(true);
                     outbox.close(c.map_or(close::NORMAL, |(code, _)| code), "");
@@ -76,7 +83,7 @@ where
                 Ok(Some(msg)) if !closing => closing = !dispatch(msg, &outbox, &mut handler),
                 Ok(Some(_)) => {}
                 Ok(None) => match dec.read_from(&mut rd).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return wait_for_writer().await,
                     Ok(_) => {}
                 },
                 Err(e) => {
@@ -86,7 +93,7 @@ where
                     while matches!(dec.read_from(&mut rd).await, Ok(n) if n > 0) {
                         dec.discard();
                     }
-                    return;
+                    return wait_for_writer().await;
                 }
             }
         }

@@ -1,0 +1,65 @@
+//! A per-connection request-rate limit: a token bucket refilled continuously.
+
+use std::time::Instant;
+
+/// Allows `per_second` requests a second, sustained, and bursts of as many.
+/// Owned by one connection's task; nothing is shared.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket; `per_second` of zero allows everything.
+    pub fn new(per_second: u32) -> Self {
+        RateLimit { per_second: f64::from(per_second), tokens: f64::from(per_second), last: Instant::now() }
+    }
+
+    /// Takes one request's token: false when the connection is over its rate.
+    pub fn allow(&mut self) -> bool {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&mut self, now: Instant) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bursts_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(10);
+        r.last = t0;
+        assert!((0..10).all(|_| r.allow_at(t0)), "a full second's burst is allowed");
+        assert!(!r.allow_at(t0), "the eleventh is refused");
+        assert!(!r.allow_at(t0 + Duration::from_millis(50)), "half a token is not enough");
+        assert!(r.allow_at(t0 + Duration::from_millis(100)), "one token back after 1/10 s");
+        assert!(!r.allow_at(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| r.allow_at(later)).count(), 10, "the bucket holds one second's worth");
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let mut r = RateLimit::new(0);
+        assert!((0..1_000_000).all(|_| r.allow()));
+    }
+}
