@@ -13,6 +13,10 @@
 //! - [`hub`]: per-shard client and subscription tables, the cross-shard bus, shard 0's upstream owner.
 //! - [`shard`]: the executor pool, accept loops, HTTP connections, REST API, streams.
 
+// Outside data must never reach a panic: errors are returned and answered instead.
+// (Tests may unwrap; indexing is left to the fuzz targets, see fuzz/.)
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -1,5 +1,9 @@
 //! The `hedgehog` binary: reads the configuration and starts what it asks for.
 
+// Outside data must never reach a panic: errors are returned and answered instead.
+// (Tests may unwrap; indexing is left to the fuzz targets, see fuzz/.)
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use std::process::ExitCode;
 
 use hedgehog::config::{self, Command};

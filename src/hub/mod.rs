@@ -113,6 +113,7 @@ pub struct Global {
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
     malformed: AtomicU64,
+    panics: AtomicU64,
     upstream: Mutex<UpstreamInfo>,
 }
 
@@ -139,6 +140,7 @@ impl Global {
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
         }
     }
@@ -158,6 +160,16 @@ impl Global {
         }
         *n += 1;
         Some(IpSlot { global: self.clone(), ip })
+    }
+
+    /// Panics contained (each ended one connection, not its shard).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Counts a contained panic.
+    pub fn count_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Upstream messages received.

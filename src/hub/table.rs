@@ -34,12 +34,12 @@ pub struct Table {
 impl Table {
     /// Adds a subscriber; true if it is the first for this (product, channel).
     pub fn add(&mut self, product: &str, channel: usize, slot: usize, outbox: &Rc<Outbox>) -> bool {
-        if !self.topics.contains_key(product) {
-            self.next_number += 1;
-            let entry = Product { number: self.next_number, ..Product::default() };
-            self.topics.insert(product.to_string(), entry);
-        }
-        let subs = &mut self.topics.get_mut(product).expect("just inserted").channels[channel];
+        let next = &mut self.next_number;
+        let topic = self.topics.entry(product.to_string()).or_insert_with(|| {
+            *next += 1;
+            Product { number: *next, ..Product::default() }
+        });
+        let subs = &mut topic.channels[channel];
         if subs.iter().any(|(s, _)| *s == slot) {
             return false;
         }

@@ -73,6 +73,7 @@ fn health(hub: &Hub) -> serde_json::Value {
         "shards": g.shards,
         "shard": hub.id,
         "clients": g.clients(),
+        "panics": g.panics(),
         "upstream": {
             "url": g.upstream_url,
             "simulated": g.simulated,

@@ -32,7 +32,14 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
             Ok(stream) => {
                 let slot = stream.peer_addr().ok().and_then(|a| hub.global.admit(a.ip()));
                 let task = match slot {
-                    Some(slot) => glommio::spawn_local_into(serve(stream, hub.clone(), queues, slot), queues.http),
+                    Some(slot) => {
+                        let conn = serve(stream, hub.clone(), queues, slot);
+                        let global = hub.global.clone();
+                        let task = async move {
+                            super::contained(&global, "an HTTP connection", conn).await;
+                        };
+                        glommio::spawn_local_into(task, queues.http)
+                    }
                     None => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip), queues.http),
                 };
                 if let Ok(task) = task {
@@ -155,14 +162,19 @@ async fn websocket(
     };
     let welcome = json!({"type": "welcome", "client_id": id.to_string()}).to_string();
     let _ = outbox.push(ws::frame::text(welcome.as_bytes()));
-    if let Some(op) = pre {
-        let _ = Box::pin(hub.execute(id, op)).await;
-    }
     // The session gets a task of its own, holding only what it needs; this
-    // connection's HTTP task ends here and its memory is freed.
+    // connection's HTTP task ends here and its memory is freed. From here to
+    // `unregister`, a panic ends this session only, and the client is still
+    // unregistered.
     let session = async move {
-        let session = Session { rate: RateLimit::new(hub.global.max_request_rate) };
-        ws::run_session(stream, leftover, outbox, hub.global.limits, session).await;
+        let served = async {
+            if let Some(op) = pre {
+                let _ = Box::pin(hub.execute(id, op)).await;
+            }
+            let session = Session { rate: RateLimit::new(hub.global.max_request_rate) };
+            ws::run_session(stream, leftover, outbox, hub.global.limits, session).await;
+        };
+        super::contained(&hub.global, "a WebSocket session", served).await;
         Box::pin(hub.unregister(id)).await;
         drop(slot);
     };
@@ -203,9 +215,9 @@ async fn echo(mut stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<H
         return;
     }
     let outbox = hub.new_outbox();
-    let limits = hub.global.limits;
     let session = async move {
-        ws::run_session(stream, leftover, outbox, limits, Echo).await;
+        let served = ws::run_session(stream, leftover, outbox, hub.global.limits, Echo);
+        super::contained(&hub.global, "an echo session", served).await;
         drop(slot);
     };
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
@@ -215,8 +227,19 @@ async fn echo(mut stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<H
 
 struct Echo;
 
+/// What a debug build's echo endpoint panics on.
+#[cfg(debug_assertions)]
+pub const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
+
 impl ws::Handler for Echo {
     fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        // A debug build's echo endpoint panics on request, so the tests can show
+        // that a panic ends one connection and not its shard (tests/panics.rs).
+        #[cfg(debug_assertions)]
+        #[allow(clippy::panic)]
+        if text == PANIC_REQUEST {
+            panic!("the echo endpoint was asked to panic");
+        }
         let _ = outbox.push(ws::frame::text(&text));
     }
 
@@ -266,7 +289,10 @@ async fn stream_pair(
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\nConnection: close\r\n\r\n"
     );
-    if stream.write_all(head.as_bytes()).await.is_ok() {
+    let served = async {
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
         let _ = hub.execute(id, op).await;
         let (mut rd, mut wr) = futures_lite::io::split(stream);
         // The client sends nothing more; reading only notices when it leaves.
@@ -282,7 +308,8 @@ async fn stream_pair(
             }),
         )
         .await;
-    }
+    };
+    super::contained(&hub.global, "a stream", served).await;
     Box::pin(hub.unregister(id)).await;
 }
 

@@ -244,6 +244,31 @@ impl Shard {
     }
 }
 
+/// Runs one connection's future, containing a panic inside it: glommio lets a
+/// panicking task unwind through the executor, which ends the shard's thread and
+/// every connection on it (tests/panics.rs shows both). Here the panic unwinds
+/// only as far as this call; it is logged and counted (`panics` in /healthz), the
+/// connection's state is dropped, and the shard goes on. Returns false after a panic.
+///
+/// What the future shares with other tasks (the hub's tables) is only ever
+/// borrowed between awaits, so an unwind leaves no borrow held.
+pub async fn contained<F: std::future::Future<Output = ()>>(global: &Global, what: &str, fut: F) -> bool {
+    use futures_lite::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(()) => true,
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            log::error!("a panic in {what} was contained; that connection is closed: {why}");
+            global.count_panic();
+            false
+        }
+    }
+}
+
 /// Resolves once either flag is set.
 async fn wait(a: &AtomicBool, b: &AtomicBool) {
     while !a.load(Ordering::SeqCst) && !b.load(Ordering::SeqCst) {

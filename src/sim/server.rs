@@ -58,7 +58,13 @@ pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
                 return;
             }
         };
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = ready.send(Err(format!("the simulator's listener has no address: {e}")));
+                return;
+            }
+        };
         let pem = tls.as_ref().map(|(_, pem)| pem.clone());
         let _ = ready.send(Ok((addr, pem)));
         let acceptor = tls.map(|(config, _)| futures_rustls::TlsAcceptor::from(config));

@@ -220,7 +220,7 @@ impl Outbox {
                     Poll::Pending
                 }
                 1 => {
-                    let (f, _) = i.queue.pop_front().expect("queue has one frame");
+                    let Some((f, _)) = i.queue.pop_front() else { return Poll::Ready(None) };
                     i.bytes -= f.len().min(i.bytes);
                     Poll::Ready(Some(Batch::One(f)))
                 }
