@@ -119,9 +119,9 @@ Simulator options:
   --subscribe-timeout S  close connections that do not subscribe within S seconds; 0 = never (default 5)
   --hold S               no trades for the first S seconds (let subscribers join first)
   --fault LIST           inject faults in turn: drop, reset, stall, garbage, binary, oversized,
-                         skip, refuse, slow-handshake
+                         skip, refuse, slow-handshake, reject
   --fault-every S        seconds between faults (default 10)
-  --fault-for S          how long stall, refuse and slow-handshake last (default 3)
+  --fault-for S          how long stall, refuse, slow-handshake and reject last (default 3)
 
   -h, --help             this text
   -V, --version          the version

@@ -14,6 +14,7 @@ struct Setup {
     sim: SimHandle,
     relay: hedgehog::shard::RelayHandle,
     client: Client,
+    client_id: String,
 }
 
 fn setup() -> Setup {
@@ -40,7 +41,7 @@ fn setup() -> Setup {
     let (status, _, _) = http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD", &format!("X-Client-Id: {id}\r\n"));
     assert_eq!(status, 200);
     client.until("data", |v| v["type"] == "match" && v["product_id"] == "BTC-USD");
-    Setup { sim, relay, client }
+    Setup { sim, relay, client, client_id: id }
 }
 
 fn health(s: &Setup) -> Value {
@@ -156,4 +157,30 @@ fn skipped_trade_ids_are_relayed_as_they_come() {
         last = id;
     }
     s.client.until("more data", |v| v["type"] == "match");
+}
+
+#[test]
+fn a_refused_subscribe_is_asked_again_without_a_reconnect() {
+    let mut s = setup();
+    s.sim.inject(Fault::Reject);
+    wait_until("the reject fault is on", || s.sim.events().contains(&SimEvent::Fault(Fault::Reject)));
+    // The client adds a product while the feed refuses subscriptions.
+    let with_id = format!("X-Client-Id: {}\r\n", s.client_id);
+    let (status, _, _) = http(s.relay.addr, "POST", "/api/v1/subscribe/ETH-USD", &with_id);
+    assert_eq!(status, 200);
+    s.client.until("the refusal note", |v| {
+        v["type"] == "upstream" && v["reason"].as_str().is_some_and(|r| r.contains("refused"))
+    });
+    // BTC-USD keeps flowing meanwhile, and ETH-USD arrives once the feed accepts.
+    s.client.until("BTC-USD during the refusal", |v| v["type"] == "match" && v["product_id"] == "BTC-USD");
+    s.client.until("ETH-USD after a retry", |v| v["type"] == "match" && v["product_id"] == "ETH-USD");
+    let h = health(&s);
+    assert_eq!(h["upstream"]["connects"], 1, "no reconnect: {h}");
+    assert!(h["upstream"]["refused"].as_u64().unwrap() >= 1, "{h}");
+    // On the one connection: the ETH-USD subscribe was sent, refused, and sent again.
+    let eth_asks = subscribes(&s.sim)
+        .iter()
+        .filter(|(_, r)| r["type"] == "subscribe" && r.to_string().contains("ETH-USD"))
+        .count();
+    assert!(eth_asks >= 2, "asked {eth_asks} times");
 }

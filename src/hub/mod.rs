@@ -87,6 +87,8 @@ pub struct UpstreamInfo {
     pub since: String,
     pub connects: u64,
     pub last_error: Option<String>,
+    /// Requests the feed refused as a whole.
+    pub refused: u64,
     pub products: usize,
 }
 

@@ -122,7 +122,12 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
                 }
             }
         }
-        Event::Error { .. } | Event::Subscriptions(_) => {}
+        // A request refused as a whole: the client asks again after a backoff.
+        Event::Error { message, reason, product: None } => {
+            announce(hub, owner, Some(&format!("the feed refused a request ({message}: {reason}); asking again")))
+                .await;
+        }
+        Event::Subscriptions(_) => {}
         Event::Products(list) => {
             let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
             hub.global.set_upstream(|u| u.products = known.len());
@@ -132,34 +137,35 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             }
         }
         Event::Malformed { total } => hub.global.malformed.store(total, std::sync::atomic::Ordering::Relaxed),
-        Event::Connected | Event::Disconnected { .. } => {
-            let reason = match &event {
-                Event::Disconnected { reason } => Some(reason.as_str()),
-                _ => None,
-            };
-            let s = owner.upstream.status();
-            // Subscribers hear of it: data may pause (and later resume) for a reason.
-            let note = serde_json::json!({
-                "type": "upstream",
-                "state": s.state.as_str(),
-                "reason": reason,
-                "time": crate::clock::now_iso(),
-            });
-            let frame = crate::ws::frame::text(note.to_string().as_bytes());
-            hub.tell_subscribed(&frame);
-            for shard in (0..hub.global.shards).filter(|s| *s != hub.id) {
-                hub.bus().send(shard, ShardMsg::Upstream(frame.clone())).await;
-            }
-            hub.global.set_upstream(|u| {
-                u.state = s.state.as_str();
-                u.since = crate::clock::format_iso(
-                    s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
-                );
-                u.connects = s.connects;
-                u.last_error = s.last_error.clone();
-            });
-        }
+        Event::Connected => announce(hub, owner, None).await,
+        Event::Disconnected { reason } => announce(hub, owner, Some(&reason)).await,
     }
+}
+
+/// Tells every subscribed client (all shards) the upstream's state and why it
+/// changed, and records it for `/healthz`.
+async fn announce(hub: &Rc<Hub>, owner: &Owner, reason: Option<&str>) {
+    let s = owner.upstream.status();
+    // Subscribers hear of it: data may pause (and later resume) for a reason.
+    let note = serde_json::json!({
+        "type": "upstream",
+        "state": s.state.as_str(),
+        "reason": reason,
+        "time": crate::clock::now_iso(),
+    });
+    let frame = crate::ws::frame::text(note.to_string().as_bytes());
+    hub.tell_subscribed(&frame);
+    for shard in (0..hub.global.shards).filter(|s| *s != hub.id) {
+        hub.bus().send(shard, ShardMsg::Upstream(frame.clone())).await;
+    }
+    hub.global.set_upstream(|u| {
+        u.state = s.state.as_str();
+        u.since =
+            crate::clock::format_iso(s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+        u.connects = s.connects;
+        u.refused = s.refused;
+        u.last_error = s.last_error.clone();
+    });
 }
 
 #[cfg(test)]

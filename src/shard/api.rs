@@ -83,6 +83,7 @@ fn health(hub: &Hub) -> serde_json::Value {
             "malformed": g.malformed(),
             "connects": up.connects,
             "last_error": up.last_error,
+            "refused": up.refused,
             "products": up.products,
         },
     })

@@ -25,10 +25,13 @@ pub enum Fault {
     Refuse,
     /// Answer handshakes only after the fault's duration.
     SlowHandshake,
+    /// Refuse subscribe requests for the fault's duration: an `error` naming no
+    /// product, and no `subscriptions` reply; nothing is applied.
+    Reject,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Drop,
         Fault::Reset,
         Fault::Stall,
@@ -38,6 +41,7 @@ impl Fault {
         Fault::Skip,
         Fault::Refuse,
         Fault::SlowHandshake,
+        Fault::Reject,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Fault {
             Fault::Skip => "skip",
             Fault::Refuse => "refuse",
             Fault::SlowHandshake => "slow-handshake",
+            Fault::Reject => "reject",
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct Windows {
     pub stall_until: Option<Instant>,
     pub refuse_until: Option<Instant>,
     pub slow_until: Option<Instant>,
+    pub reject_until: Option<Instant>,
 }
 
 impl Windows {
@@ -85,6 +91,10 @@ impl Windows {
 
     pub fn refusing(&self, now: Instant) -> bool {
         Self::active(self.refuse_until, now)
+    }
+
+    pub fn rejecting(&self, now: Instant) -> bool {
+        Self::active(self.reject_until, now)
     }
 
     /// How long a handshake starting now must wait.

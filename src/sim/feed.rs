@@ -16,6 +16,8 @@ use super::Control;
 use crate::protocol::{self, RequestKind};
 use crate::ws::{self, Frame, Outbox};
 
+/// The reason a `reject` fault gives (ours: Coinbase's text for a refused request is not on record).
+pub const REJECTED: &str = "subscriptions are refused for now (simulator fault: reject)";
 /// One client connection.
 pub struct Conn {
     pub outbox: Rc<Outbox>,
@@ -65,6 +67,7 @@ impl Feed {
     /// Applies one fault now; lasting ones last `lasting`.
     pub fn apply(&mut self, fault: Fault, lasting: Duration) {
         log::info!("simulator: injecting fault {}", fault.name());
+        self.control.record(super::SimEvent::Fault(fault));
         let until = Some(Instant::now() + lasting);
         let all = |f: &Feed, frame: Frame| {
             for c in f.conns.values() {
@@ -82,6 +85,7 @@ impl Feed {
             Fault::Stall => self.windows.stall_until = until,
             Fault::Refuse => self.windows.refuse_until = until,
             Fault::SlowHandshake => self.windows.slow_until = until,
+            Fault::Reject => self.windows.reject_until = until,
             Fault::Garbage => all(self, ws::frame::text(b"this is not JSON {")),
             Fault::Binary => all(self, ws::frame::encode(OpCode::Data(Data::Binary), &[0, 1, 2, 3], None).into()),
             Fault::Oversized => all(self, ws::frame::text(&vec![b'x'; 17 << 20])),
@@ -131,6 +135,9 @@ impl Feed {
             Ok(req) => req,
             Err(error) => return send(&error),
         };
+        if req.kind == RequestKind::Subscribe && self.windows.rejecting(Instant::now()) {
+            return send(&protocol::error_message(RequestKind::Subscribe.failure(), REJECTED));
+        }
         let (errors, initial) = match req.kind {
             RequestKind::Subscribe => self.subscribe(id, &req),
             RequestKind::Unsubscribe => (self.unsubscribe(id, &req), Vec::new()),

@@ -77,6 +77,8 @@ pub enum SimEvent {
     Request(u64, String),
     /// Connection `id` ended.
     Closed(u64),
+    /// A fault was applied.
+    Fault(Fault),
 }
 
 /// Shared between the simulator's thread and whoever holds its [`SimHandle`].

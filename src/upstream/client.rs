@@ -106,6 +106,7 @@ impl Client {
     /// Serves one connection until it ends; returns why.
     async fn session(&self, io: BoxIo, leftover: &[u8]) -> Ended {
         self.shared.subs.borrow_mut().reset();
+        self.shared.retry_at.set(None);
         self.shared.changed.set(true);
         let (mut rd, mut wr) = split(io);
         let mut dec = Decoder::new(Role::Client, self.cfg.max_message).with_read_size(64 * 1024);
@@ -131,6 +132,10 @@ impl Client {
                     Ok(None) => break,
                     Err(e) => return format!("bad frame from the feed: {e}"),
                 }
+            }
+            if self.shared.retry_at.get().is_some_and(|at| Instant::now() >= at) {
+                self.shared.retry_at.set(None);
+                self.shared.changed.set(true);
             }
             if self.shared.changed.replace(false) {
                 if self.shared.stop.get() {
@@ -158,7 +163,10 @@ impl Client {
                 pinged = true;
                 self.shared.status.borrow_mut().pings += 1;
             }
-            let wake_at = if !watching && !pinged { ping_at.min(deadline) } else { deadline };
+            let mut wake_at = if !watching && !pinged { ping_at.min(deadline) } else { deadline };
+            if let Some(at) = self.shared.retry_at.get() {
+                wake_at = wake_at.min(at);
+            }
             let read = async { Some(dec.read_from(&mut rd).await) };
             let changed = async {
                 self.shared.changed().await;
@@ -212,6 +220,7 @@ impl Client {
             "subscriptions" => match super::parse_subscriptions(&text) {
                 Some(set) => {
                     self.shared.subs.borrow_mut().ack(set.clone());
+                    self.shared.retry_backoff.set(self.cfg.backoff_initial);
                     self.shared.status.borrow_mut().subscriptions = super::subs::group(set.iter().collect());
                     self.shared.changed.set(true);
                     Event::Subscriptions(set)
@@ -235,8 +244,20 @@ impl Client {
         let field = |k: &str| v.get(k).and_then(|m| m.as_str()).unwrap_or("").to_string();
         let (message, reason) = (field("message"), field("reason"));
         let product = protocol::product_of_error(&reason).map(str::to_string);
-        if let Some(p) = &product {
-            self.shared.subs.borrow_mut().reject(p);
+        match &product {
+            Some(p) => self.shared.subs.borrow_mut().reject(p),
+            // A request refused as a whole: ask again after a backoff.
+            None if message.starts_with("Failed to") => {
+                self.shared.subs.borrow_mut().refused();
+                let delay = self.shared.retry_backoff.get();
+                self.shared.retry_backoff.set((delay * 2).min(self.cfg.backoff_max));
+                self.shared.retry_at.set(Some(Instant::now() + delay));
+                let mut status = self.shared.status.borrow_mut();
+                status.refused += 1;
+                status.last_error = Some(format!("{message}: {reason}"));
+                log::warn!("upstream refused a request ({message}: {reason}); asking again in {delay:?}");
+            }
+            None => {}
         }
         log::warn!("upstream error: {message}: {reason}");
         Event::Error { message, reason, product }

@@ -159,6 +159,8 @@ pub struct Status {
     /// Liveness pings sent while no product was subscribed.
     pub pings: u64,
     pub last_error: Option<String>,
+    /// Requests the feed refused as a whole (each is retried after a backoff).
+    pub refused: u64,
     pub subscriptions: BTreeMap<String, BTreeSet<String>>,
 }
 
@@ -169,6 +171,10 @@ struct Shared {
     changed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
     stop: Cell<bool>,
+    /// When to ask again for what a refused request asked for.
+    retry_at: Cell<Option<std::time::Instant>>,
+    /// The next retry's delay: doubles per refusal, back to the start on a reply.
+    retry_backoff: Cell<std::time::Duration>,
 }
 
 impl Shared {
@@ -249,11 +255,14 @@ pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), St
             connects: 0,
             pings: 0,
             last_error: None,
+            refused: 0,
             subscriptions: BTreeMap::new(),
         }),
         changed: Cell::new(false),
         waker: RefCell::new(None),
         stop: Cell::new(false),
+        retry_at: Cell::new(None),
+        retry_backoff: Cell::new(cfg.backoff_initial),
     });
     let (tx, rx) = local_channel::new_bounded(EVENT_QUEUE);
     let client = client::Client { cfg, endpoint, tls, shared: shared.clone(), events: tx };

@@ -80,6 +80,16 @@ impl Subs {
         }
     }
 
+    /// The server refused a whole request (an `error` naming no product, with no
+    /// `subscriptions` reply): it still has what it last confirmed, and the next
+    /// [`Subs::deltas`] asks again for the difference.
+    pub fn refused(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            self.requested = self.acked.clone();
+        }
+    }
+
     /// The requests that take the server from what was requested to what is desired.
     pub fn deltas(&mut self) -> Vec<Delta> {
         let want = self.effective();
@@ -178,6 +188,20 @@ mod tests {
         s.ack(BTreeSet::from([pair("status", ""), pair("ticker", "BTC-USD")]));
         let d = s.deltas();
         assert_eq!(d, vec![(true, BTreeMap::from([("heartbeat".into(), BTreeSet::from(["BTC-USD".into()]))]))]);
+    }
+
+    #[test]
+    fn a_refused_request_is_asked_again() {
+        let mut s = Subs::default();
+        s.set("matches", "ETH-USD", true);
+        let first = s.deltas();
+        s.ack(s.effective());
+        s.set("matches", "SOL-USD", true);
+        let asked = s.deltas();
+        assert_eq!(s.deltas(), vec![], "nothing new while the request is out");
+        s.refused();
+        assert_eq!(s.deltas(), asked, "the same request again, and only it");
+        assert_ne!(asked, first);
     }
 
     #[test]
