@@ -11,6 +11,7 @@
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`hub`]: per-shard client and subscription tables, the cross-shard bus, shard 0's upstream owner.
+//! - [`fuzzing`]: the fuzz targets' entry points (fuzz/), replayed by tests/fuzz_corpora.rs.
 //! - [`shard`]: the executor pool, accept loops, HTTP connections, REST API, streams.
 
 // Outside data must never reach a panic: errors are returned and answered instead.
@@ -19,6 +20,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod net;

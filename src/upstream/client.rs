@@ -293,7 +293,7 @@ async fn timeout<T>(d: Duration) -> Result<T, Ended> {
 }
 
 /// The product ids a `status` message lists.
-fn status_products(text: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn status_products(text: &[u8]) -> Option<Vec<String>> {
     let v: serde_json::Value = serde_json::from_slice(text).ok()?;
     let products = v.get("products")?.as_array()?;
     Some(products.iter().filter_map(|p| p.get("id")?.as_str().map(str::to_string)).collect())

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use glommio::channels::local_channel::{self, LocalReceiver};
 
+pub(crate) use client::status_products;
 pub use endpoint::Endpoint;
 pub use subs::{parse_subscriptions, request_text, Sub, Subs};
 

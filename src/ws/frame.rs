@@ -243,8 +243,10 @@ impl Decoder {
                 return Err(FrameError::Protocol("bad control frame"));
             }
         }
+        // Saturating: a peer may claim a length of up to 2^64 - 1 (found by fuzzing:
+        // a fragment's length plus such a claim wrapped around and passed).
         let pending = self.partial.as_ref().map_or(0, |(_, p)| p.len()) as u64;
-        if pending + len > self.max_message as u64 {
+        if pending.saturating_add(len) > self.max_message as u64 {
             return Err(FrameError::TooBig);
         }
         Ok(())
@@ -373,6 +375,17 @@ mod tests {
             assert_eq!(d.next_message(), Err(want.clone()), "{want}");
         }
         assert_eq!(FrameError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn a_huge_claimed_length_after_a_fragment_is_too_big() {
+        // A text fragment, then a frame claiming 2^64 - 1 bytes: the two lengths
+        // must not wrap around to something small.
+        let mut bytes = client_frame(OpCode::Data(Data::Text), false, b"ab");
+        bytes.extend_from_slice(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
+        let mut d = Decoder::new(Role::Server, 64);
+        d.feed(&bytes);
+        assert_eq!(d.next_message(), Err(FrameError::TooBig));
     }
 
     #[test]
