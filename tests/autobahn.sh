@@ -9,7 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v kosoku >/dev/null || { echo "autobahn: kosoku is not installed (pip install kosoku)" >&2; exit 2; }
+# The console script, or the same entry point through python3 when pip put its
+# scripts directory off PATH.
+if command -v kosoku >/dev/null; then
+    kosoku=(kosoku)
+elif python3 -c "import kosoku" 2>/dev/null; then
+    kosoku=(python3 -c "import sys; from kosoku._cli import main; sys.argv[0] = 'kosoku'; main()")
+else
+    echo "autobahn: kosoku is not installed (pip install kosoku)" >&2
+    exit 2
+fi
 cargo build --release --locked --quiet --bin hedgehog
 
 out=target/autobahn
@@ -36,4 +45,4 @@ done
 echo "autobahn: cases 1-10 against ws://$addr/echo"
 cases=()
 for s in 1 2 3 4 5 6 7 9 10; do cases+=(-i "$s.*"); done
-kosoku "${cases[@]}" -p 4 -o "$out/reports" "ws://$addr/echo"
+"${kosoku[@]}" "${cases[@]}" -p 4 -o "$out/reports" "ws://$addr/echo"
