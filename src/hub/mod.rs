@@ -64,6 +64,14 @@ pub enum Op {
         channels: Option<Vec<usize>>,
     },
     List,
+    /// A Coinbase `subscribe` (`subscribe: true`) or `unsubscribe` sent on the
+    /// client's own WebSocket, already checked: channel -> products (for an
+    /// unsubscribe, no products means every product). Answered, on the client's
+    /// WebSocket, with Coinbase's cumulative `subscriptions` message.
+    Coinbase {
+        subscribe: bool,
+        channels: BTreeMap<usize, BTreeSet<String>>,
+    },
 }
 
 /// An API error: the HTTP status, a machine-readable code and a sentence.
@@ -220,6 +228,8 @@ pub struct Client {
     pub outbox: Rc<Outbox>,
     /// product -> channel indices.
     subs: RefCell<BTreeMap<String, BTreeSet<usize>>>,
+    /// Pure Coinbase mode: no hedgehog-only messages (notes, upstream, gaps).
+    pure: bool,
 }
 
 /// One shard's hub.
@@ -259,11 +269,12 @@ impl Hub {
     }
 
     /// Registers a new client; returns its id, or `None` when the table is full.
-    pub fn register(&self, outbox: Rc<Outbox>) -> Option<ClientId> {
+    /// `pure`: the client wants Coinbase's messages only (no hedgehog notes).
+    pub fn register(&self, outbox: Rc<Outbox>, pure: bool) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
-        entry.insert(Client { id, outbox, subs: RefCell::new(BTreeMap::new()) });
+        entry.insert(Client { id, outbox, subs: RefCell::new(BTreeMap::new()), pure });
         self.global.clients[self.id].fetch_add(1, Ordering::Relaxed);
         Some(id)
     }
@@ -284,7 +295,7 @@ impl Hub {
     /// Sends `frame` to every local client with at least one subscription.
     fn tell_subscribed(&self, frame: &Frame) {
         for outbox in self.outboxes.borrow().iter().filter_map(|(slot, o)| {
-            let subscribed = self.clients.get(*slot).is_some_and(|c| !c.subs.borrow().is_empty());
+            let subscribed = self.clients.get(*slot).is_some_and(|c| !c.pure && !c.subs.borrow().is_empty());
             subscribed.then_some(o)
         }) {
             let _ = outbox.push(frame.clone());
@@ -310,6 +321,16 @@ impl Hub {
                 Err(ApiError::new(404, "unknown_product", format!("{product} is not a product the upstream lists")))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Whether a Coinbase client may name `product`: one the upstream lists, exactly
+    /// (Coinbase's ids are case-sensitive); while the list is unknown, any id of
+    /// the right form.
+    pub fn is_product(&self, product: &str) -> bool {
+        match &*self.products.borrow() {
+            Some(known) => known.contains(product),
+            None => crate::protocol::normalize_product(product).as_deref() == Some(product),
         }
     }
 
@@ -340,6 +361,7 @@ impl Hub {
             _ => return Err(unknown_client()),
         };
         let outbox = client.outbox.clone();
+        let pure = client.pure;
         let (value, changes) = match op {
             Op::List => {
                 let subs = client.subs.borrow();
@@ -384,6 +406,52 @@ impl Hub {
                 let v = json!({"client_id": id.to_string(), "product_id": product, "channels": names(removed.iter().copied()), "subscribed": false});
                 (v, removed.into_iter().map(|c| (product.clone(), c, false)).collect())
             }
+            Op::Coinbase { subscribe, channels } => {
+                let mut subs = client.subs.borrow_mut();
+                let changes = if subscribe {
+                    let held: usize = subs.values().map(BTreeSet::len).sum();
+                    let new = channels
+                        .iter()
+                        .flat_map(|(ch, ps)| ps.iter().map(move |p| (p, ch)))
+                        .filter(|(p, ch)| !subs.get(*p).is_some_and(|s| s.contains(ch)))
+                        .count();
+                    if held + new > self.global.max_subscriptions {
+                        let max = self.global.max_subscriptions;
+                        let why = format!("a client may hold {max} subscriptions (product and channel pairs)");
+                        return Err(ApiError::new(409, "too_many_subscriptions", why));
+                    }
+                    let mut changes = Vec::new();
+                    for (ch, products) in &channels {
+                        for p in products {
+                            if subs.entry(p.clone()).or_default().insert(*ch) {
+                                changes.push((p.clone(), *ch, true));
+                            }
+                        }
+                    }
+                    changes
+                } else {
+                    let mut changes = Vec::new();
+                    for (ch, products) in &channels {
+                        let named: Vec<String> = match products.is_empty() {
+                            true => subs.iter().filter(|(_, s)| s.contains(ch)).map(|(p, _)| p.clone()).collect(),
+                            false => products.iter().cloned().collect(),
+                        };
+                        for p in named {
+                            let Some(set) = subs.get_mut(&p) else { continue };
+                            if set.remove(ch) {
+                                changes.push((p.clone(), *ch, false));
+                            }
+                            if set.is_empty() {
+                                subs.remove(&p);
+                            }
+                        }
+                    }
+                    changes
+                };
+                // Coinbase's reply comes before any of the new data.
+                let _ = outbox.push(crate::ws::frame::text(coinbase_subscriptions(&subs).as_bytes()));
+                (json!({"client_id": id.to_string()}), changes)
+            }
         };
         drop(client);
         for (product, channel, on) in changes {
@@ -395,7 +463,7 @@ impl Hub {
                 self.drop_subscriber(&product, channel, id.slot).await;
             }
         }
-        if value.get("subscribed").is_some() {
+        if value.get("subscribed").is_some() && !pure {
             let mut note = value.clone();
             let kind = if value["subscribed"] == true { "subscribed" } else { "unsubscribed" };
             if let Some(obj) = note.as_object_mut() {
@@ -483,6 +551,17 @@ impl Hub {
     pub fn owner(&self) -> Option<&Owner> {
         self.owner.as_ref()
     }
+}
+
+/// A client's subscriptions as Coinbase's cumulative `subscriptions` message.
+fn coinbase_subscriptions(subs: &BTreeMap<String, BTreeSet<usize>>) -> String {
+    let mut by_channel: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (product, channels) in subs {
+        for ch in channels {
+            by_channel.entry(CHANNELS[*ch].to_string()).or_default().insert(product.clone());
+        }
+    }
+    crate::protocol::subscriptions_message(&by_channel)
 }
 
 fn unknown_client() -> ApiError {

@@ -1,6 +1,7 @@
 //! One accepted connection: HTTP/1.1 requests (keep-alive, pipelined) until it
 //! upgrades to a WebSocket or becomes a stream of one pair.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use serde_json::json;
 
 use super::api;
 use crate::http::{self, Request, Response, Route};
-use crate::hub::{Hub, IpSlot, Op};
+use crate::hub::{channel_index, ClientId, Hub, IpSlot, Op};
 use crate::net::{self, ReadError};
+use crate::protocol::{self, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
 
@@ -133,10 +135,20 @@ async fn upgrade(
     queues: Queues,
     slot: IpSlot,
 ) {
+    // `?mode=coinbase`: Coinbase's messages only, for clients that expect nothing else.
+    let pure = req.query_param("mode").as_deref() == Some("coinbase");
     match ws::accept(req) {
-        Ok(handshake) => websocket(stream, handshake, leftover, hub, pre, queues, slot).await,
+        Ok(handshake) => websocket(stream, handshake, leftover, hub, Start { pre, pure }, queues, slot).await,
         Err(resp) => Box::pin(close_after(stream, &resp)).await,
     }
+}
+
+/// How a WebSocket client starts.
+struct Start {
+    /// Already subscribed to a pair (`GET /api/v1/subscribe/{pair}` with an upgrade).
+    pre: Option<Op>,
+    /// Coinbase's messages only (`?mode=coinbase`).
+    pure: bool,
 }
 
 /// A WebSocket client, optionally already subscribed to a pair. Only what the
@@ -146,22 +158,25 @@ async fn websocket(
     handshake: Vec<u8>,
     leftover: Vec<u8>,
     hub: Rc<Hub>,
-    pre: Option<Op>,
+    start: Start,
     queues: Queues,
     slot: IpSlot,
 ) {
+    let Start { pre, pure } = start;
     if stream.write_all(&handshake).await.is_err() {
         return;
     }
     drop(handshake);
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone()) else {
+    let Some(id) = hub.register(outbox.clone(), pure) else {
         outbox.close(close::INTERNAL, "no room for another client");
         let _ = ws::write_loop(&outbox, &mut stream).await;
         return;
     };
-    let welcome = json!({"type": "welcome", "client_id": id.to_string()}).to_string();
-    let _ = outbox.push(ws::frame::text(welcome.as_bytes()));
+    if !pure {
+        let welcome = json!({"type": "welcome", "client_id": id.to_string()}).to_string();
+        let _ = outbox.push(ws::frame::text(welcome.as_bytes()));
+    }
     // The session gets a task of its own, holding only what it needs; this
     // connection's HTTP task ends here and its memory is freed. From here to
     // `unregister`, a panic ends this session only, and the client is still
@@ -171,7 +186,7 @@ async fn websocket(
             if let Some(op) = pre {
                 let _ = Box::pin(hub.execute(id, op)).await;
             }
-            let session = Session { rate: RateLimit::new(hub.global.max_request_rate) };
+            let session = Session { hub: hub.clone(), id, rate: RateLimit::new(hub.global.max_request_rate) };
             ws::run_session(stream, leftover, outbox, hub.global.limits, session).await;
         };
         super::contained(&hub.global, "a WebSocket session", served).await;
@@ -183,23 +198,60 @@ async fn websocket(
     }
 }
 
-/// What a relay client may send: nothing yet beyond control frames.
+/// A relay client's session: Coinbase `subscribe` and `unsubscribe` messages on
+/// the WebSocket itself, answered as Coinbase answers them. They change the same
+/// subscriptions as the REST API.
 struct Session {
+    hub: Rc<Hub>,
+    id: ClientId,
     rate: RateLimit,
 }
 
 impl ws::Handler for Session {
-    fn on_text(&mut self, _text: Vec<u8>, outbox: &Outbox) {
+    async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        let send = |text: &str| {
+            let _ = outbox.push(ws::frame::text(text.as_bytes()));
+        };
         if !self.rate.allow() {
-            let error = crate::protocol::error_message("rate limited", "too many messages per second; slow down");
-            let _ = outbox.push(ws::frame::text(error.as_bytes()));
-            return;
+            return send(&protocol::error_message("rate limited", "too many messages per second; slow down"));
         }
-        let error = crate::protocol::error_message(
-            "Failed to subscribe",
-            "subscribe with POST /api/v1/subscribe/{pair} and this connection's client_id",
-        );
-        let _ = outbox.push(ws::frame::text(error.as_bytes()));
+        let req = match protocol::parse_request(&text) {
+            Ok(req) => req,
+            Err(error) => return send(&error),
+        };
+        let subscribe = req.kind == RequestKind::Subscribe;
+        let failure = req.kind.failure();
+        let mut channels: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+        let mut bad_products = BTreeSet::new();
+        for (name, products) in req.channels {
+            if protocol::AUTHENTICATED_CHANNELS.contains(&name.as_str()) {
+                if subscribe {
+                    send(&protocol::error_message(failure, protocol::AUTH_REQUIRED));
+                }
+                continue;
+            }
+            let Some(ch) = channel_index(&name) else {
+                let reason = if protocol::PUBLIC_CHANNELS.contains(&name.as_str()) {
+                    format!("{name} is not relayed by hedgehog")
+                } else {
+                    format!("{name} is not a valid channel")
+                };
+                send(&protocol::error_message(failure, &reason));
+                continue;
+            };
+            let (good, bad): (BTreeSet<String>, BTreeSet<String>) =
+                products.into_iter().partition(|p| self.hub.is_product(p));
+            if subscribe {
+                bad_products.extend(bad);
+            }
+            channels.entry(ch).or_default().extend(good);
+        }
+        for p in bad_products {
+            send(&protocol::error_message(failure, &format!("{p} is not a valid product")));
+        }
+        if let Err(e) = self.hub.execute(self.id, Op::Coinbase { subscribe, channels }).await {
+            send(&protocol::error_message(failure, &e.message));
+        }
     }
 }
 
@@ -232,7 +284,7 @@ struct Echo;
 pub const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
 
 impl ws::Handler for Echo {
-    fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+    async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
         // A debug build's echo endpoint panics on request, so the tests can show
         // that a panic ends one connection and not its shard (tests/panics.rs).
         #[cfg(debug_assertions)]
@@ -243,7 +295,7 @@ impl ws::Handler for Echo {
         let _ = outbox.push(ws::frame::text(&text));
     }
 
-    fn on_binary(&mut self, data: Vec<u8>, outbox: &Outbox) {
+    async fn on_binary(&mut self, data: Vec<u8>, outbox: &Outbox) {
         let _ = outbox.push(ws::frame::binary(&data));
     }
 }
@@ -280,7 +332,7 @@ async fn stream_pair(
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone()) else {
+    let Some(id) = hub.register(outbox.clone(), false) else {
         let _ = stream.write_all(&Response::error(503, "full", "no room for another client").to_bytes(true)).await;
         return;
     };

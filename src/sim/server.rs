@@ -204,11 +204,11 @@ struct SessionHandler {
 }
 
 impl ws::Handler for SessionHandler {
-    fn on_text(&mut self, text: Vec<u8>, _outbox: &Outbox) {
+    async fn on_text(&mut self, text: Vec<u8>, _outbox: &Outbox) {
         self.feed.borrow_mut().on_text(self.id, &text);
     }
 
-    fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
+    async fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
         let error = crate::protocol::error_message("Malformed JSON", "binary messages are not accepted");
         let _ = outbox.push(ws::frame::text(error.as_bytes()));
     }

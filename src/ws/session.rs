@@ -12,13 +12,17 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 use super::frame::{self, close, Decoder, Message, Role};
 use super::outbox::{write_loop, Outbox};
 
-/// What a session does with the messages its client sends.
+/// What a session does with the messages its client sends. The reader waits for
+/// each message to be handled before it reads the next, so replies keep the
+/// order of requests and a client that floods waits for its own answers.
+// Sessions run on one shard's thread: no `Send` bound is wanted on these futures.
+#[allow(async_fn_in_trait)]
 pub trait Handler {
     /// A whole text message (already checked to be UTF-8).
-    fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox);
+    async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox);
 
     /// A binary message; by default refused with 1003.
-    fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
+    async fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
         outbox.close(close::UNSUPPORTED, "binary messages are not accepted");
     }
 }
@@ -80,7 +84,7 @@ where
                     outbox.close(c.map_or(close::NORMAL, |(code, _)| code), "");
                     closing = true;
                 }
-                Ok(Some(msg)) if !closing => closing = !dispatch(msg, &outbox, &mut handler),
+                Ok(Some(msg)) if !closing => closing = !dispatch(msg, &outbox, &mut handler).await,
                 Ok(Some(_)) => {}
                 Ok(None) => match dec.read_from(&mut rd).await {
                     Ok(0) | Err(_) => return wait_for_writer().await,
@@ -128,12 +132,12 @@ where
 }
 
 /// Handles one message; false once the session is closing.
-fn dispatch<H: Handler>(msg: Message, outbox: &Outbox, handler: &mut H) -> bool {
+async fn dispatch<H: Handler>(msg: Message, outbox: &Outbox, handler: &mut H) -> bool {
     match msg {
         Message::Ping(p) => outbox.push_control(frame::encode(OpCode::Control(Control::Pong), &p, None).into()),
         Message::Pong(_) => {}
-        Message::Text(t) => handler.on_text(t, outbox),
-        Message::Binary(b) => handler.on_binary(b, outbox),
+        Message::Text(t) => handler.on_text(t, outbox).await,
+        Message::Binary(b) => handler.on_binary(b, outbox).await,
         // The reader answers close frames itself.
         Message::Close(_) => return false,
     }
