@@ -51,6 +51,10 @@ pub struct ServeConfig {
     /// Requests (HTTP requests and WebSocket messages) one connection may send per
     /// second, sustained; a burst of as many is allowed. Zero: no limit.
     pub max_request_rate: u32,
+    /// History kept per (product, channel): messages, age, and bytes in all.
+    pub history_size: usize,
+    pub history_age: Duration,
+    pub history_bytes: usize,
     /// Serve `/echo`, a WebSocket that echoes what it gets (a test aid for the
     /// conformance suite; off by default).
     pub echo: bool,
@@ -73,6 +77,9 @@ impl Default for ServeConfig {
             max_subscriptions: 100,
             max_connections_per_ip: 10_000,
             max_request_rate: 20_000,
+            history_size: 1000,
+            history_age: Duration::from_secs(600),
+            history_bytes: 64 << 20,
             echo: false,
         }
     }
@@ -103,6 +110,9 @@ Relay options (environment variable in brackets):
   --max-connections-per-ip N  open connections from one address (default 10000)
   --max-request-rate N   requests or messages per second on one connection; 0 = no limit
                          (default 20000)
+  --history-size N       messages kept per product and channel; 0 = none (default 1000)
+  --history-age S        drop kept messages older than S seconds (default 600)
+  --history-bytes N      bytes the history may hold in all (default 67108864)
   --echo                 serve /echo, a WebSocket echo endpoint (a test aid; off by default)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
@@ -313,6 +323,15 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.max_request_rate = n;
     }
     c.echo = f.flag("echo");
+    if let Some(n) = f.parsed::<usize>("history-size")? {
+        c.history_size = n;
+    }
+    if let Some(s) = f.parsed::<f64>("history-age")? {
+        c.history_age = seconds("history-age", s)?;
+    }
+    if let Some(n) = f.parsed::<usize>("history-bytes")? {
+        c.history_bytes = n;
+    }
     c.slow_consumer = match f.get("slow-consumer") {
         None | Some("disconnect") => SlowPolicy::Disconnect,
         Some("conflate") => SlowPolicy::Conflate,

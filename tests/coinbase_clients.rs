@@ -208,3 +208,49 @@ fn rest_and_in_band_subscriptions_are_one_state() {
     let list = http(relay.addr, "GET", "/api/v1/subscribe/BTC-USD", &with_id).2;
     assert_eq!(list["subscribed"], false, "{list}");
 }
+
+/// A Coinbase client that subscribes to a pair already streaming gets, first,
+/// the same messages a fresh subscriber of the feed itself gets: the latest
+/// ticker, the last match and a snapshot of the book. The market stands still
+/// while both subscribe, so both answers describe the same moment.
+#[test]
+fn a_late_coinbase_client_starts_where_a_direct_one_does() {
+    let sim = simulator(|c| {
+        c.rate = 30.0;
+        c.products = vec!["BTC-USD".into()];
+    });
+    let relay = relay(2, &sim.url());
+    let sub = r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["ticker","matches","level2_batch"]}"#;
+    let mut early = Feed::connect(&format!("ws://{}/?mode=coinbase", relay.addr));
+    early.request(sub);
+    for _ in 0..10 {
+        early.next_of("l2update");
+    }
+    sim.set_paused(true);
+    // Quiet: no new trade reaches the history for a while.
+    let mut last_seen = String::new();
+    common::wait_until("the market to stand still", || {
+        let before = last_seen.clone();
+        let t = http(relay.addr, "GET", "/api/v1/history/BTC-USD?channel=matches&limit=1", "").2;
+        last_seen = t.to_string();
+        std::thread::sleep(Duration::from_millis(150));
+        before == last_seen
+    });
+    let mut direct = Feed::connect(&sim.url());
+    let mut late = Feed::connect(&format!("ws://{}/?mode=coinbase", relay.addr));
+    direct.request(sub);
+    late.request(sub);
+    let firsts = |f: &mut Feed| {
+        let mut got = std::collections::BTreeMap::new();
+        while got.len() < 3 {
+            let m = f.next();
+            let kind = json(&m)["type"].as_str().unwrap().to_string();
+            got.insert(kind, json(&m));
+        }
+        got
+    };
+    let (want, got) = (firsts(&mut direct), firsts(&mut late));
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["last_match", "snapshot", "ticker"]);
+    assert_eq!(got, want, "the same first messages as from the feed itself");
+    assert!(late.unknown.is_empty(), "{:?}", late.unknown);
+}

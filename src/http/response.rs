@@ -45,6 +45,11 @@ impl Response {
         Self::json(status, &serde_json::json!({"error": code, "message": message.into()}))
     }
 
+    /// A JSON response whose body is already JSON text.
+    pub fn raw_json(status: u16, body: Vec<u8>) -> Self {
+        Response { status, headers: vec![("Content-Type", "application/json".into())], body }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));

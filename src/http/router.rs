@@ -21,9 +21,12 @@ pub enum Route {
     Pair(String),
     /// `GET /echo`: the WebSocket echo endpoint, when `--echo` enables it.
     Echo,
+    /// `GET /api/v1/history/{pair}`: recent messages of a pair.
+    History(String),
 }
 
 const PREFIX: &str = "/api/v1/subscribe";
+const HISTORY: &str = "/api/v1/history";
 
 /// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
 pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
@@ -39,6 +42,10 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/healthz" => only_get(Route::Health),
         "/echo" => only_get(Route::Echo),
         PREFIX => only_get(Route::List),
+        _ if path.starts_with(HISTORY) => match path[HISTORY.len()..].strip_prefix('/') {
+            Some(pair) if !pair.is_empty() && !pair.contains('/') => only_get(Route::History(percent_decode(pair))),
+            _ => Err(Response::error(404, "not_found", format!("no route for {path}"))),
+        },
         _ => {
             let Some(pair) = path.strip_prefix(PREFIX).and_then(|p| p.strip_prefix('/')) else {
                 return Err(Response::error(404, "not_found", format!("no route for {path}")));
@@ -72,6 +79,9 @@ mod tests {
         assert_eq!(route("GET", "/ws", false), Ok(Route::WebSocket));
         assert_eq!(route("GET", "/", false), Ok(Route::Index));
         assert_eq!(route("GET", "/healthz", false), Ok(Route::Health));
+        assert_eq!(route("GET", "/api/v1/history/BTC-USD", false), Ok(Route::History("BTC-USD".into())));
+        assert_eq!(route("GET", "/api/v1/history", false).unwrap_err().status, 404);
+        assert_eq!(route("POST", "/api/v1/history/BTC-USD", false).unwrap_err().status, 405);
     }
 
     #[test]

@@ -17,6 +17,21 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// Sends `msg` to shard `to` if there is room now; gives it back if not. A
+    /// shard that is gone takes nothing (the message is dropped).
+    // The message itself is what comes back: the caller keeps it, in order.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, to: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+        match self.senders.get(to).and_then(Option::as_ref) {
+            Some(tx) => match tx.try_send(msg) {
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => Err(m),
+                // Sent, or the shard is gone.
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
     /// Sends `msg` to shard `to`; false if that shard is gone.
     pub async fn send(&self, to: usize, msg: ShardMsg) -> bool {
         match self.senders.get(to).and_then(Option::as_ref) {

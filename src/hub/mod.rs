@@ -14,10 +14,11 @@
 mod bus;
 mod client_id;
 mod owner;
+mod state;
 mod table;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use serde_json::{json, Value};
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, CAPACITY as BUS_CAPACITY};
 pub use client_id::ClientId;
 pub use owner::{run as run_owner, Owner};
+pub use state::{Book, FeedState, Gap, HistoryLimits, HistoryQuery, Since};
 pub use table::{channel_index, Table, CHANNELS};
 
 use crate::upstream::FeedMessage;
@@ -39,6 +41,15 @@ pub enum ShardMsg {
     Interest { product: String, channel: usize, on: bool, from: usize },
     /// From shard 0: a feed message for the local subscribers of its topic.
     Feed { msg: FeedMessage, channel: usize },
+    /// To shard 0: `client` subscribed to a topic; answered with `Joined`.
+    Join { product: String, channel: usize, client: ClientId, replay: Option<usize> },
+    /// From shard 0: what `client` gets first (`frames`); the topic's stream to
+    /// this shard carries everything after it.
+    Joined { product: String, channel: usize, client: ClientId, frames: Vec<Frame> },
+    /// From shard 0: a hedgehog message for the subscribers of `product` (a gap).
+    ProductNote { product: String, frame: Frame },
+    /// To shard 0: a history query; answered with a `Reply` holding the JSON array as a string.
+    History { req: u64, from: usize, query: HistoryQuery },
     /// From shard 0: the upstream refused `product`; `frame` is its error message.
     ProductError { product: String, frame: Frame },
     /// From shard 0: the products the upstream lists.
@@ -57,6 +68,8 @@ pub enum Op {
     Subscribe {
         product: String,
         channels: Vec<usize>,
+        /// Send the last N messages of each new channel first (`?replay=N`).
+        replay: Option<usize>,
     },
     /// `None`: every channel of the product.
     Unsubscribe {
@@ -124,6 +137,11 @@ pub struct Global {
     messages: AtomicU64,
     malformed: AtomicU64,
     panics: AtomicU64,
+    gaps: AtomicU64,
+    history_messages: AtomicUsize,
+    history_bytes: AtomicUsize,
+    /// What shard 0 keeps of each topic's recent messages.
+    pub history: HistoryLimits,
     upstream: Mutex<UpstreamInfo>,
 }
 
@@ -151,6 +169,14 @@ impl Global {
             messages: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            history_messages: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
+            history: HistoryLimits {
+                per_topic: cfg.history_size,
+                max_age: cfg.history_age,
+                max_bytes: cfg.history_bytes,
+            },
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
         }
     }
@@ -175,6 +201,25 @@ impl Global {
     /// Panics contained (each ended one connection, not its shard).
     pub fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Gaps found in the feed.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    pub fn count_gap(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages and bytes the history holds.
+    pub fn history_size(&self) -> (usize, usize) {
+        (self.history_messages.load(Ordering::Relaxed), self.history_bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn set_history(&self, messages: usize, bytes: usize) {
+        self.history_messages.store(messages, Ordering::Relaxed);
+        self.history_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Counts a contained panic.
@@ -245,13 +290,24 @@ pub struct Hub {
     next_req: Cell<u64>,
     products: RefCell<Option<Arc<HashSet<String>>>>,
     owner: Option<Owner>,
+    /// Subscriptions sent to shard 0 as `Join`s and not yet answered, per topic:
+    /// while any is out, the topic's stream to this shard stays on.
+    joining: RefCell<HashMap<(String, usize), usize>>,
+    /// Shard 0's posts that did not fit in the bus, per destination, in order.
+    /// Bounded: at [`POST_BACKLOG`] shard 0's dispatcher waits (see [`Hub::ready`]),
+    /// and with it the upstream reader, so the backlog moves to the upstream socket.
+    backlog: Vec<RefCell<VecDeque<ShardMsg>>>,
+    flushing: Vec<Cell<bool>>,
+    backlog_waiters: RefCell<Vec<std::task::Waker>>,
 }
+
+/// Messages shard 0 may hold for one shard beyond the bus's own capacity.
+pub const POST_BACKLOG: usize = 1024;
 
 impl Hub {
     pub fn new(id: usize, global: Arc<Global>, bus: Bus, owner: Option<Owner>) -> Rc<Hub> {
         Rc::new(Hub {
             id,
-            global,
             clients: sharded_slab::Slab::new(),
             outboxes: RefCell::new(HashMap::new()),
             table: RefCell::new(Table::default()),
@@ -259,6 +315,11 @@ impl Hub {
             pending: RefCell::new(HashMap::new()),
             next_req: Cell::new(0),
             products: RefCell::new(None),
+            joining: RefCell::new(HashMap::new()),
+            backlog: (0..global.shards).map(|_| RefCell::new(VecDeque::new())).collect(),
+            flushing: (0..global.shards).map(|_| Cell::new(false)).collect(),
+            backlog_waiters: RefCell::new(Vec::new()),
+            global,
             owner,
         })
     }
@@ -371,7 +432,7 @@ impl Hub {
                     .collect();
                 (json!({"client_id": id.to_string(), "subscriptions": list}), Vec::new())
             }
-            Op::Subscribe { product, channels } => {
+            Op::Subscribe { product, channels, replay } => {
                 let mut subs = client.subs.borrow_mut();
                 let held: usize = subs.values().map(BTreeSet::len).sum();
                 let new = channels.iter().filter(|c| !subs.get(&product).is_some_and(|s| s.contains(c))).count();
@@ -388,7 +449,7 @@ impl Hub {
                 let set = subs.entry(product.clone()).or_default();
                 let added: Vec<usize> = channels.iter().copied().filter(|c| set.insert(*c)).collect();
                 let v = json!({"client_id": id.to_string(), "product_id": product, "channels": names(channels.iter().copied()), "subscribed": true});
-                (v, added.into_iter().map(|c| (product.clone(), c, true)).collect())
+                (v, added.into_iter().map(|c| (product.clone(), c, Some(replay))).collect())
             }
             Op::Unsubscribe { product, channels } => {
                 let mut subs = client.subs.borrow_mut();
@@ -404,7 +465,7 @@ impl Hub {
                     }
                 }
                 let v = json!({"client_id": id.to_string(), "product_id": product, "channels": names(removed.iter().copied()), "subscribed": false});
-                (v, removed.into_iter().map(|c| (product.clone(), c, false)).collect())
+                (v, removed.into_iter().map(|c| (product.clone(), c, None)).collect())
             }
             Op::Coinbase { subscribe, channels } => {
                 let mut subs = client.subs.borrow_mut();
@@ -424,7 +485,7 @@ impl Hub {
                     for (ch, products) in &channels {
                         for p in products {
                             if subs.entry(p.clone()).or_default().insert(*ch) {
-                                changes.push((p.clone(), *ch, true));
+                                changes.push((p.clone(), *ch, Some(None)));
                             }
                         }
                     }
@@ -439,7 +500,7 @@ impl Hub {
                         for p in named {
                             let Some(set) = subs.get_mut(&p) else { continue };
                             if set.remove(ch) {
-                                changes.push((p.clone(), *ch, false));
+                                changes.push((p.clone(), *ch, None));
                             }
                             if set.is_empty() {
                                 subs.remove(&p);
@@ -454,15 +515,7 @@ impl Hub {
             }
         };
         drop(client);
-        for (product, channel, on) in changes {
-            if on {
-                if self.table.borrow_mut().add(&product, channel, id.slot, &outbox) {
-                    self.interest(&product, channel, true).await;
-                }
-            } else {
-                self.drop_subscriber(&product, channel, id.slot).await;
-            }
-        }
+        // The acknowledgement comes before any of the new data.
         if value.get("subscribed").is_some() && !pure {
             let mut note = value.clone();
             let kind = if value["subscribed"] == true { "subscribed" } else { "unsubscribed" };
@@ -472,11 +525,57 @@ impl Hub {
             }
             let _ = outbox.push(crate::ws::frame::text(note.to_string().as_bytes()));
         }
+        // `Some(replay)`: a new subscription; `None`: one that ended.
+        for (product, channel, join) in changes {
+            match join {
+                Some(replay) => self.join(&product, channel, id, replay).await,
+                None => self.drop_subscriber(&product, channel, id.slot).await,
+            }
+        }
         Ok(value)
     }
 
+    /// Starts a subscription of client `id` to a topic. Shard 0 answers it (at
+    /// once for its own clients, with `Joined` for others) with what the client
+    /// gets first, in the same step that puts this shard on the topic's stream.
+    async fn join(&self, product: &str, channel: usize, id: ClientId, replay: Option<usize>) {
+        match &self.owner {
+            Some(owner) => {
+                let frames = owner.join(product, channel, self.id, replay);
+                self.joined(product, channel, id, frames);
+            }
+            None => {
+                *self.joining.borrow_mut().entry((product.to_string(), channel)).or_default() += 1;
+                let msg = ShardMsg::Join { product: product.to_string(), channel, client: id, replay };
+                self.bus.send(0, msg).await;
+            }
+        }
+    }
+
+    /// The answer to a join: the client gets `frames`, then the stream. Returns
+    /// false if the client no longer wants the topic.
+    fn joined(&self, product: &str, channel: usize, id: ClientId, frames: Vec<Frame>) -> bool {
+        let Some(client) = self.clients.get(id.slot).filter(|c| c.id == id) else { return false };
+        if !client.subs.borrow().get(product).is_some_and(|s| s.contains(&channel)) {
+            return false;
+        }
+        for f in frames {
+            let _ = client.outbox.push(f);
+        }
+        self.table.borrow_mut().add(product, channel, id.slot, &client.outbox);
+        true
+    }
+
+    /// Whether this shard still wants a topic's stream: a local subscriber, or a
+    /// join on its way.
+    fn wants(&self, product: &str, channel: usize) -> bool {
+        self.table.borrow().has_subscribers(product, channel)
+            || self.joining.borrow().get(&(product.to_string(), channel)).is_some_and(|n| *n > 0)
+    }
+
     async fn drop_subscriber(&self, product: &str, channel: usize, slot: usize) {
-        if self.table.borrow_mut().remove(product, channel, slot) {
+        self.table.borrow_mut().remove(product, channel, slot);
+        if !self.wants(product, channel) {
             self.interest(product, channel, false).await;
         }
     }
@@ -505,6 +604,30 @@ impl Hub {
                     owner.interest(&product, channel, from, on);
                 }
             }
+            ShardMsg::Join { product, channel, client, replay } => {
+                let Some(owner) = &self.owner else { return };
+                // Room first: from here to the post, nothing waits, so no feed
+                // message can come between the answer and the stream.
+                self.ready().await;
+                let frames = owner.join(&product, channel, client.shard, replay);
+                self.post(client.shard, ShardMsg::Joined { product, channel, client, frames });
+            }
+            ShardMsg::Joined { product, channel, client, frames } => {
+                if let Some(n) = self.joining.borrow_mut().get_mut(&(product.clone(), channel)) {
+                    *n = n.saturating_sub(1);
+                }
+                if !self.joined(&product, channel, client, frames) && !self.wants(&product, channel) {
+                    self.interest(&product, channel, false).await;
+                }
+            }
+            ShardMsg::ProductNote { product, frame } => self.note_product(&product, &frame),
+            ShardMsg::History { req, from, query } => {
+                let result = match &self.owner {
+                    Some(owner) => Ok(Value::String(owner.history_json(&query))),
+                    None => Err(ApiError::new(503, "shard_unavailable", "history is kept by shard 0")),
+                };
+                self.bus.send(from, ShardMsg::Reply { req, result }).await;
+            }
             ShardMsg::ProductError { product, frame } => self.product_error(&product, &frame).await,
             ShardMsg::Products(list) => *self.products.borrow_mut() = Some(list),
             ShardMsg::Upstream(frame) => self.tell_subscribed(&frame),
@@ -532,6 +655,84 @@ impl Hub {
             for ch in removed {
                 self.drop_subscriber(product, ch, slot).await;
             }
+        }
+    }
+
+    /// Sends a hedgehog message to every local subscriber of `product` that is
+    /// not in pure Coinbase mode.
+    pub fn note_product(&self, product: &str, frame: &Frame) {
+        for slot in self.table.borrow().subscribers_of(product) {
+            if let Some(c) = self.clients.get(slot).filter(|c| !c.pure) {
+                let _ = c.outbox.push(frame.clone());
+            }
+        }
+    }
+
+    /// Posts `msg` to shard `to` without waiting, in order with every other post
+    /// to it (shard 0's feed messages and join answers): straight into the bus
+    /// when it has room and nothing is held back, else behind what is.
+    pub fn post(self: &Rc<Self>, to: usize, msg: ShardMsg) {
+        let Some(backlog) = self.backlog.get(to) else { return };
+        let msg = match backlog.borrow().is_empty() && !self.flushing[to].get() {
+            true => match self.bus.try_send(to, msg) {
+                Ok(()) => return,
+                Err(msg) => msg,
+            },
+            false => msg,
+        };
+        backlog.borrow_mut().push_back(msg);
+        if !self.flushing[to].replace(true) {
+            let hub = self.clone();
+            let flush = async move {
+                loop {
+                    let next = hub.backlog[to].borrow_mut().pop_front();
+                    let Some(msg) = next else { break };
+                    hub.bus.send(to, msg).await;
+                    hub.wake_posters();
+                }
+                hub.flushing[to].set(false);
+                hub.wake_posters();
+            };
+            glommio::spawn_local(flush).detach();
+        }
+    }
+
+    /// Waits until every shard's backlog has room for one more post.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            if self.backlog.iter().all(|b| b.borrow().len() < POST_BACKLOG) {
+                std::task::Poll::Ready(())
+            } else {
+                self.backlog_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn wake_posters(&self) {
+        for w in self.backlog_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Runs a history query where the history is kept (shard 0).
+    pub async fn history(self: &Rc<Self>, query: HistoryQuery) -> Result<String, ApiError> {
+        if let Some(owner) = &self.owner {
+            return Ok(owner.history_json(&query));
+        }
+        let req = self.next_req.get() + 1;
+        self.next_req.set(req);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(req, tx);
+        if !self.bus.send(0, ShardMsg::History { req, from: self.id, query }).await {
+            self.pending.borrow_mut().remove(&req);
+            return Err(ApiError::new(503, "shard_unavailable", "shard 0 is not running"));
+        }
+        match rx.recv().await {
+            Some(Ok(Value::String(body))) => Ok(body),
+            Some(Err(e)) => Err(e),
+            _ => Err(ApiError::new(503, "shard_unavailable", "no answer from shard 0")),
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use glommio::channels::local_channel::LocalReceiver;
 
-use super::{channel_index, Hub, ShardMsg, CHANNELS};
+use super::{channel_index, FeedState, Gap, HistoryLimits, HistoryQuery, Hub, ShardMsg, Since, CHANNELS};
 use crate::protocol;
 use crate::upstream::{Event, Upstream};
 
@@ -44,15 +44,48 @@ impl ShardSet {
     }
 }
 
-/// The upstream and who wants what from it.
+/// The upstream, who wants what from it, and what is known of the feed.
 pub struct Owner {
     pub upstream: Upstream,
     interest: RefCell<HashMap<(String, usize), ShardSet>>,
+    pub feed: RefCell<FeedState>,
 }
 
 impl Owner {
-    pub fn new(upstream: Upstream) -> Owner {
-        Owner { upstream, interest: RefCell::new(HashMap::new()) }
+    pub fn new(upstream: Upstream, history: HistoryLimits) -> Owner {
+        Owner { upstream, interest: RefCell::new(HashMap::new()), feed: RefCell::new(FeedState::new(history)) }
+    }
+
+    /// Shard `shard` has a new subscriber of a topic: returns what it gets first
+    /// (the last `replay` messages, or what a fresh subscriber of the feed gets
+    /// first) and puts the shard on the topic's stream, in one step.
+    pub fn join(&self, product: &str, channel: usize, shard: usize, replay: Option<usize>) -> Vec<crate::ws::Frame> {
+        let frames = match replay {
+            Some(limit) => {
+                let q = HistoryQuery { product: product.to_string(), channel, limit, since: Since::All };
+                let feed = self.feed.borrow();
+                feed.history(&q, crate::clock::now_micros()).into_iter().map(|m| m.frame.clone()).collect()
+            }
+            None => self.feed.borrow().first_frames(product, channel),
+        };
+        self.interest(product, channel, shard, true);
+        frames
+    }
+
+    /// The history query's answer: a JSON array of the raw messages, newest last.
+    pub fn history_json(&self, q: &HistoryQuery) -> String {
+        let feed = self.feed.borrow();
+        let msgs = feed.history(q, crate::clock::now_micros());
+        let mut out = Vec::with_capacity(2 + msgs.iter().map(|m| m.body().len() + 1).sum::<usize>());
+        out.push(b'[');
+        for (i, m) in msgs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(m.body());
+        }
+        out.push(b']');
+        String::from_utf8(out).unwrap_or_else(|_| "[]".into())
     }
 
     /// Shard `shard` gained (`on`) or lost its interest in a topic.
@@ -68,6 +101,9 @@ impl Owner {
         }
         if was_empty != now_empty {
             self.upstream.set(CHANNELS[channel], product, !now_empty);
+        }
+        if now_empty {
+            self.feed.borrow_mut().unwatched(product, channel);
         }
     }
 
@@ -100,13 +136,26 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             hub.global.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(channel) = protocol::channel_of(msg.kind()).and_then(channel_index) else { return };
             let Some(product) = msg.product() else { return };
-            let shards = owner.shards_for(product, channel);
-            for shard in shards.iter() {
+            // Room first: from here on nothing waits, so the feed state and the
+            // fan-out move in one step and a join sees them both or neither.
+            hub.ready().await;
+            let watching_trades = channel_index("matches").is_some_and(|m| !owner.shards_for(product, m).is_empty());
+            let now = crate::clock::now_micros();
+            let gap = {
+                let mut feed = owner.feed.borrow_mut();
+                let gap = feed.on_message(&msg, channel, watching_trades, now);
+                hub.global.set_history(feed.history_messages(), feed.history_bytes());
+                gap
+            };
+            for shard in owner.shards_for(product, channel).iter() {
                 if shard == hub.id {
                     hub.deliver_local(&msg, channel);
                 } else {
-                    hub.bus().send(shard, ShardMsg::Feed { msg: msg.clone(), channel }).await;
+                    hub.post(shard, ShardMsg::Feed { msg: msg.clone(), channel });
                 }
+            }
+            if let Some(gap) = gap {
+                on_gap(hub, owner, gap);
             }
         }
         Event::Error { message, reason, product: Some(product) } => {
@@ -138,7 +187,35 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
         }
         Event::Malformed { total } => hub.global.malformed.store(total, std::sync::atomic::Ordering::Relaxed),
         Event::Connected => announce(hub, owner, None).await,
-        Event::Disconnected { reason } => announce(hub, owner, Some(&reason)).await,
+        Event::Disconnected { reason } => {
+            // A new connection starts every book and trade count afresh.
+            owner.feed.borrow_mut().forget_all();
+            announce(hub, owner, Some(&reason)).await
+        }
+    }
+}
+
+/// Trades went missing on one product: resubscribe that product alone (its book
+/// and trade count start again from the fresh snapshot and `last_match`), tell
+/// its subscribers, count it.
+fn on_gap(hub: &Rc<Hub>, owner: &Owner, gap: Gap) {
+    log::warn!("gap on {}: expected trade {}, got {}; resubscribing it", gap.product, gap.expected, gap.received);
+    owner.upstream.resubscribe(&gap.product);
+    hub.global.count_gap();
+    let note = serde_json::json!({
+        "type": "gap",
+        "product_id": gap.product,
+        "expected_trade_id": gap.expected,
+        "received_trade_id": gap.received,
+        "time": crate::clock::now_iso(),
+    });
+    let frame = crate::ws::frame::text(note.to_string().as_bytes());
+    for shard in owner.shards_for_product(&gap.product).iter() {
+        if shard == hub.id {
+            hub.note_product(&gap.product, &frame);
+        } else {
+            hub.post(shard, ShardMsg::ProductNote { product: gap.product.clone(), frame: frame.clone() });
+        }
     }
 }
 

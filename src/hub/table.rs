@@ -47,6 +47,11 @@ impl Table {
         subs.len() == 1
     }
 
+    /// Whether (`product`, `channel`) has a subscriber here.
+    pub fn has_subscribers(&self, product: &str, channel: usize) -> bool {
+        self.topics.get(product).is_some_and(|t| !t.channels[channel].is_empty())
+    }
+
     /// Removes a subscriber; true if it was the last for this (product, channel).
     pub fn remove(&mut self, product: &str, channel: usize, slot: usize) -> bool {
         let Some(topic) = self.topics.get_mut(product) else { return false };

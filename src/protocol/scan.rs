@@ -13,8 +13,10 @@ pub struct RoutingKey<'a> {
     pub product_id: Option<&'a str>,
     /// Its per-product `sequence`, when it has one.
     pub sequence: Option<u64>,
-    /// Its `trade_id`, on matches and tickers.
+    /// Its `trade_id`, on matches and tickers; a heartbeat's `last_trade_id`.
     pub trade_id: Option<u64>,
+    /// Its `time`, as written.
+    pub time: Option<&'a str>,
 }
 
 /// Scans one JSON object. `None` when the text is not an object with a string `type`.
@@ -41,7 +43,8 @@ pub fn scan(text: &[u8]) -> Option<RoutingKey<'_>> {
             }
             b"product_id" => key.product_id = Some(std::str::from_utf8(s.string()?).ok()?),
             b"sequence" => key.sequence = s.number()?,
-            b"trade_id" => key.trade_id = s.number()?,
+            b"trade_id" | b"last_trade_id" => key.trade_id = s.number()?,
+            b"time" => key.time = Some(std::str::from_utf8(s.string()?).ok()?),
             _ => s.skip_value()?,
         }
         s.ws();

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::config::RELAYED_CHANNELS;
 use crate::http::{Request, Response, Route};
-use crate::hub::{channel_index, ApiError, ClientId, Hub, Op};
+use crate::hub::{channel_index, ApiError, ClientId, HistoryQuery, Hub, Op, Since};
 
 /// Answers a routed API request.
 /// Every answer names the shard that served it, for operators tracing requests.
@@ -35,7 +35,8 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             let id = client_id(req)?;
             let product = product(hub, &pair)?;
             let channels = channels(hub, req)?;
-            ok(hub.execute(id, Op::Subscribe { product, channels }).await?)
+            let replay = replay(hub, req)?;
+            ok(hub.execute(id, Op::Subscribe { product, channels, replay }).await?)
         }
         Route::Unsubscribe(pair) => {
             let id = client_id(req)?;
@@ -60,6 +61,10 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             )
         }
         Route::WebSocket => Err(ApiError::new(400, "bad_request", "a WebSocket upgrade was expected")),
+        Route::History(pair) => {
+            let query = history_query(hub, &pair, req)?;
+            Ok(Response::raw_json(200, hub.history(query).await?.into_bytes()))
+        }
         Route::Echo => Err(ApiError::new(404, "not_found", "no route for /echo (it exists only with --echo)")),
     }
 }
@@ -74,6 +79,14 @@ fn health(hub: &Hub) -> serde_json::Value {
         "shard": hub.id,
         "clients": g.clients(),
         "panics": g.panics(),
+        "gaps": g.gaps(),
+        "history": {
+            "messages": g.history_size().0,
+            "bytes": g.history_size().1,
+            "max_bytes": g.history.max_bytes,
+            "per_topic": g.history.per_topic,
+            "max_age_seconds": g.history.max_age.as_secs(),
+        },
         "upstream": {
             "url": g.upstream_url,
             "simulated": g.simulated,
@@ -87,6 +100,55 @@ fn health(hub: &Hub) -> serde_json::Value {
             "products": up.products,
         },
     })
+}
+
+/// `?replay=N`: the last N messages of each new channel, before the live stream.
+pub fn replay(hub: &Hub, req: &Request) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = req.query_param("replay") else { return Ok(None) };
+    let max = hub.global.history.per_topic;
+    match raw.parse::<usize>() {
+        Ok(n) if n <= max => Ok(Some(n)),
+        _ => Err(ApiError::new(400, "bad_replay", format!("replay={raw:?}: want a whole number from 0 to {max}"))),
+    }
+}
+
+/// `GET /api/v1/history/{pair}?channel=ticker&limit=100&since=<ISO time or sequence>`.
+fn history_query(hub: &Hub, pair: &str, req: &Request) -> Result<HistoryQuery, ApiError> {
+    let product = pair_syntax(pair)?;
+    let name = req.query_param("channel").unwrap_or_else(|| "ticker".into());
+    let channel = channel_index(crate::protocol::canonical_channel(&name)).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "bad_channel",
+            format!("{name:?} is not a channel hedgehog offers ({})", RELAYED_CHANNELS.join(", ")),
+        )
+    })?;
+    let max = hub.global.history.per_topic;
+    let limit = match req.query_param("limit") {
+        None => 100.min(max),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "bad_limit",
+                    format!("limit={raw:?}: want a whole number from 1 to {max}"),
+                ))
+            }
+        },
+    };
+    let since = match req.query_param("since") {
+        None => Since::All,
+        Some(raw) => match (raw.parse::<u64>(), crate::clock::parse_iso(&raw)) {
+            (Ok(seq), _) => Since::Sequence(seq),
+            (_, Some(t)) => Since::Time(t),
+            _ => {
+                let why = format!("since={raw:?}: want a sequence number or an ISO-8601 UTC time");
+                return Err(ApiError::new(400, "bad_since", why));
+            }
+        },
+    };
+    Ok(HistoryQuery { product, channel, limit, since })
 }
 
 /// The client id from `X-Client-Id` or `?client_id=`.

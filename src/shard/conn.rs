@@ -320,9 +320,9 @@ async fn stream_pair(
     queues: Queues,
     slot: IpSlot,
 ) {
-    let op = match api::product(&hub, pair)
-        .and_then(|p| Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)? }))
-    {
+    let op = match api::product(&hub, pair).and_then(|p| {
+        Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)?, replay: api::replay(&hub, &req)? })
+    }) {
         Ok(op) => op,
         Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message))).await,
     };

@@ -198,7 +198,7 @@ impl Shard {
         let (bus, receivers) = self.bus.connect().await;
         let (owner, events) = match self.id {
             0 => match crate::upstream::spawn(self.cfg.upstream.clone()) {
-                Ok((up, events)) => (Some(Owner::new(up)), Some(events)),
+                Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
                 Err(e) => {
                     log::error!("upstream: {e}");
                     return;

@@ -86,6 +86,7 @@ pub enum SimEvent {
 pub struct Control {
     stop: AtomicBool,
     stalled: AtomicBool,
+    paused: AtomicBool,
     drops: AtomicU64,
     events: Mutex<Vec<SimEvent>>,
     /// Faults asked for and not yet applied.
@@ -99,6 +100,10 @@ impl Control {
                 events.push(e);
             }
         }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     fn is_stalled(&self) -> bool {
@@ -147,6 +152,12 @@ impl SimHandle {
     /// Injects `fault` at the next tick (lasting faults last `fault_for`).
     pub fn inject(&self, fault: Fault) {
         self.control.inject_later(fault);
+    }
+
+    /// While paused, the market stands still: no trades, so no tickers, matches
+    /// or book changes; heartbeats and requests go on.
+    pub fn set_paused(&self, paused: bool) {
+        self.control.paused.store(paused, Ordering::SeqCst);
     }
 
     /// While stalled, sockets stay open and nothing is sent or answered.

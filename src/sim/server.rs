@@ -269,7 +269,7 @@ fn tick(f: &mut Feed, clock: &mut Clock, cfg: &SimConfig) -> bool {
     close_silent(f, now, subscribe_timeout);
     let busy = match &f.source {
         Source::Market { .. } => {
-            if now >= clock.trading_from {
+            if now >= clock.trading_from && !f.control.is_paused() {
                 trade(f, rate * now.duration_since(clock.last).as_secs_f64());
             }
             if now.duration_since(clock.last_l2) >= L2_BATCH {

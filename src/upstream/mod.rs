@@ -72,7 +72,10 @@ pub struct FeedMessage {
     kind: Range<usize>,
     product: Option<Range<usize>>,
     pub sequence: Option<u64>,
+    /// `trade_id`; on a heartbeat, its `last_trade_id`.
     pub trade_id: Option<u64>,
+    /// `time` in microseconds since the epoch, when it has one.
+    pub time: Option<i64>,
 }
 
 impl FeedMessage {
@@ -92,6 +95,7 @@ impl FeedMessage {
             product: key.product_id.map(range),
             sequence: key.sequence,
             trade_id: key.trade_id,
+            time: key.time.and_then(crate::clock::parse_iso),
             frame,
         })
     }
@@ -104,6 +108,18 @@ impl FeedMessage {
     /// The message's `type`.
     pub fn kind(&self) -> &str {
         std::str::from_utf8(&self.frame[self.kind.clone()]).unwrap_or("")
+    }
+
+    /// The same message with its `type` replaced by `kind` (a `match` retold as
+    /// the `last_match` a new subscriber gets first).
+    pub fn retyped(&self, kind: &str) -> Frame {
+        let body = self.body();
+        let (start, end) = (self.kind.start - self.body.start, self.kind.end - self.body.start);
+        let mut text = Vec::with_capacity(body.len() + kind.len());
+        text.extend_from_slice(&body[..start]);
+        text.extend_from_slice(kind.as_bytes());
+        text.extend_from_slice(&body[end..]);
+        crate::ws::frame::text(&text)
     }
 
     /// Its `product_id`, if any.
@@ -220,6 +236,12 @@ impl Upstream {
         if self.shared.subs.borrow_mut().set(channel, product, on) {
             self.shared.notify();
         }
+    }
+
+    /// Unsubscribes every channel of `product` and subscribes them again.
+    pub fn resubscribe(&self, product: &str) {
+        self.shared.subs.borrow_mut().resubscribe(product);
+        self.shared.notify();
     }
 
     /// The pairs the owner wants.

@@ -17,6 +17,8 @@ pub struct Subs {
     in_flight: usize,
     /// Products the server called invalid on this connection; not asked for again.
     rejected: BTreeSet<String>,
+    /// Products to unsubscribe and subscribe again (after a gap).
+    resubscribe: BTreeSet<String>,
 }
 
 /// One request to send: subscribe (true) or unsubscribe, per channel.
@@ -63,6 +65,7 @@ impl Subs {
         self.acked.clear();
         self.in_flight = 0;
         self.rejected.clear();
+        self.resubscribe.clear();
     }
 
     /// The server called `product` invalid.
@@ -90,10 +93,31 @@ impl Subs {
         }
     }
 
+    /// Asks for `product` afresh: the next [`Subs::deltas`] unsubscribes every
+    /// channel of it, then subscribes them again (the server then sends a new
+    /// snapshot and `last_match`). Other products are left alone.
+    pub fn resubscribe(&mut self, product: &str) {
+        self.resubscribe.insert(product.to_string());
+    }
+
     /// The requests that take the server from what was requested to what is desired.
     pub fn deltas(&mut self) -> Vec<Delta> {
         let want = self.effective();
         let mut out = Vec::new();
+        let again: Vec<Sub> = self
+            .requested
+            .iter()
+            .filter(|(_, p)| self.resubscribe.contains(p))
+            .filter(|s| want.contains(*s))
+            .cloned()
+            .collect();
+        self.resubscribe.clear();
+        if !again.is_empty() {
+            out.push((false, group(again.iter().collect())));
+            for s in &again {
+                self.requested.remove(s);
+            }
+        }
         let add: Vec<&Sub> = want.difference(&self.requested).collect();
         let remove: Vec<&Sub> = self.requested.difference(&want).collect();
         for (subscribe, set) in [(true, add), (false, remove)] {
