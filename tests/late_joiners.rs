@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{http, relay, relay_client, simulator, wait_until, Client};
-use hedgehog::sim::{Fault, SimEvent};
+use hedgehog::shard::RelayHandle;
+use hedgehog::sim::{Fault, SimEvent, SimHandle};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -61,20 +62,27 @@ impl Book {
     }
 }
 
-#[test]
-fn a_late_joiner_gets_the_latest_ticker_and_last_match_then_every_trade() {
+/// A simulator of one pair at `rate` trades a second, a two-shard relay, and an
+/// early client subscribed to `channels` (keeping the pair streaming), which
+/// has seen ten messages of type `kind`.
+fn streaming(rate: f64, channels: &str, kind: &str) -> (SimHandle, RelayHandle, Client) {
     let sim = simulator(|c| {
-        c.rate = 30.0;
+        c.rate = rate;
         c.products = vec!["BTC-USD".into()];
     });
     let relay = relay(2, &sim.url());
-    // An early subscriber keeps the product streaming.
     let (mut early, id) = relay_client(relay.addr);
-    let path = "/api/v1/subscribe/BTC-USD?channels=ticker,matches";
-    assert_eq!(http(relay.addr, "POST", path, &format!("X-Client-Id: {id}\r\n")).0, 200);
-    for _ in 0..20 {
-        early.until("early data", |v| v["type"] == "match");
+    let path = format!("/api/v1/subscribe/BTC-USD?channels={channels}");
+    assert_eq!(http(relay.addr, "POST", &path, &format!("X-Client-Id: {id}\r\n")).0, 200);
+    for _ in 0..10 {
+        early.until("early data", |v| v["type"] == kind);
     }
+    (sim, relay, early)
+}
+
+#[test]
+fn a_late_joiner_gets_the_latest_ticker_and_last_match_then_every_trade() {
+    let (_sim, relay, _early) = streaming(30.0, "ticker,matches", "match");
     for (mut late, _) in clients_on_both_shards(relay.addr) {
         late.send(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["ticker","matches"]}"#);
         late.until("subscriptions", |v| v["type"] == "subscriptions");
@@ -98,17 +106,7 @@ fn a_late_joiner_gets_the_latest_ticker_and_last_match_then_every_trade() {
 
 #[test]
 fn a_late_joiner_rebuilds_the_book_the_simulator_has() {
-    let sim = simulator(|c| {
-        c.rate = 40.0;
-        c.products = vec!["BTC-USD".into()];
-    });
-    let relay = relay(2, &sim.url());
-    let (mut early, id) = relay_client(relay.addr);
-    let path = "/api/v1/subscribe/BTC-USD?channels=level2_batch";
-    assert_eq!(http(relay.addr, "POST", path, &format!("X-Client-Id: {id}\r\n")).0, 200);
-    for _ in 0..10 {
-        early.until("early updates", |v| v["type"] == "l2update");
-    }
+    let (sim, relay, _early) = streaming(40.0, "level2_batch", "l2update");
     for (mut late, _) in clients_on_both_shards(relay.addr) {
         late.send(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["level2_50"]}"#);
         late.until("subscriptions", |v| v["type"] == "subscriptions");
@@ -183,14 +181,7 @@ fn a_gap_resubscribes_that_product_alone_and_tells_its_subscribers() {
 
 #[test]
 fn history_is_queried_and_replayed_without_a_seam() {
-    let sim = simulator(|c| {
-        c.rate = 30.0;
-        c.products = vec!["BTC-USD".into()];
-    });
-    let relay = relay(2, &sim.url());
-    let (mut early, id) = relay_client(relay.addr);
-    let path = "/api/v1/subscribe/BTC-USD?channels=ticker,matches";
-    assert_eq!(http(relay.addr, "POST", path, &format!("X-Client-Id: {id}\r\n")).0, 200);
+    let (sim, relay, mut early) = streaming(30.0, "ticker,matches", "ticker");
     let mut tickers = Vec::new();
     while tickers.len() < 30 {
         let t = early.until("tickers", |v| v["type"] == "ticker");

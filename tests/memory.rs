@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,25 +14,7 @@ const CAP: u64 = 4 << 20;
 
 /// The relay binary relaying `upstream`, on a free port.
 fn start(upstream: &str) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-        .args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", upstream])
-        .args(["--client-queue-bytes", &CAP.to_string()])
-        .env("WEB_CONCURRENCY", "2")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("hedgehog listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(DEADLINE).expect("the relay says where it listens");
-    (child, addr.parse().expect("an address"))
+    common::start_binary(&["--upstream-url", upstream, "--client-queue-bytes", &CAP.to_string()])
 }
 
 /// A relay client whose socket has a small receive buffer, so that once it stops

@@ -3,32 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::{http, Client, DEADLINE};
 
 /// Starts the binary in offline mode on a free port; returns it and its address.
 fn start() -> (std::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-        .args(["--simulate", "--host", "127.0.0.1", "--port", "0"])
-        .env("WEB_CONCURRENCY", "2")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("hedgehog listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(DEADLINE).expect("the relay says where it listens");
-    (child, addr.parse().expect("an address"))
+    common::start_binary(&["--simulate"])
 }
 
 fn signal(child: &std::process::Child, name: &str) {

@@ -181,14 +181,13 @@ async fn websocket(
     // connection's HTTP task ends here and its memory is freed. From here to
     // `unregister`, a panic ends this session only, and the client is still
     // unregistered.
+    //
+    // The served part is boxed before the task's own future is made, so the
+    // stream and the session state are stored once, not once per layer of
+    // async block (an idle connection's memory is mostly this).
+    let session = Session { hub: hub.clone(), id, pre, rate: RateLimit::new(hub.global.max_request_rate) };
+    let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
     let session = async move {
-        let served = async {
-            if let Some(op) = pre {
-                let _ = Box::pin(hub.execute(id, op)).await;
-            }
-            let session = Session { hub: hub.clone(), id, rate: RateLimit::new(hub.global.max_request_rate) };
-            ws::run_session(stream, leftover, outbox, hub.global.limits, session).await;
-        };
         super::contained(&hub.global, "a WebSocket session", served).await;
         Box::pin(hub.unregister(id)).await;
         drop(slot);
@@ -204,11 +203,27 @@ async fn websocket(
 struct Session {
     hub: Rc<Hub>,
     id: ClientId,
+    /// A subscription to make before anything is read (a pre-subscribed stream).
+    pre: Option<Op>,
     rate: RateLimit,
 }
 
 impl ws::Handler for Session {
+    async fn on_start(&mut self, _outbox: &Outbox) {
+        if let Some(op) = self.pre.take() {
+            let _ = Box::pin(self.hub.execute(self.id, op)).await;
+        }
+    }
+
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        // Boxed: a session's task is as big as its largest state for as long as the
+        // connection lives, and most clients never send a message.
+        Box::pin(self.handle(text, outbox)).await
+    }
+}
+
+impl Session {
+    async fn handle(&mut self, text: Vec<u8>, outbox: &Outbox) {
         let send = |text: &str| {
             let _ = outbox.push(ws::frame::text(text.as_bytes()));
         };
@@ -268,8 +283,12 @@ async fn echo(mut stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<H
     }
     let outbox = hub.new_outbox();
     let session = async move {
-        let served = ws::run_session(stream, leftover, outbox, hub.global.limits, Echo);
-        super::contained(&hub.global, "an echo session", served).await;
+        super::contained(
+            &hub.global,
+            "an echo session",
+            ws::run_session(stream, leftover, outbox, hub.global.limits, Echo),
+        )
+        .await;
         drop(slot);
     };
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
@@ -341,7 +360,7 @@ async fn stream_pair(
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\nConnection: close\r\n\r\n"
     );
-    let served = async {
+    super::contained(&hub.global, "a stream", async {
         if stream.write_all(head.as_bytes()).await.is_err() {
             return;
         }
@@ -360,8 +379,8 @@ async fn stream_pair(
             }),
         )
         .await;
-    };
-    super::contained(&hub.global, "a stream", served).await;
+    })
+    .await;
     Box::pin(hub.unregister(id)).await;
 }
 

@@ -252,9 +252,20 @@ impl Shard {
 ///
 /// What the future shares with other tasks (the hub's tables) is only ever
 /// borrowed between awaits, so an unwind leaves no borrow held.
-pub async fn contained<F: std::future::Future<Output = ()>>(global: &Global, what: &str, fut: F) -> bool {
+///
+/// Not an `async fn`: one would keep `fut` twice in its state (the argument and
+/// the wrapper), doubling the memory of every idle connection.
+pub fn contained<'a, F>(global: &'a Global, what: &'a str, fut: F) -> impl std::future::Future<Output = bool> + 'a
+where
+    F: std::future::Future<Output = ()> + 'a,
+{
     use futures_lite::FutureExt;
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+    let caught = std::panic::AssertUnwindSafe(fut).catch_unwind();
+    async move { settle(global, what, caught.await) }
+}
+
+fn settle(global: &Global, what: &str, outcome: std::thread::Result<()>) -> bool {
+    match outcome {
         Ok(()) => true,
         Err(payload) => {
             let why = payload

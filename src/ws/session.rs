@@ -18,6 +18,9 @@ use super::outbox::{write_loop, Outbox};
 // Sessions run on one shard's thread: no `Send` bound is wanted on these futures.
 #[allow(async_fn_in_trait)]
 pub trait Handler {
+    /// Before the first frame is read.
+    async fn on_start(&mut self, _outbox: &Outbox) {}
+
     /// A whole text message (already checked to be UTF-8).
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox);
 
@@ -56,6 +59,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
+    handler.on_start(&outbox).await;
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let peer_closed = Cell::new(false);
     let last_heard = Cell::new(Instant::now());

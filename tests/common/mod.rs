@@ -195,3 +195,28 @@ pub fn relay_client(addr: std::net::SocketAddr) -> (Client, String) {
     let id = welcome["client_id"].as_str().expect("client_id").to_string();
     (c, id)
 }
+
+/// The `hedgehog` binary with `args` (plus `--host 127.0.0.1 --port 0`) and two
+/// shards; returns it and the address its log says it listens on.
+pub fn start_binary(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hedgehog"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args)
+        .env("WEB_CONCURRENCY", "2")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("hedgehog listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(DEADLINE).expect("the relay says where it listens");
+    (child, addr.parse().expect("an address"))
+}
