@@ -18,6 +18,7 @@ mod state;
 mod table;
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -403,14 +404,19 @@ impl Hub {
         if id.shard >= self.global.shards {
             return Err(unknown_client());
         }
+        let from = self.id;
+        self.request(id.shard, |req| ShardMsg::Command { req, from, client: id, op }).await
+    }
+
+    /// Sends shard `to` the message `make(req)` makes and waits for its `Reply`.
+    async fn request(&self, to: usize, make: impl FnOnce(u64) -> ShardMsg) -> Result<Value, ApiError> {
         let req = self.next_req.get() + 1;
         self.next_req.set(req);
         let (tx, rx) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(req, tx);
-        let sent = self.bus.send(id.shard, ShardMsg::Command { req, from: self.id, client: id, op }).await;
-        if !sent {
+        if !self.bus.send(to, make(req)).await {
             self.pending.borrow_mut().remove(&req);
-            return Err(ApiError::new(503, "shard_unavailable", "the client's shard is not running"));
+            return Err(ApiError::new(503, "shard_unavailable", format!("shard {to} is not running")));
         }
         rx.recv().await.unwrap_or_else(|| Err(ApiError::new(503, "shard_unavailable", "no answer from the shard")))
     }
@@ -434,18 +440,7 @@ impl Hub {
             }
             Op::Subscribe { product, channels, replay } => {
                 let mut subs = client.subs.borrow_mut();
-                let held: usize = subs.values().map(BTreeSet::len).sum();
-                let new = channels.iter().filter(|c| !subs.get(&product).is_some_and(|s| s.contains(c))).count();
-                if held + new > self.global.max_subscriptions {
-                    return Err(ApiError::new(
-                        409,
-                        "too_many_subscriptions",
-                        format!(
-                            "a client may hold {} subscriptions (product and channel pairs)",
-                            self.global.max_subscriptions
-                        ),
-                    ));
-                }
+                self.room_for(&subs, channels.iter().map(|c| (&product, c)))?;
                 let set = subs.entry(product.clone()).or_default();
                 let added: Vec<usize> = channels.iter().copied().filter(|c| set.insert(*c)).collect();
                 let v = json!({"client_id": id.to_string(), "product_id": product, "channels": names(channels.iter().copied()), "subscribed": true});
@@ -470,17 +465,7 @@ impl Hub {
             Op::Coinbase { subscribe, channels } => {
                 let mut subs = client.subs.borrow_mut();
                 let changes = if subscribe {
-                    let held: usize = subs.values().map(BTreeSet::len).sum();
-                    let new = channels
-                        .iter()
-                        .flat_map(|(ch, ps)| ps.iter().map(move |p| (p, ch)))
-                        .filter(|(p, ch)| !subs.get(*p).is_some_and(|s| s.contains(ch)))
-                        .count();
-                    if held + new > self.global.max_subscriptions {
-                        let max = self.global.max_subscriptions;
-                        let why = format!("a client may hold {max} subscriptions (product and channel pairs)");
-                        return Err(ApiError::new(409, "too_many_subscriptions", why));
-                    }
+                    self.room_for(&subs, channels.iter().flat_map(|(ch, ps)| ps.iter().map(move |p| (p, ch))))?;
                     let mut changes = Vec::new();
                     for (ch, products) in &channels {
                         for p in products {
@@ -535,6 +520,23 @@ impl Hub {
         Ok(value)
     }
 
+    /// Whether a client holding `subs` may add the (product, channel) pairs of
+    /// `wanted` (those it holds already do not count) within `--max-subscriptions`.
+    fn room_for<'a>(
+        &self,
+        subs: &BTreeMap<String, BTreeSet<usize>>,
+        wanted: impl Iterator<Item = (&'a String, &'a usize)>,
+    ) -> Result<(), ApiError> {
+        let held: usize = subs.values().map(BTreeSet::len).sum();
+        let new = wanted.filter(|(p, ch)| !subs.get(*p).is_some_and(|s| s.contains(ch))).count();
+        let max = self.global.max_subscriptions;
+        if held + new > max {
+            let why = format!("a client may hold {max} subscriptions (product and channel pairs)");
+            return Err(ApiError::new(409, "too_many_subscriptions", why));
+        }
+        Ok(())
+    }
+
     /// Starts a subscription of client `id` to a topic. Shard 0 answers it (at
     /// once for its own clients, with `Joined` for others) with what the client
     /// gets first, in the same step that puts this shard on the topic's stream.
@@ -570,7 +572,7 @@ impl Hub {
     /// join on its way.
     fn wants(&self, product: &str, channel: usize) -> bool {
         self.table.borrow().has_subscribers(product, channel)
-            || self.joining.borrow().get(&(product.to_string(), channel)).is_some_and(|n| *n > 0)
+            || self.joining.borrow().contains_key(&(product.to_string(), channel))
     }
 
     async fn drop_subscriber(&self, product: &str, channel: usize, slot: usize) {
@@ -613,9 +615,14 @@ impl Hub {
                 self.post(client.shard, ShardMsg::Joined { product, channel, client, frames });
             }
             ShardMsg::Joined { product, channel, client, frames } => {
-                if let Some(n) = self.joining.borrow_mut().get_mut(&(product.clone(), channel)) {
-                    *n = n.saturating_sub(1);
+                let key = (product, channel);
+                if let Entry::Occupied(mut n) = self.joining.borrow_mut().entry(key.clone()) {
+                    *n.get_mut() -= 1;
+                    if *n.get() == 0 {
+                        n.remove();
+                    }
                 }
+                let (product, channel) = key;
                 if !self.joined(&product, channel, client, frames) && !self.wants(&product, channel) {
                     self.interest(&product, channel, false).await;
                 }
@@ -721,17 +728,9 @@ impl Hub {
         if let Some(owner) = &self.owner {
             return Ok(owner.history_json(&query));
         }
-        let req = self.next_req.get() + 1;
-        self.next_req.set(req);
-        let (tx, rx) = local_channel::new_bounded(1);
-        self.pending.borrow_mut().insert(req, tx);
-        if !self.bus.send(0, ShardMsg::History { req, from: self.id, query }).await {
-            self.pending.borrow_mut().remove(&req);
-            return Err(ApiError::new(503, "shard_unavailable", "shard 0 is not running"));
-        }
-        match rx.recv().await {
-            Some(Ok(Value::String(body))) => Ok(body),
-            Some(Err(e)) => Err(e),
+        let from = self.id;
+        match self.request(0, |req| ShardMsg::History { req, from, query }).await? {
+            Value::String(body) => Ok(body),
             _ => Err(ApiError::new(503, "shard_unavailable", "no answer from shard 0")),
         }
     }

@@ -139,7 +139,10 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             // Room first: from here on nothing waits, so the feed state and the
             // fan-out move in one step and a join sees them both or neither.
             hub.ready().await;
-            let watching_trades = channel_index("matches").is_some_and(|m| !owner.shards_for(product, m).is_empty());
+            // Only a heartbeat needs it (its last trade id is checked against the
+            // matches seen only while matches are subscribed).
+            let watching_trades = msg.kind() == "heartbeat"
+                && channel_index("matches").is_some_and(|m| !owner.shards_for(product, m).is_empty());
             let now = crate::clock::now_micros();
             let gap = {
                 let mut feed = owner.feed.borrow_mut();

@@ -124,11 +124,26 @@ impl Book {
 #[derive(Default)]
 struct Product {
     ticker: Option<Frame>,
-    last_match: Option<Frame>,
+    /// The latest `match` or `last_match`; a `match` is retold as a `last_match`
+    /// only when a subscriber joins, not as each one passes.
+    last_match: Option<FeedMessage>,
     /// `None` until a snapshot arrives (and again after a reconnect or a gap).
     book: Option<Book>,
     /// The last trade id seen in a match; `None` until the first.
     last_trade: Option<u64>,
+    /// Recent messages per channel, oldest first.
+    history: [VecDeque<Kept>; CHANNELS.len()],
+}
+
+impl Product {
+    /// The feed is to be followed afresh: what a new subscriber would be given
+    /// waits for new messages. The history stays.
+    fn forget(&mut self) {
+        self.ticker = None;
+        self.last_match = None;
+        self.book = None;
+        self.last_trade = None;
+    }
 }
 
 /// Trades missed on one product: the next expected trade id and what came.
@@ -181,11 +196,17 @@ pub enum Since {
     Time(i64),
 }
 
+/// What the history holds in all.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    messages: usize,
+    bytes: usize,
+}
+
 /// The feed state shard 0 keeps.
 pub struct FeedState {
     products: HashMap<String, Product>,
-    history: HashMap<(String, usize), VecDeque<Kept>>,
-    history_bytes: usize,
+    history: Totals,
     limits: HistoryLimits,
     /// Gaps found so far.
     pub gaps: u64,
@@ -193,7 +214,7 @@ pub struct FeedState {
 
 impl FeedState {
     pub fn new(limits: HistoryLimits) -> Self {
-        FeedState { products: HashMap::new(), history: HashMap::new(), history_bytes: 0, limits, gaps: 0 }
+        FeedState { products: HashMap::new(), history: Totals::default(), limits, gaps: 0 }
     }
 
     /// Takes in one message of `channel` as it is dispatched; returns a gap in the
@@ -201,65 +222,59 @@ impl FeedState {
     /// matches channel of this product is subscribed (only then are trade ids seen
     /// one by one).
     pub fn on_message(&mut self, msg: &FeedMessage, channel: usize, watching_trades: bool, now: i64) -> Option<Gap> {
-        let product = msg.product()?.to_string();
-        self.remember(&product, channel, msg, now);
-        let p = self.products.entry(product.clone()).or_default();
-        match msg.kind() {
-            "ticker" => p.ticker = Some(msg.frame.clone()),
+        let product = msg.product()?;
+        // Looked up by `&str`: a key is allocated once per product, not per message.
+        if !self.products.contains_key(product) {
+            self.products.insert(product.to_string(), Product::default());
+        }
+        let p = self.products.get_mut(product)?;
+        remember(&mut p.history[channel], &mut self.history, &self.limits, msg, now);
+        let missed = match msg.kind() {
+            "ticker" => {
+                p.ticker = Some(msg.frame.clone());
+                None
+            }
             "last_match" => {
-                p.last_match = Some(msg.frame.clone());
+                p.last_match = Some(msg.clone());
                 p.last_trade = msg.trade_id;
+                None
             }
             "match" => {
-                p.last_match = Some(msg.retyped("last_match"));
+                p.last_match = Some(msg.clone());
                 let tid = msg.trade_id?;
-                let last = p.last_trade.replace(tid.max(p.last_trade.unwrap_or(0)));
-                if let Some(last) = last {
-                    if tid > last + 1 {
-                        return self.gap(product, last + 1, tid);
-                    }
-                }
+                let last = p.last_trade.replace(tid.max(p.last_trade.unwrap_or(0)))?;
+                (tid > last + 1).then_some((last + 1, tid))
             }
+            // The heartbeat names the last trade: if it is past the last match
+            // seen, matches went missing.
             "heartbeat" if watching_trades => {
-                // The heartbeat names the last trade: if it is past the last match
-                // seen, matches went missing.
-                if let (Some(last), Some(hb)) = (p.last_trade, msg.trade_id) {
-                    if hb > last {
-                        return self.gap(product, last + 1, hb);
-                    }
-                }
+                let (last, hb) = (p.last_trade?, msg.trade_id?);
+                (hb > last).then_some((last + 1, hb))
             }
-            "snapshot" => p.book = Book::from_snapshot(msg.body()),
+            "snapshot" => {
+                p.book = Book::from_snapshot(msg.body());
+                None
+            }
             "l2update" => {
-                if let Some(book) = &mut p.book {
-                    if !book.apply(msg.body()) {
-                        p.book = None;
-                    }
+                if p.book.as_mut().is_some_and(|book| !book.apply(msg.body())) {
+                    p.book = None;
                 }
+                None
             }
-            _ => {}
-        }
-        None
-    }
-
-    fn gap(&mut self, product: String, expected: u64, received: u64) -> Option<Gap> {
+            _ => None,
+        };
+        let (expected, received) = missed?;
+        // The product is resubscribed: its book and trade baseline wait for the
+        // fresh snapshot and `last_match`.
+        p.book = None;
+        p.last_trade = None;
         self.gaps += 1;
-        self.forget_stream(&product);
-        Some(Gap { product, expected, received })
-    }
-
-    /// The product is resubscribed (after a gap): its book and trade baseline
-    /// wait for the fresh snapshot and `last_match`.
-    pub fn forget_stream(&mut self, product: &str) {
-        if let Some(p) = self.products.get_mut(product) {
-            p.book = None;
-            p.last_trade = None;
-        }
+        Some(Gap { product: product.to_string(), expected, received })
     }
 
     /// The upstream connection was lost: everything waits for fresh messages.
     pub fn forget_all(&mut self) {
-        self.products.clear();
+        self.products.values_mut().for_each(Product::forget);
     }
 
     /// No shard wants (`product`, `channel`) any more: what is kept for a new
@@ -285,7 +300,10 @@ impl FeedState {
         let Some(p) = self.products.get(product) else { return Vec::new() };
         let frame = match CHANNELS[channel] {
             "ticker" => p.ticker.clone(),
-            "matches" => p.last_match.clone(),
+            "matches" => p.last_match.as_ref().map(|m| match m.kind() {
+                "match" => m.retyped("last_match"),
+                _ => m.frame.clone(),
+            }),
             "level2_batch" => p.book.as_ref().map(|b| crate::ws::frame::text(b.snapshot(product).as_bytes())),
             _ => None,
         };
@@ -297,53 +315,54 @@ impl FeedState {
         self.products.get(product)?.book.as_ref()
     }
 
-    fn remember(&mut self, product: &str, channel: usize, msg: &FeedMessage, now: i64) {
-        if self.limits.per_topic == 0 {
-            return;
-        }
-        let key = (product.to_string(), channel);
-        let kept = self.history.entry(key).or_default();
-        kept.push_back(Kept { at: now, msg: msg.clone() });
-        self.history_bytes += msg.frame.len() + KEPT_OVERHEAD;
-        let oldest = now - self.limits.max_age.as_micros() as i64;
-        while let Some(front) = kept.front() {
-            let over = kept.len() > self.limits.per_topic
-                || front.at < oldest
-                || (self.history_bytes > self.limits.max_bytes && kept.len() > 1);
-            if !over {
-                break;
-            }
-            if let Some(k) = kept.pop_front() {
-                self.history_bytes -= k.msg.frame.len() + KEPT_OVERHEAD;
-            }
-        }
-    }
-
     /// Bytes the history holds.
     pub fn history_bytes(&self) -> usize {
-        self.history_bytes
+        self.history.bytes
     }
 
     /// Messages the history holds.
     pub fn history_messages(&self) -> usize {
-        self.history.values().map(VecDeque::len).sum()
+        self.history.messages
     }
 
     /// The newest `q.limit` messages of a topic after `q.since`, oldest first.
     pub fn history(&self, q: &HistoryQuery, now: i64) -> Vec<&FeedMessage> {
-        let Some(kept) = self.history.get(&(q.product.clone(), q.channel)) else { return Vec::new() };
+        let Some(kept) = self.products.get(&q.product).map(|p| &p.history[q.channel]) else { return Vec::new() };
         let oldest = now - self.limits.max_age.as_micros() as i64;
         let after = |k: &&Kept| {
             k.at >= oldest
                 && match q.since {
                     Since::All => true,
                     Since::Sequence(s) => k.msg.sequence.is_some_and(|m| m > s),
-                    Since::Time(t) => k.msg.time.unwrap_or(k.at) >= t,
+                    Since::Time(t) => k.msg.time().unwrap_or(k.at) >= t,
                 }
         };
         let matching: Vec<&Kept> = kept.iter().filter(after).collect();
         let skip = matching.len().saturating_sub(q.limit);
         matching.into_iter().skip(skip).map(|k| &k.msg).collect()
+    }
+}
+
+/// Keeps `msg` in one topic's history, and drops from its front what is over
+/// the count, the age or (all topics together) the bytes.
+fn remember(kept: &mut VecDeque<Kept>, totals: &mut Totals, limits: &HistoryLimits, msg: &FeedMessage, now: i64) {
+    if limits.per_topic == 0 {
+        return;
+    }
+    kept.push_back(Kept { at: now, msg: msg.clone() });
+    totals.messages += 1;
+    totals.bytes += msg.frame.len() + KEPT_OVERHEAD;
+    let oldest = now - limits.max_age.as_micros() as i64;
+    while let Some(front) = kept.front() {
+        let over =
+            kept.len() > limits.per_topic || front.at < oldest || (totals.bytes > limits.max_bytes && kept.len() > 1);
+        if !over {
+            break;
+        }
+        if let Some(k) = kept.pop_front() {
+            totals.messages -= 1;
+            totals.bytes -= k.msg.frame.len() + KEPT_OVERHEAD;
+        }
     }
 }
 

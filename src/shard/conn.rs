@@ -209,7 +209,7 @@ struct Session {
 }
 
 impl ws::Handler for Session {
-    async fn on_start(&mut self, _outbox: &Outbox) {
+    async fn on_start(&mut self) {
         if let Some(op) = self.pre.take() {
             let _ = Box::pin(self.hub.execute(self.id, op)).await;
         }
@@ -300,7 +300,7 @@ struct Echo;
 
 /// What a debug build's echo endpoint panics on.
 #[cfg(debug_assertions)]
-pub const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
+const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
 
 impl ws::Handler for Echo {
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {

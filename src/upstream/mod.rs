@@ -74,8 +74,7 @@ pub struct FeedMessage {
     pub sequence: Option<u64>,
     /// `trade_id`; on a heartbeat, its `last_trade_id`.
     pub trade_id: Option<u64>,
-    /// `time` in microseconds since the epoch, when it has one.
-    pub time: Option<i64>,
+    time: Option<Range<usize>>,
 }
 
 impl FeedMessage {
@@ -95,7 +94,7 @@ impl FeedMessage {
             product: key.product_id.map(range),
             sequence: key.sequence,
             trade_id: key.trade_id,
-            time: key.time.and_then(crate::clock::parse_iso),
+            time: key.time.map(range),
             frame,
         })
     }
@@ -108,6 +107,13 @@ impl FeedMessage {
     /// The message's `type`.
     pub fn kind(&self) -> &str {
         std::str::from_utf8(&self.frame[self.kind.clone()]).unwrap_or("")
+    }
+
+    /// Its `time` in microseconds since the epoch, when it has one (read only
+    /// when asked: history queries, not the per-message path).
+    pub fn time(&self) -> Option<i64> {
+        let r = self.time.clone()?;
+        crate::clock::parse_iso(std::str::from_utf8(&self.frame[r]).ok()?)
     }
 
     /// The same message with its `type` replaced by `kind` (a `match` retold as

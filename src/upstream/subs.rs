@@ -76,17 +76,20 @@ impl Subs {
     /// Records a cumulative `subscriptions` reply. Once every request has been
     /// answered, the server's word replaces what we thought we had asked for.
     pub fn ack(&mut self, confirmed: BTreeSet<Sub>) {
-        self.in_flight = self.in_flight.saturating_sub(1);
         self.acked = confirmed;
-        if self.in_flight == 0 {
-            self.requested = self.acked.clone();
-        }
+        self.answered();
     }
 
     /// The server refused a whole request (an `error` naming no product, with no
     /// `subscriptions` reply): it still has what it last confirmed, and the next
     /// [`Subs::deltas`] asks again for the difference.
     pub fn refused(&mut self) {
+        self.answered();
+    }
+
+    /// One request has its answer; once all have, the server's last word is
+    /// what it has.
+    fn answered(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             self.requested = self.acked.clone();

@@ -19,7 +19,7 @@ use super::outbox::{write_loop, Outbox};
 #[allow(async_fn_in_trait)]
 pub trait Handler {
     /// Before the first frame is read.
-    async fn on_start(&mut self, _outbox: &Outbox) {}
+    async fn on_start(&mut self) {}
 
     /// A whole text message (already checked to be UTF-8).
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox);
@@ -59,7 +59,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    handler.on_start(&outbox).await;
+    handler.on_start().await;
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let peer_closed = Cell::new(false);
     let last_heard = Cell::new(Instant::now());
