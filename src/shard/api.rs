@@ -116,13 +116,7 @@ pub fn replay(hub: &Hub, req: &Request) -> Result<Option<usize>, ApiError> {
 fn history_query(hub: &Hub, pair: &str, req: &Request) -> Result<HistoryQuery, ApiError> {
     let product = pair_syntax(pair)?;
     let name = req.query_param("channel").unwrap_or_else(|| "ticker".into());
-    let channel = channel_index(crate::protocol::canonical_channel(&name)).ok_or_else(|| {
-        ApiError::new(
-            400,
-            "bad_channel",
-            format!("{name:?} is not a channel hedgehog offers ({})", RELAYED_CHANNELS.join(", ")),
-        )
-    })?;
+    let channel = channel(&name)?;
     let max = hub.global.history.per_topic;
     let limit = match req.query_param("limit") {
         None => 100.min(max),
@@ -179,14 +173,7 @@ pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
     let Some(list) = req.query_param("channels") else { return Ok(hub.global.default_channels.clone()) };
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        let canonical = crate::protocol::canonical_channel(name);
-        let index = channel_index(canonical).ok_or_else(|| {
-            ApiError::new(
-                400,
-                "bad_channel",
-                format!("{name:?} is not a channel hedgehog offers ({})", RELAYED_CHANNELS.join(", ")),
-            )
-        })?;
+        let index = channel(name)?;
         if !out.contains(&index) {
             out.push(index);
         }
@@ -195,4 +182,12 @@ pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
         return Err(ApiError::new(400, "bad_channel", "?channels= names no channel"));
     }
     Ok(out)
+}
+
+/// A channel named in a query (aliases allowed), or 400 `bad_channel`.
+fn channel(name: &str) -> Result<usize, ApiError> {
+    channel_index(crate::protocol::canonical_channel(name)).ok_or_else(|| {
+        let offered = RELAYED_CHANNELS.join(", ");
+        ApiError::new(400, "bad_channel", format!("{name:?} is not a channel hedgehog offers ({offered})"))
+    })
 }
