@@ -48,6 +48,24 @@ pub struct ServeConfig {
     pub max_subscriptions: usize,
     /// Open connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// Open client connections in all. Past it, a new connection may only ask for
+    /// `/livez`, `/readyz` or `/healthz` (the descriptors between this and the
+    /// process's file limit are the reserve that keeps them answerable).
+    pub max_connections: usize,
+    /// A new connection that sends nothing this long is closed.
+    pub first_byte_timeout: Duration,
+    /// A request head must be complete this long after its first byte (else 408).
+    pub header_timeout: Duration,
+    /// A request body must be complete this long after its head (else 408).
+    pub body_timeout: Duration,
+    /// A keep-alive connection idle this long between requests is closed.
+    pub keepalive_timeout: Duration,
+    /// `/readyz` stays 200 this long after start or after the upstream drops, while
+    /// it connects again.
+    pub ready_grace: Duration,
+    /// How often shards look at their stop flags (the accept-loop regression test
+    /// shortens it; not a flag).
+    pub stop_poll: Duration,
     /// Requests (HTTP requests and WebSocket messages) one connection may send per
     /// second, sustained; a burst of as many is allowed. Zero: no limit.
     pub max_request_rate: u32,
@@ -75,7 +93,14 @@ impl Default for ServeConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 100,
-            max_connections_per_ip: 10_000,
+            max_connections_per_ip: default_max_per_ip(open_files_limit()),
+            max_connections: default_max_connections(open_files_limit()),
+            first_byte_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            ready_grace: Duration::from_secs(10),
+            stop_poll: Duration::from_millis(20),
             max_request_rate: 20_000,
             history_size: 1000,
             history_age: Duration::from_secs(600),
@@ -83,6 +108,35 @@ impl Default for ServeConfig {
             echo: false,
         }
     }
+}
+
+/// The process's limit on open files (`RLIMIT_NOFILE`, soft), or 1024 if unknown.
+pub fn open_files_limit() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX).max(64)
+    } else {
+        1024
+    }
+}
+
+/// Descriptors kept back from clients: for the listeners, io_uring, the upstream,
+/// logs, and the health checks that must still be answered under a flood.
+pub fn reserved_files(limit: usize) -> usize {
+    (limit / 20).max(64)
+}
+
+/// Connections in all: the file limit less the reserve.
+pub fn default_max_connections(limit: usize) -> usize {
+    limit.saturating_sub(reserved_files(limit)).max(1)
+}
+
+/// Connections per address: a quarter of the file limit, so that no one or two
+/// addresses can take every descriptor.
+pub fn default_max_per_ip(limit: usize) -> usize {
+    (limit / 4).max(1)
 }
 
 /// The usage text.
@@ -107,7 +161,15 @@ Relay options (environment variable in brackets):
   --ping-interval S      server pings every S seconds; 0 = never (default 20)
   --idle-timeout S       close clients silent for S seconds; 0 = never (default 60)
   --max-subscriptions N  product and channel pairs per client (default 100)
-  --max-connections-per-ip N  open connections from one address (default 10000)
+  --max-connections-per-ip N  open connections from one address (default: a quarter of
+                         the open-files limit, 5000 at 20000)
+  --max-connections N    open connections in all; past it only health checks are served
+                         (default: the open-files limit less 5%, 19000 at 20000)
+  --first-byte-timeout S close a new connection that sends nothing for S seconds (default 10)
+  --header-timeout S     a request head must arrive within S seconds of its first byte (default 10)
+  --body-timeout S       a request body must arrive within S seconds of its head (default 10)
+  --keepalive-timeout S  close a keep-alive connection idle for S seconds (default 60)
+  --ready-grace S        /readyz stays 200 for S seconds after start or an upstream loss (default 10)
   --max-request-rate N   requests or messages per second on one connection; 0 = no limit
                          (default 20000)
   --history-size N       messages kept per product and channel; 0 = none (default 1000)
@@ -155,12 +217,57 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     if !command.is_empty() {
         args.remove(0);
     }
-    let flags = Flags::parse(&args, &["tls", "simulate", "echo"])?;
+    let known = if command == "simulate" { SIMULATE_FLAGS } else { SERVE_FLAGS };
+    let flags = Flags::parse(&args, &["tls", "simulate", "echo"], known)?;
     match command {
         "simulate" => simulate(flags).map(Command::Simulate),
         _ => serve(flags, env).map(Command::Serve),
     }
 }
+
+/// The relay's flags that take a value.
+const SERVE_FLAGS: &[&str] = &[
+    "host",
+    "port",
+    "upstream-url",
+    "upstream-ca",
+    "channels",
+    "stall-timeout",
+    "client-queue-bytes",
+    "slow-consumer",
+    "max-message-bytes",
+    "ping-interval",
+    "idle-timeout",
+    "max-subscriptions",
+    "max-connections-per-ip",
+    "max-connections",
+    "max-request-rate",
+    "first-byte-timeout",
+    "header-timeout",
+    "body-timeout",
+    "keepalive-timeout",
+    "ready-grace",
+    "history-size",
+    "history-age",
+    "history-bytes",
+];
+
+/// The simulator's flags that take a value.
+const SIMULATE_FLAGS: &[&str] = &[
+    "host",
+    "port",
+    "cert-out",
+    "products",
+    "rate",
+    "seed",
+    "replay",
+    "speed",
+    "subscribe-timeout",
+    "hold",
+    "fault",
+    "fault-every",
+    "fault-for",
+];
 
 /// `--name value`, `--name=value` and boolean `--name` flags.
 struct Flags<'a> {
@@ -169,7 +276,8 @@ struct Flags<'a> {
 }
 
 impl<'a> Flags<'a> {
-    fn parse(args: &[&'a str], booleans: &[&str]) -> Result<Self, String> {
+    /// `booleans` take no value and `values` take one; anything else is unknown.
+    fn parse(args: &[&'a str], booleans: &[&str], values: &[&str]) -> Result<Self, String> {
         let mut pairs = Vec::new();
         let mut i = 0;
         while i < args.len() {
@@ -180,6 +288,8 @@ impl<'a> Flags<'a> {
                 pairs.push((name, Some(value)));
             } else if booleans.contains(&flag) {
                 pairs.push((flag, None));
+            } else if !values.contains(&flag) {
+                return Err(format!("unknown option --{flag} (try --help)"));
             } else {
                 let value = args.get(i + 1).ok_or_else(|| format!("--{flag} needs a value"))?;
                 pairs.push((flag, Some(*value)));
@@ -319,6 +429,20 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(n) = f.parsed::<usize>("max-connections-per-ip")? {
         c.max_connections_per_ip = n;
     }
+    if let Some(n) = f.parsed::<usize>("max-connections")? {
+        c.max_connections = n;
+    }
+    for (name, field) in [
+        ("first-byte-timeout", &mut c.first_byte_timeout),
+        ("header-timeout", &mut c.header_timeout),
+        ("body-timeout", &mut c.body_timeout),
+        ("keepalive-timeout", &mut c.keepalive_timeout),
+        ("ready-grace", &mut c.ready_grace),
+    ] {
+        if let Some(s) = f.parsed::<f64>(name)? {
+            *field = seconds(name, s)?;
+        }
+    }
     if let Some(n) = f.parsed::<u32>("max-request-rate")? {
         c.max_request_rate = n;
     }
@@ -365,6 +489,18 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     if let Some(bad) = c.channels.iter().find(|ch| !RELAYED_CHANNELS.contains(&ch.as_str())) {
         return Err(format!("--channels: {bad:?} is not a channel hedgehog relays ({})", RELAYED_CHANNELS.join(", ")));
     }
+    if c.max_connections == 0 || c.max_connections_per_ip == 0 {
+        return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
+    }
+    let deadlines = [
+        ("first-byte-timeout", c.first_byte_timeout),
+        ("header-timeout", c.header_timeout),
+        ("body-timeout", c.body_timeout),
+        ("keepalive-timeout", c.keepalive_timeout),
+    ];
+    if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
+        return Err(format!("--{name} must be more than 0"));
+    }
     if let Some(ca) = &c.upstream.ca_file {
         if !ca.is_file() {
             return Err(format!("--upstream-ca: {} is not a readable file", ca.display()));
@@ -409,6 +545,15 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_derive_from_the_file_limit() {
+        assert_eq!((default_max_per_ip(20_000), default_max_connections(20_000)), (5_000, 19_000));
+        assert_eq!((default_max_per_ip(1024), default_max_connections(1024)), (256, 960));
+        let c = serve_cfg("--max-connections 50 --header-timeout 2.5 --keepalive-timeout=30", &[]);
+        assert_eq!(c.max_connections, 50);
+        assert_eq!((c.header_timeout, c.keepalive_timeout), (Duration::from_millis(2500), Duration::from_secs(30)));
+    }
+
+    #[test]
     fn web_concurrency_must_be_sane() {
         for bad in ["0", "-1", "two", "1.5", "100000", ""] {
             let e = run("", &[("WEB_CONCURRENCY", bad)]).unwrap_err();
@@ -437,6 +582,10 @@ mod tests {
             ("simulate --products BTC", "not a product id"),
             ("simulate --cert-out x", "needs --tls"),
             ("--bogus 1", "unknown option --bogus"),
+            ("--bogus", "unknown option --bogus"),
+            ("simulate --fault-forever 1", "unknown option --fault-forever"),
+            ("--header-timeout 0", "--header-timeout must be more than 0"),
+            ("--max-connections 0", "at least 1"),
             ("launch", "unknown command"),
             ("--port", "needs a value"),
             ("--upstream-url http://x", "ws:// or wss://"),

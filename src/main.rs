@@ -27,31 +27,57 @@ fn main() -> ExitCode {
             println!("hedgehog {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Simulate(cfg) => simulate(cfg),
+        Command::Simulate(cfg) => simulate(cfg).map_err(|message| Failure { status: 1, message }),
         Command::Serve(cfg) => serve(cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hedgehog: {e}");
-            ExitCode::FAILURE
+        Err(Failure { status, message }) => {
+            eprintln!("hedgehog: {message}");
+            ExitCode::from(status)
         }
     }
 }
 
-/// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully.
-fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), String> {
+/// Why `serve` failed, and the exit status that says so.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+/// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully. A shard
+/// that dies first ends the process (status 70) so a supervisor restarts it; a
+/// shard that does not stop on shutdown does too (status 1).
+fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    let fail = |status: u8| move |message: String| Failure { status, message };
     // glommio has no signal handling: a plain thread waits for them.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
-    let relay = hedgehog::shard::start(cfg)?;
-    if let Some(signal) = signals.forever().next() {
-        log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}")).map_err(fail(1))?;
+    let (signal_tx, signal_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = signal_tx.send(signal);
+        }
+    });
+    let relay = hedgehog::shard::start(cfg).map_err(fail(2))?;
+    loop {
+        if let Some(end) = relay.shard_ended(std::time::Duration::from_millis(100)) {
+            log::error!("{end}; exiting so that a supervisor can restart hedgehog");
+            return Err(Failure { status: 70, message: end.to_string() });
+        }
+        if let Ok(signal) = signal_rx.try_recv() {
+            log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
+            break;
+        }
     }
-    if relay.shutdown(hedgehog::SHUTDOWN_GRACE) {
-        log::info!("shut down cleanly");
-    } else {
-        log::warn!("clients still connected after {:?}; stopped anyway", hedgehog::SHUTDOWN_GRACE);
+    match relay.shutdown(hedgehog::SHUTDOWN_GRACE) {
+        Ok(true) => log::info!("shut down cleanly"),
+        Ok(false) => log::warn!("clients still connected after {:?}; stopped anyway", hedgehog::SHUTDOWN_GRACE),
+        Err(stuck) => {
+            log::error!("{stuck}; exiting without them");
+            return Err(Failure { status: 1, message: stuck });
+        }
     }
     Ok(())
 }

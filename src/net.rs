@@ -4,7 +4,9 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures_lite::future::or;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -27,6 +29,84 @@ pub enum ReadError {
     /// The socket failed: just close.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A deadline passed in `Phase`: close (with 408 if a request had begun).
+    #[error("no whole request in time ({0:?})")]
+    TimedOut(Phase),
+}
+
+/// How long a connection may take over each part of a request. A trickle (one
+/// byte every few seconds), a head or body that never ends, or silence, each
+/// ends at its deadline instead of holding a descriptor forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From accept to the first byte of the first request.
+    pub first_byte: Duration,
+    /// From a request's first byte to the end of its head.
+    pub head: Duration,
+    /// From the end of the head to the end of the body.
+    pub body: Duration,
+    /// From the end of a response to the first byte of the next request.
+    pub keep_alive: Duration,
+}
+
+/// Where a request stood when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing of a request had arrived: close quietly.
+    Idle,
+    /// The head had begun and was not complete.
+    Head,
+    /// The head was complete and the body was not.
+    Body,
+}
+
+/// Reads one request as [`read_request`] does, within `d`: `idle` is how long
+/// the connection may stay silent first (`d.first_byte` on a new connection,
+/// `d.keep_alive` between requests).
+pub async fn read_request_within<R>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+    d: &Deadlines,
+) -> Result<Option<Request>, ReadError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let (mut phase, mut deadline) = match buf.is_empty() {
+        true => (Phase::Idle, Instant::now() + idle),
+        false => (Phase::Head, Instant::now() + d.head),
+    };
+    loop {
+        if let Some((req, used)) = http::parse(buf)? {
+            buf.drain(..used);
+            return Ok(Some(req));
+        }
+        if phase == Phase::Head && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            (phase, deadline) = (Phase::Body, Instant::now() + d.body);
+        }
+        // A stack chunk keeps this cancel-safe: `buf` only ever holds received bytes.
+        let mut chunk = [0u8; 512];
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A read raced against a one-shot timer: glommio's reads keep one waker,
+        // however often they are polled (unlike accept and connect).
+        let read = async { Some(r.read(&mut chunk).await) };
+        let n = match or(read, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await
+        {
+            Some(n) => n?,
+            None => return Err(ReadError::TimedOut(phase)),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        if phase == Phase::Idle {
+            (phase, deadline) = (Phase::Head, Instant::now() + d.head);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Reads one request. `buf` holds bytes already received and keeps any bytes past
@@ -50,6 +130,22 @@ where
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Fails if another process already listens on `addr`. Every shard binds with
+/// SO_REUSEPORT, which would otherwise let a second hedgehog (or a stale old one
+/// after a restart) share the port silently and take half of the connections,
+/// with client ids the other process does not know. The probe binds without
+/// SO_REUSEPORT, which the kernel refuses while any socket listens on the port;
+/// it is closed again before the shards bind.
+pub fn claim_port(addr: std::net::SocketAddr) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(format!("{addr} is already in use by another process (a hedgehog already running?)"))
+        }
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
     }
 }
 

@@ -9,8 +9,12 @@ pub enum Route {
     WebSocket,
     /// `GET /` without an upgrade.
     Index,
-    /// `GET /healthz`.
+    /// `GET /healthz`: the health report (503 when not ready).
     Health,
+    /// `GET /livez`: whether every shard answers.
+    Live,
+    /// `GET /readyz`: whether clients should be sent here.
+    Ready,
     /// `GET /api/v1/subscribe`: one client's subscriptions.
     List,
     /// `POST`/`PUT /api/v1/subscribe/{pair}`.
@@ -40,6 +44,8 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/" if upgrade => only_get(Route::WebSocket),
         "/" => only_get(Route::Index),
         "/healthz" => only_get(Route::Health),
+        "/livez" => only_get(Route::Live),
+        "/readyz" => only_get(Route::Ready),
         "/echo" => only_get(Route::Echo),
         PREFIX => only_get(Route::List),
         _ if path.starts_with(HISTORY) => match path[HISTORY.len()..].strip_prefix('/') {
@@ -78,6 +84,8 @@ mod tests {
         assert_eq!(route("GET", "/", true), Ok(Route::WebSocket));
         assert_eq!(route("GET", "/ws", false), Ok(Route::WebSocket));
         assert_eq!(route("GET", "/", false), Ok(Route::Index));
+        assert_eq!(route("GET", "/livez", false), Ok(Route::Live));
+        assert_eq!(route("GET", "/readyz", false), Ok(Route::Ready));
         assert_eq!(route("GET", "/healthz", false), Ok(Route::Health));
         assert_eq!(route("GET", "/api/v1/history/BTC-USD", false), Ok(Route::History("BTC-USD".into())));
         assert_eq!(route("GET", "/api/v1/history", false).unwrap_err().status, 404);

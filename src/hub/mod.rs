@@ -61,6 +61,8 @@ pub enum ShardMsg {
     Command { req: u64, from: usize, client: ClientId, op: Op },
     /// The answer to a command.
     Reply { req: u64, result: Result<Value, ApiError> },
+    /// A liveness check (`/livez`): answered with an empty `Reply`.
+    Ping { req: u64, from: usize },
 }
 
 /// An operation on one client's subscriptions.
@@ -112,6 +114,8 @@ pub struct UpstreamInfo {
     /// Requests the feed refused as a whole.
     pub refused: u64,
     pub products: usize,
+    /// When `state` last changed; `None` before the first change.
+    pub changed_at: Option<std::time::Instant>,
 }
 
 /// Process-wide facts and counters, shared by all shards.
@@ -129,6 +133,14 @@ pub struct Global {
     pub max_subscriptions: usize,
     /// Open connections per client IP, all shards together.
     pub max_per_ip: usize,
+    /// Open connections in all; past it, only health checks are answered.
+    pub max_connections: usize,
+    /// How long a connection may take over each part of a request.
+    pub deadlines: crate::net::Deadlines,
+    /// Ready this long after start or an upstream loss, while it reconnects.
+    pub ready_grace: std::time::Duration,
+    started: std::time::Instant,
+    open: AtomicUsize,
     /// Requests or messages per second on one connection; zero: no limit.
     pub max_request_rate: u32,
     /// Whether `/echo` is served (`--echo`).
@@ -163,6 +175,16 @@ impl Global {
             },
             max_subscriptions: cfg.max_subscriptions,
             max_per_ip: cfg.max_connections_per_ip,
+            max_connections: cfg.max_connections,
+            deadlines: crate::net::Deadlines {
+                first_byte: cfg.first_byte_timeout,
+                head: cfg.header_timeout,
+                body: cfg.body_timeout,
+                keep_alive: cfg.keepalive_timeout,
+            },
+            ready_grace: cfg.ready_grace,
+            started: std::time::Instant::now(),
+            open: AtomicUsize::new(0),
             max_request_rate: cfg.max_request_rate,
             echo: cfg.echo,
             per_ip: Mutex::new(HashMap::new()),
@@ -187,16 +209,42 @@ impl Global {
         self.clients.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Counts a new connection from `ip`; `None` when that IP is at its limit.
-    /// The returned slot gives the place back when dropped.
-    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut per_ip = self.per_ip.lock().ok()?;
+    /// Counts a new connection from `ip`. The slot gives the place back when dropped.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Admission {
+        let Ok(mut per_ip) = self.per_ip.lock() else { return Admission::PerIpFull };
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.max_per_ip {
-            return None;
+            return Admission::PerIpFull;
         }
         *n += 1;
-        Some(IpSlot { global: self.clone(), ip })
+        let open = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = IpSlot { global: self.clone(), ip };
+        if open >= self.max_connections {
+            Admission::Reserve(slot)
+        } else {
+            Admission::Open(slot)
+        }
+    }
+
+    /// Open client connections, all shards together.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether a load balancer should send clients here: `Err` says why not.
+    /// Ready while the upstream is connected, and for `ready_grace` after start
+    /// or after it was lost (it is being reconnected).
+    pub fn readiness(&self) -> Result<(), String> {
+        let up = self.upstream();
+        if up.state == "connected" {
+            return Ok(());
+        }
+        let since = up.changed_at.unwrap_or(self.started);
+        if since.elapsed() < self.ready_grace {
+            return Ok(());
+        }
+        let why = up.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+        Err(format!("upstream {} for {} s{why}", up.state, since.elapsed().as_secs()))
     }
 
     /// Panics contained (each ended one connection, not its shard).
@@ -255,8 +303,19 @@ pub struct IpSlot {
     ip: std::net::IpAddr,
 }
 
+/// What [`Global::admit`] decides for a new connection.
+pub enum Admission {
+    /// Served as usual.
+    Open(IpSlot),
+    /// Over `max_connections`: health checks only, from the reserve.
+    Reserve(IpSlot),
+    /// The address is at `max_per_ip`: 429.
+    PerIpFull,
+}
+
 impl Drop for IpSlot {
     fn drop(&mut self) {
+        self.global.open.fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut per_ip) = self.global.per_ip.lock() {
             if let Some(n) = per_ip.get_mut(&self.ip) {
                 *n -= 1;
@@ -406,6 +465,26 @@ impl Hub {
         }
         let from = self.id;
         self.request(id.shard, |req| ShardMsg::Command { req, from, client: id, op }).await
+    }
+
+    /// Whether shard `to` answers a ping within `limit` (this shard always does).
+    pub async fn answers(&self, to: usize, limit: std::time::Duration) -> bool {
+        if to == self.id {
+            return true;
+        }
+        let req = self.next_req.get() + 1;
+        self.next_req.set(req);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(req, tx);
+        let from = self.id;
+        let asked = async { self.bus.send(to, ShardMsg::Ping { req, from }).await && rx.recv().await.is_some() };
+        let late = async {
+            glommio::timer::sleep(limit).await;
+            false
+        };
+        let answered = futures_lite::future::or(asked, late).await;
+        self.pending.borrow_mut().remove(&req);
+        answered
     }
 
     /// Sends shard `to` the message `make(req)` makes and waits for its `Reply`.
@@ -641,6 +720,9 @@ impl Hub {
             ShardMsg::Command { req, from, client, op } => {
                 let result = self.apply(client, op).await;
                 self.bus.send(from, ShardMsg::Reply { req, result }).await;
+            }
+            ShardMsg::Ping { req, from } => {
+                self.bus.send(from, ShardMsg::Reply { req, result: Ok(Value::Null) }).await;
             }
             ShardMsg::Reply { req, result } => {
                 if let Some(tx) = self.pending.borrow_mut().remove(&req) {

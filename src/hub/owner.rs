@@ -239,6 +239,9 @@ async fn announce(hub: &Rc<Hub>, owner: &Owner, reason: Option<&str>) {
         hub.bus().send(shard, ShardMsg::Upstream(frame.clone())).await;
     }
     hub.global.set_upstream(|u| {
+        if u.state != s.state.as_str() {
+            u.changed_at = Some(std::time::Instant::now());
+        }
         u.state = s.state.as_str();
         u.since =
             crate::clock::format_iso(s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));

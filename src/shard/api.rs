@@ -8,20 +8,20 @@ use crate::config::RELAYED_CHANNELS;
 use crate::http::{Request, Response, Route};
 use crate::hub::{channel_index, ApiError, ClientId, HistoryQuery, Hub, Op, Since};
 
-/// Answers a routed API request.
-/// Every answer names the shard that served it, for operators tracing requests.
+/// Answers a routed API request (the connection adds the shard header).
 pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request) -> Response {
-    let resp = match respond(hub, route, req).await {
+    match respond(hub, route, req).await {
         Ok(r) => r,
         Err(e) => Response::error(e.status, e.code, e.message),
-    };
-    resp.with_header("X-Hedgehog-Shard", hub.id.to_string())
+    }
 }
 
 async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response, ApiError> {
     let ok = |v: serde_json::Value| Ok(Response::json(200, &v));
     match route {
-        Route::Health => ok(health(hub)),
+        Route::Health => Ok(super::health::report(hub)),
+        Route::Live => Ok(super::health::live(hub).await),
+        Route::Ready => Ok(super::health::ready(hub)),
         Route::Index => ok(json!({
             "name": "hedgehog",
             "version": env!("CARGO_PKG_VERSION"),
@@ -29,6 +29,8 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             "subscribe": "POST /api/v1/subscribe/{pair} with X-Client-Id",
             "stream": "GET /api/v1/subscribe/{pair}",
             "health": "/healthz",
+            "live": "/livez",
+            "ready": "/readyz",
         })),
         Route::List => ok(hub.execute(client_id(req)?, Op::List).await?),
         Route::Subscribe(pair) => {
@@ -69,39 +71,6 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
     }
 }
 
-fn health(hub: &Hub) -> serde_json::Value {
-    let g = &hub.global;
-    let up = g.upstream();
-    json!({
-        "status": "ok",
-        "simulated": g.simulated,
-        "shards": g.shards,
-        "shard": hub.id,
-        "clients": g.clients(),
-        "panics": g.panics(),
-        "gaps": g.gaps(),
-        "history": {
-            "messages": g.history_size().0,
-            "bytes": g.history_size().1,
-            "max_bytes": g.history.max_bytes,
-            "per_topic": g.history.per_topic,
-            "max_age_seconds": g.history.max_age.as_secs(),
-        },
-        "upstream": {
-            "url": g.upstream_url,
-            "simulated": g.simulated,
-            "state": up.state,
-            "since": up.since,
-            "messages": g.messages(),
-            "malformed": g.malformed(),
-            "connects": up.connects,
-            "last_error": up.last_error,
-            "refused": up.refused,
-            "products": up.products,
-        },
-    })
-}
-
 /// `?replay=N`: the last N messages of each new channel, before the live stream.
 pub fn replay(hub: &Hub, req: &Request) -> Result<Option<usize>, ApiError> {
     let Some(raw) = req.query_param("replay") else { return Ok(None) };
@@ -114,7 +83,8 @@ pub fn replay(hub: &Hub, req: &Request) -> Result<Option<usize>, ApiError> {
 
 /// `GET /api/v1/history/{pair}?channel=ticker&limit=100&since=<ISO time or sequence>`.
 fn history_query(hub: &Hub, pair: &str, req: &Request) -> Result<HistoryQuery, ApiError> {
-    let product = pair_syntax(pair)?;
+    // The same answer for a pair the feed does not list as a subscribe gets.
+    let product = product(hub, pair)?;
     let name = req.query_param("channel").unwrap_or_else(|| "ticker".into());
     let channel = channel(&name)?;
     let max = hub.global.history.per_topic;

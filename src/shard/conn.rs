@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::api;
 use crate::http::{self, Request, Response, Route};
-use crate::hub::{channel_index, ClientId, Hub, IpSlot, Op};
-use crate::net::{self, ReadError};
+use crate::hub::{channel_index, Admission, ClientId, Hub, IpSlot, Op};
+use crate::net::{self, Deadlines, Phase, ReadError};
 use crate::protocol::{self, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
@@ -28,39 +28,95 @@ pub struct Queues {
     pub sessions: TaskQueueHandle,
 }
 
+/// The longest wait between failed accepts (typically: out of descriptors).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this long about failed accepts, with their count.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a connection over `--max-connections` gets to ask for a health check.
+const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Accepts until cancelled. Runs as a task of its own (see `Shard::run`): nothing
+/// but its own accepts may wake it.
 pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
+    let mut backoff = Duration::from_millis(5);
+    let (mut failed, mut last_log) = (0u64, None::<Instant>);
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let slot = stream.peer_addr().ok().and_then(|a| hub.global.admit(a.ip()));
-                let task = match slot {
-                    Some(slot) => {
-                        let conn = serve(stream, hub.clone(), queues, slot);
-                        let global = hub.global.clone();
-                        let task = async move {
-                            super::contained(&global, "an HTTP connection", conn).await;
-                        };
-                        glommio::spawn_local_into(task, queues.http)
-                    }
-                    None => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip), queues.http),
-                };
-                if let Ok(task) = task {
-                    task.detach();
+                if failed > 0 {
+                    log::warn!("accepting again after {failed} failed accepts");
+                    (failed, last_log, backoff) = (0, None, Duration::from_millis(5));
                 }
+                admit(stream, &hub, queues);
             }
             Err(e) => {
-                // Typically out of file descriptors: wait for some to free up.
-                log::warn!("accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                // Typically out of file descriptors: back off until some free up,
+                // and say so without flooding the log.
+                failed += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    log::warn!("accept failed ({failed} so far): {e}; retrying within {ACCEPT_BACKOFF_MAX:?}");
+                    last_log = Some(Instant::now());
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
 }
 
+/// Gives an accepted connection its task: served, served from the reserve
+/// (health checks only), or refused (429) when its address is at its limit.
+fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
+    let admission = match stream.peer_addr() {
+        Ok(a) => hub.global.admit(a.ip()),
+        Err(_) => return,
+    };
+    let shard = hub.id;
+    let task = match admission {
+        Admission::Open(slot) => {
+            let conn = serve(stream, hub.clone(), queues, slot);
+            let global = hub.global.clone();
+            glommio::spawn_local_into(
+                async move {
+                    super::contained(&global, "an HTTP connection", conn).await;
+                },
+                queues.http,
+            )
+        }
+        Admission::Reserve(slot) => glommio::spawn_local_into(reserve(stream, hub.clone(), slot), queues.http),
+        Admission::PerIpFull => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip, shard), queues.http),
+    };
+    if let Ok(task) = task {
+        task.detach();
+    }
+}
+
 /// A connection over its IP's limit: 429 and close.
-async fn too_many(stream: TcpStream, limit: usize) {
+async fn too_many(stream: TcpStream, limit: usize, shard: usize) {
     let message = format!("at most {limit} connections from one address");
-    Box::pin(close_after(stream, &Response::error(429, "too_many_connections", message))).await;
+    Box::pin(close_after(stream, &Response::error(429, "too_many_connections", message), shard)).await;
+}
+
+/// A connection past `--max-connections`: it may ask for a health check within a
+/// short deadline; anything else gets 503 `server_full`. Either way it is closed.
+async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
+    let short = Deadlines {
+        first_byte: RESERVE_DEADLINE,
+        head: RESERVE_DEADLINE,
+        body: RESERVE_DEADLINE,
+        keep_alive: RESERVE_DEADLINE,
+    };
+    let mut buf = Vec::new();
+    let Ok(Some(req)) = net::read_request_within(&mut stream, &mut buf, RESERVE_DEADLINE, &short).await else { return };
+    let resp = match http::route(&req.method, &req.path, false) {
+        Ok(route @ (Route::Health | Route::Live | Route::Ready)) => Box::pin(api::handle(&hub, route, &req)).await,
+        _ => {
+            let message =
+                format!("the server holds its limit of {} connections; try again later", hub.global.max_connections);
+            Response::error(503, "server_full", message).with_header("Retry-After", "1")
+        }
+    };
+    Box::pin(close_after(stream, &resp, hub.id)).await;
 }
 
 /// `slot` holds this connection's place in its IP's count for as long as it lives.
@@ -68,16 +124,25 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let mut rate = RateLimit::new(hub.global.max_request_rate);
+    let deadlines = hub.global.deadlines;
+    let mut idle = deadlines.first_byte;
     loop {
-        let req = match net::read_request(&mut stream, &mut buf).await {
+        let req = match net::read_request_within(&mut stream, &mut buf, idle, &deadlines).await {
             Ok(Some(req)) => req,
-            Ok(None) | Err(ReadError::Io(_)) => return,
+            Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::TimedOut(Phase::Idle)) => return,
+            Err(ReadError::TimedOut(phase)) => {
+                let part = if phase == Phase::Head { "head" } else { "body" };
+                let resp =
+                    Response::error(408, "request_timeout", format!("the request {part} did not arrive in time"));
+                return Box::pin(close_after(stream, &resp, hub.id)).await;
+            }
             Err(ReadError::Parse(e)) => {
                 let (status, code) = e.status();
                 let resp = Response::error(status, code, e.to_string());
-                return Box::pin(close_after(stream, &resp)).await;
+                return Box::pin(close_after(stream, &resp, hub.id)).await;
             }
         };
+        idle = deadlines.keep_alive;
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
             _ if !rate.allow() => rate_limited(hub.global.max_request_rate),
             Ok(route) => match route {
@@ -93,13 +158,21 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             Err(resp) => resp,
         };
         if !req.keep_alive() {
-            return Box::pin(close_after(stream, &resp)).await;
+            return Box::pin(close_after(stream, &resp, hub.id)).await;
         }
-        if stream.write_all(&resp.to_bytes(false)).await.is_err() {
+        if stream.write_all(&with_shard(resp, hub.id).to_bytes(false)).await.is_err() {
             return;
         }
     }
 }
+
+/// Every answer names the shard that wrote it, for operators tracing requests.
+fn with_shard(resp: Response, shard: usize) -> Response {
+    resp.with_header(SHARD_HEADER, shard.to_string())
+}
+
+/// The header that names the shard.
+pub const SHARD_HEADER: &str = "X-Hedgehog-Shard";
 
 /// The answer to a request over the connection's rate; the connection stays open.
 fn rate_limited(limit: u32) -> Response {
@@ -113,8 +186,8 @@ fn names_client(req: &Request) -> bool {
 
 /// Answers, then closes without resetting the peer: our side is shut for writing
 /// and what the peer still sends is read and dropped until it hangs up (or 2 s).
-async fn close_after(mut stream: TcpStream, resp: &Response) {
-    if stream.write_all(&resp.to_bytes(true)).await.is_err() {
+async fn close_after(mut stream: TcpStream, resp: &Response, shard: usize) {
+    if stream.write_all(&with_shard(resp.clone(), shard).to_bytes(true)).await.is_err() {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
@@ -138,9 +211,20 @@ async fn upgrade(
     // `?mode=coinbase`: Coinbase's messages only, for clients that expect nothing else.
     let pure = req.query_param("mode").as_deref() == Some("coinbase");
     match ws::accept(req) {
-        Ok(handshake) => websocket(stream, handshake, leftover, hub, Start { pre, pure }, queues, slot).await,
-        Err(resp) => Box::pin(close_after(stream, &resp)).await,
+        Ok(handshake) => {
+            let handshake = handshake_with_shard(handshake, hub.id);
+            websocket(stream, handshake, leftover, hub, Start { pre, pure }, queues, slot).await
+        }
+        Err(resp) => Box::pin(close_after(stream, &resp, hub.id)).await,
     }
+}
+
+/// The 101 answer with the shard header added before its blank line.
+fn handshake_with_shard(mut handshake: Vec<u8>, shard: usize) -> Vec<u8> {
+    let at = handshake.len().saturating_sub(2);
+    let header = format!("{SHARD_HEADER}: {shard}\r\n");
+    handshake.splice(at..at, header.bytes());
+    handshake
 }
 
 /// How a WebSocket client starts.
@@ -215,6 +299,16 @@ impl ws::Handler for Session {
         }
     }
 
+    fn on_ping(&mut self, outbox: &Outbox) -> bool {
+        let allowed = self.rate.allow();
+        if !allowed {
+            let _ = outbox.push(ws::frame::text(
+                protocol::error_message("rate limited", "too many messages per second; slow down").as_bytes(),
+            ));
+        }
+        allowed
+    }
+
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
         // Boxed: a session's task is as big as its largest state for as long as the
         // connection lives, and most clients never send a message.
@@ -275,8 +369,8 @@ impl Session {
 /// It has the relay's limits and outbox, but no client id and no subscriptions.
 async fn echo(mut stream: TcpStream, req: &Request, leftover: Vec<u8>, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
     let handshake = match ws::accept(req) {
-        Ok(h) => h,
-        Err(resp) => return close_after(stream, &resp).await,
+        Ok(h) => handshake_with_shard(h, hub.id),
+        Err(resp) => return close_after(stream, &resp, hub.id).await,
     };
     if stream.write_all(&handshake).await.is_err() {
         return;
@@ -301,15 +395,38 @@ struct Echo;
 /// What a debug build's echo endpoint panics on.
 #[cfg(debug_assertions)]
 const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
+/// What makes a debug build's echo endpoint panic outside any connection's
+/// containment, ending its shard's thread (tests/fail_fast.rs).
+#[cfg(debug_assertions)]
+const PANIC_SHARD_REQUEST: &[u8] = b"hedgehog test: panic the shard";
+/// What makes a debug build's echo endpoint block its shard's thread, so that
+/// the shard answers nothing and cannot stop (tests/fail_fast.rs).
+#[cfg(debug_assertions)]
+const WEDGE_SHARD_REQUEST: &[u8] = b"hedgehog test: wedge the shard";
 
 impl ws::Handler for Echo {
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
-        // A debug build's echo endpoint panics on request, so the tests can show
-        // that a panic ends one connection and not its shard (tests/panics.rs).
+        // A debug build's echo endpoint fails on request, so the tests can show
+        // that a panic ends one connection and not its shard (tests/panics.rs),
+        // and that a shard that dies or hangs ends the process (tests/fail_fast.rs).
         #[cfg(debug_assertions)]
         #[allow(clippy::panic)]
-        if text == PANIC_REQUEST {
-            panic!("the echo endpoint was asked to panic");
+        {
+            if text == PANIC_REQUEST {
+                panic!("the echo endpoint was asked to panic");
+            }
+            if text == PANIC_SHARD_REQUEST {
+                // glommio runs a new task at once, inside this one: it panics
+                // after its first turn, from the executor itself.
+                let shard = async {
+                    futures_lite::future::yield_now().await;
+                    panic!("the echo endpoint was asked to panic its shard")
+                };
+                glommio::spawn_local(shard).detach();
+            }
+            if text == WEDGE_SHARD_REQUEST {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         let _ = outbox.push(ws::frame::text(&text));
     }
@@ -343,7 +460,7 @@ async fn stream_pair(
         Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)?, replay: api::replay(&hub, &req)? })
     }) {
         Ok(op) => op,
-        Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message))).await,
+        Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message), hub.id)).await,
     };
     if ws::is_upgrade(&req) {
         return upgrade(stream, &req, leftover, hub, Some(op), queues, slot).await;
@@ -352,13 +469,15 @@ async fn stream_pair(
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();
     let Some(id) = hub.register(outbox.clone(), false) else {
-        let _ = stream.write_all(&Response::error(503, "full", "no room for another client").to_bytes(true)).await;
+        let resp = with_shard(Response::error(503, "full", "no room for another client"), hub.id);
+        let _ = stream.write_all(&resp.to_bytes(true)).await;
         return;
     };
     let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
     drop((req, leftover));
     let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Client-Id: {id}\r\n{SHARD_HEADER}: {}\r\nConnection: close\r\n\r\n",
+        hub.id
     );
     super::contained(&hub.global, "a stream", async {
         if stream.write_all(head.as_bytes()).await.is_err() {

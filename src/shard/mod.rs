@@ -1,17 +1,23 @@
 //! The executor pool: `WEB_CONCURRENCY` glommio executors, each pinned to a CPU
 //! when there are enough, each accepting on the same port (SO_REUSEPORT) and
 //! owning the connections it accepts. Shard 0 also owns the upstream client.
+//!
+//! A shard's thread that ends while the relay runs (a panic outside a contained
+//! connection, or any early return) is reported to the main thread at once
+//! ([`RelayHandle::shard_ended`]): a half-alive relay is worse than a restarted one.
 
 mod api;
 mod conn;
+mod health;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use futures_lite::future::or;
 use glommio::net::TcpListener;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
@@ -19,14 +25,36 @@ use crate::config::ServeConfig;
 use crate::hub::{self, BusEnds, Global, Hub, Owner};
 use crate::sim::{self, SimConfig, SimHandle};
 
+/// How long shards get, once told to stop outright, before the process gives up
+/// on them (a shard that does not end by then is wedged).
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// A running relay. Dropping it stops every shard at once; [`RelayHandle::shutdown`]
 /// stops them gracefully.
 pub struct RelayHandle {
     pub addr: SocketAddr,
     pub global: Arc<Global>,
     stop: Arc<Stop>,
-    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    threads: Vec<(usize, JoinHandle<()>)>,
+    ended: mpsc::Receiver<ShardEnd>,
     simulator: Option<SimHandle>,
+}
+
+/// A shard's thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardEnd {
+    pub shard: usize,
+    /// The panic that ended it, if one did.
+    pub panic: Option<String>,
+}
+
+impl std::fmt::Display for ShardEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.panic {
+            Some(p) => write!(f, "shard {} died: {p}", self.shard),
+            None => write!(f, "shard {} ended unexpectedly", self.shard),
+        }
+    }
 }
 
 impl RelayHandle {
@@ -40,49 +68,86 @@ impl RelayHandle {
         self.stop.now.store(true, Ordering::SeqCst);
     }
 
+    /// A shard whose thread has ended, waiting up to `timeout` for one. While the
+    /// relay runs, any answer means it is no longer whole.
+    pub fn shard_ended(&self, timeout: Duration) -> Option<ShardEnd> {
+        self.ended.recv_timeout(timeout).ok()
+    }
+
+    /// How often the shards have looked at their stop flags (the regression test
+    /// of the accept loops drives this past glommio's waker limit).
+    pub fn stop_polls(&self) -> u64 {
+        self.stop.polls.load(Ordering::Relaxed)
+    }
+
     /// Stops gracefully: no new connections, Close 1001 to every client, the
     /// upstream closed; every shard ends once its clients are gone or `grace` has
-    /// passed, whichever is first. Returns whether it ended within `grace`.
-    pub fn shutdown(mut self, grace: Duration) -> bool {
+    /// passed, whichever is first, and is then stopped outright.
+    ///
+    /// `Ok(true)`: every shard ended within `grace`; `Ok(false)`: some had clients
+    /// left and were stopped outright; `Err`: some shards did not end even then
+    /// (named in the error): they are abandoned, and the caller should exit
+    /// with a failure.
+    pub fn shutdown(mut self, grace: Duration) -> Result<bool, String> {
         self.stop.draining.store(true, Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + grace;
-        let threads = std::mem::take(&mut self.threads);
-        let waiter = std::thread::spawn(move || {
-            for t in threads {
+        let in_time = self.wait_for_threads(grace);
+        self.stop();
+        if !self.wait_for_threads(STOP_GRACE) {
+            let stuck: Vec<String> = self.threads.iter().map(|(id, _)| id.to_string()).collect();
+            let stuck = stuck.join(", ");
+            self.threads.clear(); // leaked: joining a wedged thread would block forever
+            return Err(format!("shard(s) {stuck} did not stop within {:?}", grace + STOP_GRACE));
+        }
+        Ok(in_time)
+    }
+
+    /// Joins the threads that end within `limit`; true if all did.
+    fn wait_for_threads(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (done, running): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.threads).into_iter().partition(|(_, t)| t.is_finished());
+            self.threads = running;
+            for (_, t) in done {
                 let _ = t.join();
             }
-        });
-        while !waiter.is_finished() && std::time::Instant::now() < deadline {
+            if self.threads.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let in_time = waiter.is_finished();
-        self.stop();
-        let _ = waiter.join();
-        in_time
     }
 
     /// Waits for every shard to end.
     pub fn join(mut self) {
-        for t in self.threads.drain(..) {
+        for (_, t) in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
 /// How shards are told to end.
-#[derive(Default)]
 struct Stop {
     /// Stop accepting, say goodbye, end when the clients are gone.
     draining: AtomicBool,
     /// End now.
     now: AtomicBool,
+    /// How often the flags are looked at (zero: at every turn of the executor,
+    /// for the tests).
+    poll: Duration,
+    /// Times the flags were looked at, all shards together.
+    polls: AtomicU64,
 }
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.stop();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if !self.wait_for_threads(crate::SHUTDOWN_GRACE) {
+            log::error!("{} shard(s) did not stop; abandoning them", self.threads.len());
+            self.threads.clear();
         }
     }
 }
@@ -115,6 +180,13 @@ fn allowed_cpus() -> Vec<usize> {
 
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
+    record_panics();
+    let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
+        .parse()
+        .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;
+    if cfg.port != 0 {
+        crate::net::claim_port(addr)?;
+    }
     let simulator = if cfg.simulate {
         let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
         cfg.upstream.url = sim.url();
@@ -130,14 +202,17 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     let n = cfg.shards;
     let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c)).collect();
     let global = Arc::new(Global::new(&cfg, channels));
-    let stop = Arc::new(Stop::default());
+    let stop = Arc::new(Stop {
+        draining: AtomicBool::new(false),
+        now: AtomicBool::new(false),
+        poll: cfg.stop_poll,
+        polls: AtomicU64::new(0),
+    });
     let mut ends = hub::bus_mesh(n);
     let mut placements = placements(n);
     let mut threads = Vec::new();
+    let (ended_tx, ended) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
-        .parse()
-        .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;
     for id in 0..n {
         let shard = Shard {
             id,
@@ -148,10 +223,20 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             stop: stop.clone(),
             ready: ready_tx.clone(),
         };
-        let builder =
-            LocalExecutorBuilder::new(placements.remove(0)).name(&format!("hedgehog-{id}")).io_memory(crate::IO_MEMORY);
-        let thread = builder.spawn(move || shard.run()).map_err(|e| format!("cannot start shard {id}: {e}"))?;
-        threads.push(thread);
+        let placement = placements.remove(0);
+        let watch = Watch { shard: id, ended: ended_tx.clone() };
+        let thread = std::thread::Builder::new()
+            .name(format!("hedgehog-{id}"))
+            .spawn(move || {
+                let _watch = watch; // reports this thread's end, by return or by unwind
+                let ex = LocalExecutorBuilder::new(placement).io_memory(crate::IO_MEMORY).make();
+                match ex {
+                    Ok(ex) => ex.run(shard.run()),
+                    Err(e) => drop(shard.ready.send(Err(format!("cannot start shard {id}: {e}")))),
+                }
+            })
+            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+        threads.push((id, thread));
         // Shard 0 may have been given port 0: the others bind the port it got.
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(bound)) => addr = bound,
@@ -163,7 +248,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         }
     }
     log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
-    Ok(RelayHandle { addr, global, stop, threads, simulator })
+    Ok(RelayHandle { addr, global, stop, threads, ended, simulator })
 }
 
 fn bracket(host: &str) -> String {
@@ -172,6 +257,38 @@ fn bracket(host: &str) -> String {
     } else {
         host.to_string()
     }
+}
+
+/// Lives on a shard's thread and says when that thread ends.
+struct Watch {
+    shard: usize,
+    ended: mpsc::Sender<ShardEnd>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let panic = std::thread::panicking()
+            .then(|| LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "(no message)".into()));
+        let _ = self.ended.send(ShardEnd { shard: self.shard, panic });
+    }
+}
+
+thread_local! {
+    /// The last panic on this thread, as the panic hook saw it.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps each thread's last panic message, so a dying shard can name it.
+fn record_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info.to_string().replace('\n', " ");
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+            previous(info);
+        }));
+    });
 }
 
 /// What one shard's thread is given.
@@ -228,9 +345,17 @@ impl Shard {
             http: ex.create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(5)), "http"),
             sessions: ex.create_task_queue(Shares::default(), Latency::NotImportant, "sessions"),
         };
+        // The accept loop is a task of its own, and nothing but its own waker ever
+        // polls it: glommio 0.9's accept (like connect) adds a clone of the task's
+        // waker to its source on EVERY poll while pending, and the task's reference
+        // count is an i16. Raced in one future against the 20 ms stop poll below, a
+        // shard that accepted nothing for ~655 s died ("Waker invariant broken").
+        // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
+        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues));
         let stop = self.stop;
-        or(conn::accept_loop(listener, hub.clone(), queues), wait(&stop.draining, &stop.now)).await;
-        // Draining: the listener is closed; tell everyone and let them go.
+        stop.wait(true).await;
+        acceptor.cancel().await; // drops the listener: this shard takes no new connection
+                                 // Draining: tell everyone and let them go.
         hub.close_all(crate::ws::close::GOING_AWAY, "server shutting down");
         if let Some(owner) = hub.owner() {
             owner.upstream.stop();
@@ -240,7 +365,24 @@ impl Shard {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         };
-        or(gone, wait(&stop.now, &stop.now)).await;
+        futures_lite::future::or(gone, stop.wait(false)).await;
+    }
+}
+
+impl Stop {
+    /// Resolves once `now` is set, or `draining` too if `or_draining`.
+    async fn wait(&self, or_draining: bool) {
+        loop {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.now.load(Ordering::SeqCst) || (or_draining && self.draining.load(Ordering::SeqCst)) {
+                return;
+            }
+            if self.poll.is_zero() {
+                futures_lite::future::yield_now().await;
+            } else {
+                glommio::timer::sleep(self.poll).await;
+            }
+        }
     }
 }
 
@@ -277,12 +419,5 @@ fn settle(global: &Global, what: &str, outcome: std::thread::Result<()>) -> bool
             global.count_panic();
             false
         }
-    }
-}
-
-/// Resolves once either flag is set.
-async fn wait(a: &AtomicBool, b: &AtomicBool) {
-    while !a.load(Ordering::SeqCst) && !b.load(Ordering::SeqCst) {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub fault_every: Duration,
     /// How long a lasting fault (stall, refuse, slow handshake) lasts.
     pub fault_for: Duration,
+    /// How often the simulator's thread looks at its stop flag (the accept-loop
+    /// regression test shortens it).
+    pub stop_poll: Duration,
 }
 
 impl Default for SimConfig {
@@ -64,6 +67,7 @@ impl Default for SimConfig {
             faults: Vec::new(),
             fault_every: Duration::from_secs(10),
             fault_for: Duration::from_secs(3),
+            stop_poll: Duration::from_millis(20),
         }
     }
 }
@@ -85,6 +89,8 @@ pub enum SimEvent {
 #[derive(Default)]
 pub struct Control {
     stop: AtomicBool,
+    /// Times the stop flag was looked at.
+    stop_polls: AtomicU64,
     stalled: AtomicBool,
     paused: AtomicBool,
     drops: AtomicU64,
@@ -163,6 +169,11 @@ impl SimHandle {
     /// While stalled, sockets stay open and nothing is sent or answered.
     pub fn set_stalled(&self, stalled: bool) {
         self.control.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// How often the simulator has looked at its stop flag.
+    pub fn stop_polls(&self) -> u64 {
+        self.control.stop_polls.load(Ordering::Relaxed)
     }
 
     /// Waits until the simulator stops (for the CLI).

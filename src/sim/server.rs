@@ -8,7 +8,6 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
@@ -70,8 +69,15 @@ pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
         let acceptor = tls.map(|(config, _)| futures_rustls::TlsAcceptor::from(config));
         let feed = Rc::new(RefCell::new(feed));
         let ticker = glommio::spawn_local(tick_loop(feed.clone(), cfg.clone())).detach();
-        or(accept_loop(listener, acceptor, feed), watch_stop(control)).await;
-        drop(ticker);
+        // The accept loop runs as its own task, woken only by its own accepts: a
+        // pending glommio accept polled from a combinator that wakes for other
+        // reasons (the stop poll below) gains a waker clone per poll and panics
+        // once the task's i16 reference count overflows (~655 s at 50 polls a
+        // second). tests/accept_wakeups.rs drives this past the limit in seconds.
+        let acceptor = glommio::spawn_local(accept_loop(listener, acceptor, feed));
+        watch_stop(&control, cfg.stop_poll).await;
+        acceptor.cancel().await;
+        ticker.cancel();
     });
 }
 
@@ -122,9 +128,19 @@ fn last_match_frame(match_json: &str) -> ws::Frame {
     ws::frame::text(format!(r#"{{"type":"last_match"{body}"#).as_bytes())
 }
 
-async fn watch_stop(control: Arc<Control>) {
-    while !control.stop.load(Ordering::SeqCst) {
-        sleep(Duration::from_millis(20)).await;
+/// Resolves once the handle asks the simulator to stop, looking every `poll`
+/// (zero: at every turn of the executor, for the tests).
+async fn watch_stop(control: &Control, poll: Duration) {
+    loop {
+        control.stop_polls.fetch_add(1, Ordering::Relaxed);
+        if control.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if poll.is_zero() {
+            futures_lite::future::yield_now().await;
+        } else {
+            sleep(poll).await;
+        }
     }
 }
 

@@ -56,6 +56,10 @@ struct Inner {
     slow: bool,
     writer: Option<Waker>,
     watcher: Option<Waker>,
+    /// The answer to the newest ping, sent ahead of the queue: RFC 6455 (5.5.3)
+    /// lets an endpoint answer only the most recent ping, so a flood of pings
+    /// holds one pong, not one per ping. Its bytes count against the cap.
+    pong: Option<Frame>,
 }
 
 /// One connection's outbound frames. Bounded: a push that would take the queued
@@ -83,6 +87,7 @@ impl Outbox {
                 slow: false,
                 writer: None,
                 watcher: None,
+                pong: None,
             }),
         }
     }
@@ -104,15 +109,7 @@ impl Outbox {
             conflate(&mut i, topic);
         }
         if i.bytes + f.len() > i.cap {
-            // Coinbase's answer to a slow reader: what is queued is dropped and a
-            // close frame goes out (or, if even that cannot, the socket is dropped).
-            i.queue.clear();
-            i.bytes = 0;
-            i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
-            i.state = State::Closing;
-            i.slow = true;
-            wake(&mut i.writer);
-            wake(&mut i.watcher);
+            overflow(&mut i);
             return Err(Overflow);
         }
         i.bytes += f.len();
@@ -121,14 +118,27 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a small control frame (pong), outside the cap.
-    pub fn push_control(&self, f: Frame) {
+    /// Queues a control frame (a server ping), within the cap like any frame.
+    pub fn push_control(&self, f: Frame) -> Result<(), Overflow> {
+        self.push_topic(f, None)
+    }
+
+    /// Answers a ping: `f` (the pong) replaces any pong not yet sent, and goes
+    /// out ahead of queued data frames.
+    pub fn push_pong(&self, f: Frame) -> Result<(), Overflow> {
         let mut i = self.inner.borrow_mut();
-        if i.state == State::Open {
-            i.bytes += f.len();
-            i.queue.push_back((f, None));
-            wake(&mut i.writer);
+        if i.state != State::Open {
+            return Ok(());
         }
+        let replaced = i.pong.as_ref().map_or(0, |p| p.len());
+        if i.bytes - replaced.min(i.bytes) + f.len() > i.cap {
+            overflow(&mut i);
+            return Err(Overflow);
+        }
+        i.bytes = i.bytes - replaced.min(i.bytes) + f.len();
+        i.pong = Some(f);
+        wake(&mut i.writer);
+        Ok(())
     }
 
     /// Queues a close frame after what is pending; the writer ends once it is sent.
@@ -147,6 +157,7 @@ impl Outbox {
         if !matches!(i.state, State::Killed(_)) {
             i.state = State::Killed(why);
             i.queue.clear();
+            i.pong = None;
             i.bytes = 0;
             wake(&mut i.writer);
             wake(&mut i.watcher);
@@ -195,12 +206,13 @@ impl Outbox {
             if matches!(i.state, State::Killed(_)) || (i.queue.is_empty() && i.state == State::Closing) {
                 return Poll::Ready(None);
             }
-            if i.queue.is_empty() {
+            if i.queue.is_empty() && i.pong.is_none() {
                 i.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             i.bytes = 0;
-            Poll::Ready(Some(i.queue.drain(..).map(|(f, _)| f).collect()))
+            let pong = i.pong.take();
+            Poll::Ready(Some(pong.into_iter().chain(i.queue.drain(..).map(|(f, _)| f)).collect()))
         })
         .await
     }
@@ -212,6 +224,10 @@ impl Outbox {
             let mut i = self.inner.borrow_mut();
             if matches!(i.state, State::Killed(_)) {
                 return Poll::Ready(None);
+            }
+            if let Some(pong) = i.pong.take() {
+                i.bytes -= pong.len().min(i.bytes);
+                return Poll::Ready(Some(Batch::One(pong)));
             }
             match i.queue.len() {
                 0 if i.state == State::Closing => Poll::Ready(None),
@@ -241,6 +257,19 @@ impl Outbox {
         })
         .await
     }
+}
+
+/// Coinbase's answer to a slow reader: what is queued is dropped and a close
+/// frame goes out (or, if even that cannot, the socket is dropped).
+fn overflow(i: &mut Inner) {
+    i.queue.clear();
+    i.pong = None;
+    i.bytes = 0;
+    i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
+    i.state = State::Closing;
+    i.slow = true;
+    wake(&mut i.writer);
+    wake(&mut i.watcher);
 }
 
 /// Keeps only the newest frame of each topic (and every frame of none), making
@@ -296,6 +325,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin + ?Sized>(outbox: &Outbox, w: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tungstenite::protocol::frame::coding::{Control, OpCode};
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         futures_lite::future::block_on(f)
@@ -322,6 +352,37 @@ mod tests {
         let mut out = Vec::new();
         run(write_loop(&o, &mut out)).unwrap();
         assert_eq!(out, &frame::close_frame(1008, "slow consumer")[..], "queued data dropped, close sent");
+    }
+
+    #[test]
+    fn only_the_newest_pong_is_kept_and_it_goes_first() {
+        let o = Outbox::new(1024);
+        o.push(frame::text(b"data")).unwrap();
+        for i in 0..10_000u32 {
+            o.push_pong(frame::encode(OpCode::Control(Control::Pong), &i.to_be_bytes(), None).into()).unwrap();
+        }
+        let newest: Frame = frame::encode(OpCode::Control(Control::Pong), &9_999u32.to_be_bytes(), None).into();
+        assert_eq!(o.queued_bytes(), frame::text(b"data").len() + newest.len(), "one pong held, not 10,000");
+        o.close(1000, "");
+        let mut out = Vec::new();
+        run(write_loop(&o, &mut out)).unwrap();
+        let mut want = newest.to_vec();
+        want.extend_from_slice(&frame::text(b"data"));
+        want.extend_from_slice(&frame::close_frame(1000, ""));
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn pongs_and_pings_count_against_the_cap() {
+        let o = Outbox::new(16);
+        o.push(frame::text(b"1234567890")).unwrap();
+        let pong: Frame = frame::encode(OpCode::Control(Control::Pong), b"12345678", None).into();
+        assert_eq!(o.push_pong(pong), Err(Overflow));
+        assert!(!o.is_open());
+        let o = Outbox::new(16);
+        o.push(frame::text(b"1234567890")).unwrap();
+        let ping: Frame = frame::encode(OpCode::Control(Control::Ping), b"12345678", None).into();
+        assert_eq!(o.push_control(ping), Err(Overflow));
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub trait Handler {
     /// A whole text message (already checked to be UTF-8).
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox);
 
+    /// A ping arrived: whether to answer it (false: it was over the client's
+    /// request rate, and the handler has said so). Pings count as requests.
+    fn on_ping(&mut self, _outbox: &Outbox) -> bool {
+        true
+    }
+
     /// A binary message; by default refused with 1003.
     async fn on_binary(&mut self, _data: Vec<u8>, outbox: &Outbox) {
         outbox.close(close::UNSUPPORTED, "binary messages are not accepted");
@@ -129,7 +135,7 @@ where
                 outbox.close(close::POLICY, "idle timeout: nothing received");
                 return std::future::pending().await;
             }
-            outbox.push_control(frame::encode(OpCode::Control(Control::Ping), b"hedgehog", None).into());
+            let _ = outbox.push_control(frame::encode(OpCode::Control(Control::Ping), b"hedgehog", None).into());
         }
     };
     or(reader, or(writer, or(killed, keepalive))).await;
@@ -138,7 +144,11 @@ where
 /// Handles one message; false once the session is closing.
 async fn dispatch<H: Handler>(msg: Message, outbox: &Outbox, handler: &mut H) -> bool {
     match msg {
-        Message::Ping(p) => outbox.push_control(frame::encode(OpCode::Control(Control::Pong), &p, None).into()),
+        Message::Ping(p) => {
+            if handler.on_ping(outbox) {
+                let _ = outbox.push_pong(frame::encode(OpCode::Control(Control::Pong), &p, None).into());
+            }
+        }
         Message::Pong(_) => {}
         Message::Text(t) => handler.on_text(t, outbox).await,
         Message::Binary(b) => handler.on_binary(b, outbox).await,

@@ -1,0 +1,85 @@
+//! What load balancers and supervisors ask: `/livez` (is every shard alive?),
+//! `/readyz` (should clients be sent here?) and `/healthz` (the full report,
+//! with the readiness as its status).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::http::Response;
+use crate::hub::Hub;
+
+/// How long each shard has to answer a liveness check.
+pub const LIVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `/livez`: 200 while every shard answers within [`LIVE_DEADLINE`]; 503
+/// naming those that did not. All shards are asked at once.
+pub async fn live(hub: &Rc<Hub>) -> Response {
+    let asked: Vec<_> = (0..hub.global.shards)
+        .map(|shard| {
+            let hub = hub.clone();
+            (shard, glommio::spawn_local(async move { hub.answers(shard, LIVE_DEADLINE).await }))
+        })
+        .collect();
+    let mut silent = Vec::new();
+    for (shard, answer) in asked {
+        if !answer.await {
+            silent.push(shard);
+        }
+    }
+    if silent.is_empty() {
+        return Response::json(200, &json!({"status": "live", "shards": hub.global.shards}));
+    }
+    let message = format!("shard(s) {silent:?} did not answer within {LIVE_DEADLINE:?}");
+    Response::json(503, &json!({"error": "not_live", "message": message, "silent_shards": silent}))
+}
+
+/// `/readyz`: 200 while the upstream is connected (or within the grace after
+/// start or a loss); 503 with the reason otherwise.
+pub fn ready(hub: &Hub) -> Response {
+    let state = hub.global.upstream().state;
+    match hub.global.readiness() {
+        Ok(()) => Response::json(200, &json!({"status": "ready", "upstream": state})),
+        Err(why) => Response::json(503, &json!({"error": "not_ready", "message": why, "upstream": state})),
+    }
+}
+
+/// `/healthz`: the whole report; 503 when not ready, so a load balancer that
+/// only knows this path still stops sending clients to a relay with no data.
+pub fn report(hub: &Hub) -> Response {
+    let g = &hub.global;
+    let up = g.upstream();
+    let readiness = g.readiness();
+    let body = json!({
+        "status": if readiness.is_ok() { "ok" } else { "not_ready" },
+        "not_ready_reason": readiness.as_ref().err(),
+        "simulated": g.simulated,
+        "shards": g.shards,
+        "shard": hub.id,
+        "clients": g.clients(),
+        "connections": g.open_connections(),
+        "panics": g.panics(),
+        "gaps": g.gaps(),
+        "history": {
+            "messages": g.history_size().0,
+            "bytes": g.history_size().1,
+            "max_bytes": g.history.max_bytes,
+            "per_topic": g.history.per_topic,
+            "max_age_seconds": g.history.max_age.as_secs(),
+        },
+        "upstream": {
+            "url": g.upstream_url,
+            "simulated": g.simulated,
+            "state": up.state,
+            "since": up.since,
+            "messages": g.messages(),
+            "malformed": g.malformed(),
+            "connects": up.connects,
+            "last_error": up.last_error,
+            "refused": up.refused,
+            "products": up.products,
+        },
+    });
+    Response::json(if readiness.is_ok() { 200 } else { 503 }, &body)
+}

@@ -1,0 +1,148 @@
+//! A relay that is no longer whole ends, so that its supervisor (systemd, a
+//! container runtime) starts a new one: a second process on the same port is
+//! refused, a shard that dies ends the process, and a shard that cannot stop
+//! does not hold up a shutdown. Each runs the real (debug) binary, whose echo
+//! endpoint can be asked to panic or block its shard.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::DEADLINE;
+
+/// A child process that is killed if the test ends before it does.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary with `args` and two shards; its address and a channel of its log lines.
+fn start(args: &[&str]) -> (Running, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_hedgehog"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("WEB_CONCURRENCY", "2")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now())).expect("the relay starts");
+        if let Some(rest) = line.split("hedgehog listening on ").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            return (child, addr, rx);
+        }
+    }
+}
+
+/// Waits for the process to exit; its status code.
+fn exit_code(child: &mut Running, within: Duration) -> i32 {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code().expect("exited, not killed by a signal");
+        }
+        assert!(Instant::now() < end, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Log lines until one contains `what`.
+fn log_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now())).expect("the log line");
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+/// An echo WebSocket client and the shard that serves it.
+fn echo_client(addr: SocketAddr) -> (tungstenite::WebSocket<TcpStream>, usize) {
+    let stream = TcpStream::connect(addr).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}/echo"), stream).expect("handshake");
+    let shard = resp.headers()["X-Hedgehog-Shard"].to_str().unwrap().parse().unwrap();
+    (ws, shard)
+}
+
+#[test]
+fn a_second_relay_on_a_port_in_use_is_refused_with_exit_2() {
+    let (_first, addr, _log) = start(&["--simulate"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hedgehog"))
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "--simulate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.starts_with("hedgehog: ") && last.contains("already in use"), "{stderr}");
+    // The first relay still has the port to itself and answers.
+    let (status, _, _) = common::http(addr, "GET", "/livez", "");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_shard_that_dies_outside_a_connection_ends_the_process() {
+    let (mut child, addr, log) = start(&["--simulate", "--echo"]);
+    let (mut ws, shard) = echo_client(addr);
+    ws.send(tungstenite::Message::text("hedgehog test: panic the shard")).unwrap();
+    assert_eq!(exit_code(&mut child, DEADLINE), 70, "EX_SOFTWARE, so a supervisor restarts it");
+    let line = log_line(&log, "died");
+    assert!(line.contains(&format!("shard {shard} died: panicked at")), "{line}");
+    assert!(line.contains("asked to panic its shard"), "{line}");
+}
+
+/// `/livez` answered by a shard other than `wedged` (connections the kernel gives
+/// the wedged shard are never answered; the read times out and another is tried).
+fn livez_from_another_shard(addr: SocketAddr) -> (u16, String) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        if s.read_to_end(&mut out).is_ok() && !out.is_empty() {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            return (status, text);
+        }
+    }
+    panic!("no shard answered /livez");
+}
+
+#[test]
+fn a_wedged_shard_fails_livez_and_cannot_hold_up_shutdown() {
+    let (mut child, addr, log) = start(&["--simulate", "--echo"]);
+    let (status, _) = livez_from_another_shard(addr);
+    assert_eq!(status, 200, "both shards answer at first");
+    let (mut ws, wedged) = echo_client(addr);
+    ws.send(tungstenite::Message::text("hedgehog test: wedge the shard")).unwrap();
+    let (status, text) = livez_from_another_shard(addr);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("not_live") && text.contains(&format!("[{wedged}]")), "{text}");
+    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
+    // 10 s of grace, 2 s to stop outright, then it gives up on the shard.
+    let code = exit_code(&mut child, DEADLINE + Duration::from_secs(12));
+    assert_eq!(code, 1, "a shutdown that could not finish is a failure");
+    let line = log_line(&log, "did not stop");
+    assert!(line.contains(&format!("shard(s) {wedged} did not stop")), "{line}");
+}
