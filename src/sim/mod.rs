@@ -86,6 +86,7 @@ pub enum SimEvent {
 pub struct Control {
     stop: AtomicBool,
     stalled: AtomicBool,
+    refusing: AtomicBool,
     paused: AtomicBool,
     drops: AtomicU64,
     events: Mutex<Vec<SimEvent>>,
@@ -108,6 +109,10 @@ impl Control {
 
     fn is_stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     fn inject_later(&self, fault: Fault) {
@@ -163,6 +168,12 @@ impl SimHandle {
     /// While stalled, sockets stay open and nothing is sent or answered.
     pub fn set_stalled(&self, stalled: bool) {
         self.control.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// While refusing, new connections are accepted and closed at once (the
+    /// `refuse` fault, for as long as the test wants): the feed is unreachable.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.control.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Waits until the simulator stops (for the CLI).
