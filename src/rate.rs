@@ -1,6 +1,6 @@
 //! A per-connection request-rate limit: a token bucket refilled continuously.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Allows `per_second` requests a second, sustained, and bursts of as many.
 /// Owned by one connection's task; nothing is shared.
@@ -22,6 +22,20 @@ impl RateLimit {
         self.allow_at(Instant::now())
     }
 
+    /// How long until a request would be allowed; zero if it would be now.
+    pub fn wait(&self) -> Duration {
+        self.wait_at(Instant::now())
+    }
+
+    fn wait_at(&self, now: Instant) -> Duration {
+        if self.per_second == 0.0 {
+            return Duration::ZERO;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let missing = 1.0 - (self.tokens + elapsed * self.per_second).min(self.per_second);
+        Duration::from_secs_f64(missing.max(0.0) / self.per_second)
+    }
+
     fn allow_at(&mut self, now: Instant) -> bool {
         if self.per_second == 0.0 {
             return true;
@@ -41,7 +55,6 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_then_refills_at_the_rate() {
@@ -53,7 +66,10 @@ mod tests {
         assert!(!r.allow_at(t0 + Duration::from_millis(50)), "half a token is not enough");
         assert!(r.allow_at(t0 + Duration::from_millis(100)), "one token back after 1/10 s");
         assert!(!r.allow_at(t0 + Duration::from_millis(100)));
+        let wait = r.wait_at(t0 + Duration::from_millis(100));
+        assert!(wait.abs_diff(Duration::from_millis(100)) < Duration::from_millis(1), "the next in 1/10 s: {wait:?}");
         let later = t0 + Duration::from_secs(60);
+        assert_eq!(r.wait_at(later), Duration::ZERO);
         assert_eq!((0..20).filter(|_| r.allow_at(later)).count(), 10, "the bucket holds one second's worth");
     }
 

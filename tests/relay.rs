@@ -403,7 +403,7 @@ fn subscriptions_made_while_the_upstream_is_down_apply_when_it_comes() {
         c.port = port;
         c.rate = 40.0;
     });
-    let error = c.until("the upstream's error about NOPE-USD", |v| v["type"] == "error");
+    let error = c.until("the error about NOPE-USD", |v| v["type"] == "error");
     assert_eq!(error, r#"{"type":"error","message":"Failed to subscribe","reason":"NOPE-USD is not a valid product"}"#);
     c.until("ETH-USD data", |v| v["product_id"] == "ETH-USD" && v["type"] == "ticker");
 }

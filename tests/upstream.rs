@@ -194,25 +194,84 @@ fn an_idle_connection_is_kept_alive_by_pings_not_dropped_as_stalled() {
 }
 
 #[test]
-fn an_invalid_product_becomes_an_error_event_and_is_not_retried() {
+fn a_product_the_feed_does_not_list_is_refused_without_being_asked_for() {
     let sim = simulator(|c| c.rate = 20.0);
     glommio(async {
         let (up, rx) = upstream::spawn(config(sim.url())).unwrap();
         up.set("ticker", "NOPE-USD", true);
         up.set("ticker", "BTC-USD", true);
-        let Event::Error { message, reason, product } = until(&rx, "error", |e| matches!(e, Event::Error { .. })).await
-        else {
+        let Event::Unlisted(products) = until(&rx, "refused", |e| matches!(e, Event::Unlisted(_))).await else {
             unreachable!()
         };
-        assert_eq!((message.as_str(), reason.as_str()), ("Failed to subscribe", "NOPE-USD is not a valid product"));
-        assert_eq!(product.as_deref(), Some("NOPE-USD"));
+        assert_eq!(products, ["NOPE-USD"]);
         for _ in 0..5 {
             until(&rx, "tickers keep flowing", |e| is_message(e, "ticker", "BTC-USD")).await;
         }
         up.stop();
     });
-    let asked = requests(&sim).iter().filter(|(_, r)| r.contains("NOPE-USD")).count();
-    assert_eq!(asked, 1, "the rejected product was asked for once");
+    let sent = requests(&sim);
+    assert!(!sent.iter().any(|(_, r)| r.contains("NOPE-USD")), "{sent:?}");
+    assert_eq!(sent[0].1, r#"{"channels":["status"],"type":"subscribe"}"#, "the product list is asked for first");
+}
+
+/// A feed with no `status` channel that refuses NOPE-USD as Coinbase does (an
+/// error, then the cumulative set) and follows every answer with a ticker.
+/// Returns the requests it got, once the client closes.
+fn feed_without_a_product_list(listener: std::net::TcpListener) -> Vec<String> {
+    use tungstenite::Message;
+    let (stream, _) = listener.accept().unwrap();
+    let mut ws = tungstenite::accept(stream).unwrap();
+    let (mut asked, mut has) = (Vec::new(), std::collections::BTreeMap::<String, Vec<String>>::new());
+    let refusal = r#"{"type":"error","message":"Failed to subscribe","reason":"NOPE-USD is not a valid product"}"#;
+    loop {
+        let text = match ws.read() {
+            Ok(Message::Text(t)) => t.to_string(),
+            Ok(Message::Close(_)) | Err(_) => return asked,
+            Ok(_) => continue,
+        };
+        let req: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for ch in req["channels"].as_array().unwrap() {
+            let products = has.entry(ch["name"].as_str().or(ch.as_str()).unwrap().to_string()).or_default();
+            for p in ch["product_ids"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
+                match p {
+                    "NOPE-USD" => {
+                        let _ = ws.send(Message::text(refusal));
+                    }
+                    _ => products.push(p.to_string()),
+                }
+            }
+        }
+        let channels: Vec<serde_json::Value> =
+            has.iter().map(|(name, ps)| serde_json::json!({"name": name, "product_ids": ps})).collect();
+        let _ = ws.send(Message::text(serde_json::json!({"type": "subscriptions", "channels": channels}).to_string()));
+        let _ = ws.send(Message::text(r#"{"type":"ticker","product_id":"BTC-USD","sequence":1}"#));
+        asked.push(text);
+    }
+}
+
+/// A feed that sends no product list: after a wait, the products are asked for
+/// anyway, and the feed's own refusal of one is an error event, not asked again.
+#[test]
+fn a_feed_without_a_product_list_is_asked_anyway_and_its_refusals_kept() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || feed_without_a_product_list(listener));
+    glommio(async {
+        let cfg = UpstreamConfig { stall_timeout: Duration::from_secs(1), ..config(format!("ws://{addr}")) };
+        let (up, rx) = upstream::spawn(cfg).unwrap();
+        up.set("ticker", "NOPE-USD", true);
+        up.set("ticker", "BTC-USD", true);
+        let Event::Error { product, .. } = until(&rx, "the refusal", |e| matches!(e, Event::Error { .. })).await else {
+            unreachable!()
+        };
+        assert_eq!(product.as_deref(), Some("NOPE-USD"));
+        until(&rx, "the subscriptions reply", |e| matches!(e, Event::Subscriptions(_))).await;
+        until(&rx, "a ticker", |e| is_message(e, "ticker", "BTC-USD")).await;
+        up.stop();
+    });
+    let asked = server.join().unwrap();
+    assert_eq!(asked[0], r#"{"channels":["status"],"type":"subscribe"}"#);
+    assert_eq!(asked.iter().filter(|r| r.contains("NOPE-USD")).count(), 1, "asked for once: {asked:?}");
 }
 
 /// A feed that sends every kind of junk, then one good message.

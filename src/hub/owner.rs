@@ -162,16 +162,13 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             }
         }
         Event::Error { message, reason, product: Some(product) } => {
-            let frame = crate::ws::frame::text(protocol::error_message(&message, &reason).as_bytes());
-            for shard in owner.shards_for_product(&product).iter() {
-                let msg = ShardMsg::ProductError { product: product.clone(), frame: frame.clone() };
-                if shard == hub.id {
-                    if let ShardMsg::ProductError { product, frame } = msg {
-                        hub.product_error(&product, &frame).await;
-                    }
-                } else {
-                    hub.bus().send(shard, msg).await;
-                }
+            refuse(hub, owner, &product, &message, &reason).await
+        }
+        // Refused here, as the feed would refuse them, without asking it.
+        Event::Unlisted(products) => {
+            let failure = protocol::RequestKind::Subscribe.failure();
+            for product in products {
+                refuse(hub, owner, &product, failure, &protocol::invalid_product(&product)).await;
             }
         }
         // A request refused as a whole: the client asks again after a backoff.
@@ -194,6 +191,20 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             // A new connection starts every book and trade count afresh.
             owner.feed.borrow_mut().forget_all();
             announce(hub, owner, Some(&reason)).await
+        }
+    }
+}
+
+/// `product` is refused (by the feed, or here because the feed does not list it):
+/// its subscribers, on every shard, get the Coinbase `error` and their
+/// subscriptions to it end.
+async fn refuse(hub: &Rc<Hub>, owner: &Owner, product: &str, message: &str, reason: &str) {
+    let frame = crate::ws::frame::text(protocol::error_message(message, reason).as_bytes());
+    for shard in owner.shards_for_product(product).iter() {
+        if shard == hub.id {
+            hub.product_error(product, &frame).await;
+        } else {
+            hub.bus().send(shard, ShardMsg::ProductError { product: product.to_string(), frame: frame.clone() }).await;
         }
     }
 }

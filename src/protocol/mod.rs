@@ -55,6 +55,11 @@ pub fn json_string(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// The reason Coinbase gives for a product it does not have: `XYZ-USD is not a valid product`.
+pub fn invalid_product(product: &str) -> String {
+    format!("{product} is not a valid product")
+}
+
 /// The product an upstream error names, from reasons like `XYZ-USD is not a valid product`.
 pub fn product_of_error(reason: &str) -> Option<&str> {
     reason.strip_suffix(" is not a valid product")
@@ -84,6 +89,7 @@ mod tests {
     #[test]
     fn reads_the_product_out_of_an_error() {
         assert_eq!(product_of_error("GIBBERISH-USD is not a valid product"), Some("GIBBERISH-USD"));
+        assert_eq!(product_of_error(&invalid_product("XYZ-USD")), Some("XYZ-USD"));
         assert_eq!(product_of_error(" is not a valid product"), Some(""));
         assert_eq!(product_of_error("No channels provided"), None);
     }

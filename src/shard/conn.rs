@@ -356,7 +356,7 @@ impl Session {
             channels.entry(ch).or_default().extend(good);
         }
         for p in bad_products {
-            send(&protocol::error_message(failure, &format!("{p} is not a valid product")));
+            send(&protocol::error_message(failure, &protocol::invalid_product(&p)));
         }
         if let Err(e) = self.hub.execute(self.id, Op::Coinbase { subscribe, channels }).await {
             send(&protocol::error_message(failure, &e.message));

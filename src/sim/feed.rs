@@ -64,6 +64,11 @@ impl Feed {
         self.control.is_stalled() || self.windows.stalled(Instant::now())
     }
 
+    /// Refusing connections, by the test handle or by a `refuse` fault.
+    pub fn refusing(&self) -> bool {
+        self.control.is_refusing() || self.windows.refusing(Instant::now())
+    }
+
     /// Applies one fault now; lasting ones last `lasting`.
     pub fn apply(&mut self, fault: Fault, lasting: Duration) {
         log::info!("simulator: injecting fault {}", fault.name());
@@ -180,7 +185,7 @@ impl Feed {
             }
         }
         for p in bad_products {
-            let reason = format!("{p} is not a valid product");
+            let reason = protocol::invalid_product(&p);
             errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
         }
         let mut initial = Vec::new();

@@ -92,6 +92,7 @@ pub struct Control {
     /// Times the stop flag was looked at.
     stop_polls: AtomicU64,
     stalled: AtomicBool,
+    refusing: AtomicBool,
     paused: AtomicBool,
     drops: AtomicU64,
     events: Mutex<Vec<SimEvent>>,
@@ -114,6 +115,10 @@ impl Control {
 
     fn is_stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     fn inject_later(&self, fault: Fault) {
@@ -174,6 +179,12 @@ impl SimHandle {
     /// How often the simulator has looked at its stop flag.
     pub fn stop_polls(&self) -> u64 {
         self.control.stop_polls.load(Ordering::Relaxed)
+    }
+
+    /// While refusing, new connections are accepted and closed at once (the
+    /// `refuse` fault, for as long as the test wants): the feed is unreachable.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.control.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Waits until the simulator stops (for the CLI).

@@ -155,7 +155,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<futures_rustls::TlsAccep
                 continue;
             }
         };
-        if feed.borrow().windows.refusing(Instant::now()) {
+        if feed.borrow().refusing() {
             drop(stream); // the `refuse` fault: accepted and closed at once
             continue;
         }

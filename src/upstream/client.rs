@@ -17,10 +17,20 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use super::{Endpoint, Event, FeedMessage, Shared, State, UpstreamConfig};
 use crate::net::BoxIo;
 use crate::protocol;
+use crate::rate::RateLimit;
 use crate::ws::{self, Decoder, Message, Role};
 
 /// Connect, TLS and handshake together must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// (Un)subscribe requests sent per second, sustained, and in a burst. FEED.md
+/// ("Limits") gives Coinbase's limits per IP: about 100 client messages a second,
+/// and about 8 new connections a second (bursts to 20). Eight requests a second
+/// is within either reading, leaves most of the IP's budget to other clients on
+/// the host, and with requests of up to `MAX_REQUEST_BYTES` still asks for about
+/// 4,000 pairs a second. Kept across reconnects, so a quick reconnect does not
+/// start a second burst.
+const REQUESTS_PER_SECOND: u32 = 8;
 
 pub(super) struct Client {
     pub cfg: UpstreamConfig,
@@ -33,10 +43,19 @@ pub(super) struct Client {
 /// Why a connection ended, as logged and shown in `/healthz`.
 type Ended = String;
 
+/// What [`Client::send_next`] did.
+enum Sent {
+    /// Sent a request; `first`: none was in flight before it.
+    Request { first: bool },
+    /// Sent nothing; the next may go at this time (`None`: none is waiting).
+    Later(Option<Instant>),
+}
+
 impl Client {
     pub async fn run(self) {
         let mut backoff = self.cfg.backoff_initial;
         let mut rng = SmallRng::seed_from_u64(rand::random());
+        let mut pacer = RateLimit::new(REQUESTS_PER_SECOND);
         while !self.shared.stop.get() {
             let began = Instant::now();
             let reason = match or(self.connect(), timeout(CONNECT_TIMEOUT)).await {
@@ -47,7 +66,7 @@ impl Client {
                     if self.events.send(Event::Connected).await.is_err() {
                         return;
                     }
-                    self.session(io, &leftover).await
+                    self.session(io, &leftover, &mut pacer).await
                 }
                 Err(e) => e,
             };
@@ -104,7 +123,7 @@ impl Client {
     }
 
     /// Serves one connection until it ends; returns why.
-    async fn session(&self, io: BoxIo, leftover: &[u8]) -> Ended {
+    async fn session(&self, io: BoxIo, leftover: &[u8], pacer: &mut RateLimit) -> Ended {
         self.shared.subs.borrow_mut().reset();
         self.shared.retry_at.set(None);
         self.shared.changed.set(true);
@@ -116,6 +135,9 @@ impl Client {
         // rightly quiet, so a ping after half the timeout checks the connection.
         let stall_timeout = self.cfg.stall_timeout;
         let (mut last_data, mut last_any, mut pinged) = (Instant::now(), Instant::now(), false);
+        // A feed that has not listed its products by then is asked for them anyway,
+        // before it would be called stalled for want of heartbeats.
+        let list_wait = Instant::now() + stall_timeout / 2;
         loop {
             loop {
                 match dec.next_message() {
@@ -142,13 +164,27 @@ impl Client {
                     let _ = send(&mut wr, OpCode::Control(Control::Close), &ws::frame::close_payload(1000, "")).await;
                     return "stopped".into();
                 }
-                match self.send_deltas(&mut wr).await {
-                    // A new request restarts the clock: its answer is what comes next.
-                    Ok(true) => last_data = Instant::now(),
-                    Ok(false) => {}
-                    Err(e) => return e,
+                if let Err(e) = self.plan().await {
+                    return e;
                 }
             }
+            if Instant::now() >= list_wait && self.shared.subs.borrow().holding() {
+                log::warn!("upstream: no product list within {:?}; subscribing without it", stall_timeout / 2);
+                self.shared.subs.borrow_mut().release();
+            }
+            // One request per turn at most, paced: answers and heartbeats are read
+            // between requests, and the stall clock below runs as usual.
+            let send_at = match self.send_next(&mut wr, pacer).await {
+                Ok(Sent::Request { first }) => {
+                    if first {
+                        // Its answer is what comes next: the stall clock starts now.
+                        last_data = Instant::now();
+                    }
+                    Some(Instant::now())
+                }
+                Ok(Sent::Later(at)) => at,
+                Err(e) => return e,
+            };
             let watching = self.shared.subs.borrow().has_products();
             let now = Instant::now();
             let deadline = if watching { last_data } else { last_any } + stall_timeout;
@@ -164,8 +200,11 @@ impl Client {
                 self.shared.status.borrow_mut().pings += 1;
             }
             let mut wake_at = if !watching && !pinged { ping_at.min(deadline) } else { deadline };
-            if let Some(at) = self.shared.retry_at.get() {
-                wake_at = wake_at.min(at);
+            for at in [self.shared.retry_at.get(), send_at] {
+                wake_at = at.map_or(wake_at, |at| wake_at.min(at));
+            }
+            if self.shared.subs.borrow().holding() {
+                wake_at = wake_at.min(list_wait);
             }
             let read = async { Some(dec.read_from(&mut rd).await) };
             let changed = async {
@@ -185,16 +224,49 @@ impl Client {
         }
     }
 
-    /// Sends what changed; true if anything was sent.
-    async fn send_deltas(&self, wr: &mut WriteHalf<BoxIo>) -> Result<bool, Ended> {
-        let deltas = self.shared.subs.borrow_mut().deltas();
-        let sent = !deltas.is_empty();
-        for (subscribe, channels) in deltas {
-            let text = super::request_text(subscribe, &channels);
-            log::debug!("upstream: sending {text}");
-            send(wr, OpCode::Data(Data::Text), text.as_bytes()).await.map_err(|e| format!("write failed: {e}"))?;
+    /// After a change: refuses the desired products the feed does not list (the
+    /// owner ends their subscriptions) and plans the requests for the rest. While
+    /// a refused request waits for its retry, nothing new is planned.
+    async fn plan(&self) -> Result<(), Ended> {
+        let unlisted = self.shared.subs.borrow_mut().take_unlisted();
+        if let Some(first) = unlisted.first() {
+            log::warn!("upstream: {} product(s) the feed does not list, such as {first}, refused here", unlisted.len());
+            self.emit(Event::Unlisted(unlisted)).await?;
         }
-        Ok(sent)
+        if self.shared.retry_at.get().is_none() {
+            self.shared.subs.borrow_mut().plan();
+        }
+        Ok(())
+    }
+
+    /// Sends the next queued request if the pace allows it now.
+    async fn send_next(&self, wr: &mut WriteHalf<BoxIo>, pacer: &mut RateLimit) -> Result<Sent, Ended> {
+        if self.shared.retry_at.get().is_some() || !self.shared.subs.borrow().ready() {
+            return Ok(Sent::Later(None));
+        }
+        if !pacer.allow() {
+            // Not sooner than a millisecond: the timer's granularity, and no busy loop.
+            return Ok(Sent::Later(Some(Instant::now() + pacer.wait().max(Duration::from_millis(1)))));
+        }
+        let (request, first) = {
+            let mut subs = self.shared.subs.borrow_mut();
+            let first = subs.in_flight() == 0;
+            (subs.take_request(), first)
+        };
+        let Some(request) = request else { return Ok(Sent::Later(None)) };
+        let text = request.text();
+        log::debug!("upstream: sending {text}");
+        // A feed that does not take a request is as stalled as one that sends nothing.
+        let limit = self.cfg.stall_timeout;
+        let write = async {
+            send(wr, OpCode::Data(Data::Text), text.as_bytes()).await.map_err(|e| format!("write failed: {e}"))
+        };
+        let stalled = async {
+            sleep(limit).await;
+            Err(format!("a request not taken within {limit:?} (stalled)"))
+        };
+        or(write, stalled).await?;
+        Ok(Sent::Request { first })
     }
 
     async fn on_message(&self, msg: Message, wr: &mut WriteHalf<BoxIo>) -> Result<(), Ended> {
@@ -230,6 +302,8 @@ impl Client {
             "error" => self.error_event(&text),
             "status" => {
                 if let Some(products) = status_products(&text) {
+                    self.shared.subs.borrow_mut().list(products.iter().cloned());
+                    self.shared.changed.set(true);
                     self.emit(Event::Products(products)).await?;
                 }
                 Event::Message(message)
@@ -245,17 +319,24 @@ impl Client {
         let (message, reason) = (field("message"), field("reason"));
         let product = protocol::product_of_error(&reason).map(str::to_string);
         match &product {
-            Some(p) => self.shared.subs.borrow_mut().reject(p),
-            // A request refused as a whole: ask again after a backoff.
+            Some(p) => {
+                // Left out of the requests still queued, too.
+                self.shared.subs.borrow_mut().reject(p);
+                self.shared.changed.set(true);
+            }
+            // A request refused as a whole: ask again after a backoff. Refusals of
+            // the other requests in flight with it wait for the same retry.
             None if message.starts_with("Failed to") => {
                 self.shared.subs.borrow_mut().refused();
-                let delay = self.shared.retry_backoff.get();
-                self.shared.retry_backoff.set((delay * 2).min(self.cfg.backoff_max));
-                self.shared.retry_at.set(Some(Instant::now() + delay));
+                if self.shared.retry_at.get().is_none() {
+                    let delay = self.shared.retry_backoff.get();
+                    self.shared.retry_backoff.set((delay * 2).min(self.cfg.backoff_max));
+                    self.shared.retry_at.set(Some(Instant::now() + delay));
+                    log::warn!("upstream refused a request ({message}: {reason}); asking again in {delay:?}");
+                }
                 let mut status = self.shared.status.borrow_mut();
                 status.refused += 1;
                 status.last_error = Some(format!("{message}: {reason}"));
-                log::warn!("upstream refused a request ({message}: {reason}); asking again in {delay:?}");
             }
             None => {}
         }

@@ -2,8 +2,10 @@
 //!
 //! [`spawn`] starts a task on the current glommio executor that connects to the
 //! feed (ws:// or wss://), keeps the server's subscriptions equal to the owner's
-//! desired set, reconnects with jittered exponential backoff on close, error or
-//! stall, and hands every message to the owner with its routing key.
+//! desired set (in requests of bounded size, paced), reconnects with jittered
+//! exponential backoff on close, error or stall, and hands every message to the
+//! owner with its routing key. Once the feed has listed its products, products it
+//! does not list are refused here instead of being asked for.
 
 mod client;
 mod endpoint;
@@ -22,7 +24,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 
 pub(crate) use client::status_products;
 pub use endpoint::Endpoint;
-pub use subs::{parse_subscriptions, request_text, Sub, Subs};
+pub use subs::{parse_subscriptions, request_text, Request, Sub, Subs, MAX_REQUEST_BYTES};
 
 use crate::ws::Frame;
 
@@ -149,6 +151,9 @@ pub enum Event {
     Error { message: String, reason: String, product: Option<String> },
     /// The products the `status` channel lists.
     Products(Vec<String>),
+    /// Desired products the feed does not list: not asked for. Their subscribers
+    /// are refused as the feed would refuse them (an `error` naming the product).
+    Unlisted(Vec<String>),
     /// A message was skipped as malformed; `total` so far.
     Malformed { total: u64 },
 }
