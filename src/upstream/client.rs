@@ -58,6 +58,9 @@ impl Client {
         let mut pacer = RateLimit::new(REQUESTS_PER_SECOND);
         while !self.shared.stop.get() {
             let began = Instant::now();
+            // A pending glommio connect gains a waker clone on every poll (as accept
+            // does: see shard::Shard::run); raced only against this one-shot timer,
+            // it is polled a handful of times, never in a loop.
             let reason = match or(self.connect(), timeout(CONNECT_TIMEOUT)).await {
                 Ok((io, leftover)) => {
                     self.shared.status.borrow_mut().connects += 1;
