@@ -13,9 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, relay_client, simulator, wait_until, Client};
-use hedgehog::config::ServeConfig;
-use hedgehog::upstream::UpstreamConfig;
+use common::{http, relay_client, relay_with, simulator, wait_until, Client};
 
 /// Past the i16 reference count, with a margin.
 const WAKEUPS: u64 = 40_000;
@@ -23,15 +21,10 @@ const WAKEUPS: u64 = 40_000;
 #[test]
 fn a_shard_keeps_accepting_after_40000_wakeups_without_a_connection() {
     let sim = simulator(|_| {});
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 1,
-        upstream: UpstreamConfig { url: sim.url(), ..Default::default() },
-        stop_poll: Duration::ZERO,
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 1;
+        c.stop_poll = Duration::ZERO;
+    });
     // One connection first, as in the field: then a long quiet.
     let (status, _, _) = http(relay.addr, "GET", "/livez", "");
     assert_eq!(status, 200);

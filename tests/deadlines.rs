@@ -9,28 +9,18 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{http, relay_client, simulator, DEADLINE};
-use hedgehog::config::ServeConfig;
+use common::{http, relay_client, relay_with, simulator, DEADLINE};
 use hedgehog::shard::RelayHandle;
 use hedgehog::sim::SimHandle;
-use hedgehog::upstream::UpstreamConfig;
 
 const SHORT: Duration = Duration::from_secs(1);
 
 fn relay() -> (SimHandle, RelayHandle) {
     let sim = simulator(|_| {});
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 2,
-        upstream: UpstreamConfig { url: sim.url(), ..Default::default() },
-        first_byte_timeout: SHORT,
-        header_timeout: SHORT,
-        body_timeout: SHORT,
-        keepalive_timeout: SHORT,
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        (c.first_byte_timeout, c.header_timeout, c.body_timeout, c.keepalive_timeout) = (SHORT, SHORT, SHORT, SHORT);
+    });
     (sim, relay)
 }
 

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
 
-use common::{http, relay_client, wait_until, DEADLINE};
+use common::{http, relay_client, wait_until, Running, DEADLINE};
 
 /// A TCP connection from `source` (any port) to `addr`.
 fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
@@ -126,14 +126,4 @@ fn past_the_connection_limit_only_health_checks_are_answered() {
     drop(flood);
     wait_until("room again", || http(addr, "GET", "/healthz", "").2["connections"].as_u64().unwrap_or(999) < 10);
     let (_client, _id) = relay_client(addr);
-}
-
-/// The relay under test, killed when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

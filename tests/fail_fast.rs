@@ -8,21 +8,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::DEADLINE;
-
-/// A child process that is killed if the test ends before it does.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Running, DEADLINE};
 
 /// The binary with `args` and two shards; its address and a channel of its log lines.
 fn start(args: &[&str]) -> (Running, SocketAddr, mpsc::Receiver<String>) {

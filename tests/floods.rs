@@ -9,9 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{http, relay_client, simulator, DEADLINE};
-use hedgehog::config::ServeConfig;
-use hedgehog::upstream::UpstreamConfig;
+use common::{http, relay_client, relay_with, rss, simulator, Running, DEADLINE};
 
 /// A masked, empty client ping frame.
 const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
@@ -38,12 +36,6 @@ fn flood(s: &mut TcpStream, n: usize) -> usize {
     n
 }
 
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 #[test]
 fn a_ping_flood_from_a_client_that_does_not_read_holds_one_pong() {
     // No request rate, so every ping is answered: only the pong queue is tested.
@@ -62,29 +54,14 @@ fn a_ping_flood_from_a_client_that_does_not_read_holds_one_pong() {
     assert!(flooder.read(&mut buf).unwrap() > 0);
 }
 
-/// The relay under test, killed when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_ping_flood_over_the_rate_is_closed_as_a_slow_consumer_and_others_keep_every_trade() {
     let sim = simulator(|c| c.rate = 50.0);
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 2,
-        upstream: UpstreamConfig { url: sim.url(), ..Default::default() },
-        max_request_rate: 100,
-        client_queue_bytes: 64 * 1024,
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        c.max_request_rate = 100;
+        c.client_queue_bytes = 64 * 1024;
+    });
     let addr = relay.addr;
     let (mut reader, id) = relay_client(addr);
     let sub =
@@ -126,15 +103,10 @@ fn a_ping_flood_over_the_rate_is_closed_as_a_slow_consumer_and_others_keep_every
 #[test]
 fn pings_count_towards_the_request_rate() {
     let sim = simulator(|_| {});
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 1,
-        upstream: UpstreamConfig { url: sim.url(), ..Default::default() },
-        max_request_rate: 100,
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 1;
+        c.max_request_rate = 100;
+    });
     let (mut client, _) = raw_client(relay.addr);
     // A thousand pings in one write: far past a burst of 100.
     let pings: Vec<u8> = PING.iter().copied().cycle().take(PING.len() * 1000).collect();

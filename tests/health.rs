@@ -6,29 +6,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, simulator, wait_until};
-use hedgehog::config::ServeConfig;
+use common::{http, relay_with, simulator, wait_until};
 use hedgehog::sim::Fault;
-use hedgehog::upstream::UpstreamConfig;
 
 #[test]
 fn readiness_follows_the_upstream_and_liveness_does_not() {
     // The feed will refuse connections for 8 s once asked to.
     let sim = simulator(|c| c.fault_for = Duration::from_secs(8));
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 2,
-        upstream: UpstreamConfig {
-            url: sim.url(),
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..Default::default()
-        },
-        ready_grace: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        c.ready_grace = Duration::from_millis(300);
+    });
     let addr = relay.addr;
     wait_until("ready", || http(addr, "GET", "/readyz", "").0 == 200);
     let (status, head, body) = http(addr, "GET", "/healthz", "");
@@ -62,26 +50,16 @@ fn a_relay_is_ready_within_its_grace_before_the_feed_answers() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", dead.local_addr().unwrap());
     drop(dead);
-    let relay = hedgehog::shard::start(ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        shards: 1,
-        upstream: UpstreamConfig { url, ..Default::default() },
-        ready_grace: Duration::from_secs(3600),
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with(&url, |c| {
+        c.shards = 1;
+        c.ready_grace = Duration::from_secs(3600);
+    });
     let (status, _, body) = http(relay.addr, "GET", "/readyz", "");
     assert_eq!(status, 200, "within the grace after start: {body}");
-    let relay = hedgehog::shard::start(ServeConfig {
-        ready_grace: Duration::ZERO,
-        port: 0,
-        host: "127.0.0.1".into(),
-        shards: 1,
-        upstream: UpstreamConfig { url: "ws://127.0.0.1:9".into(), ..Default::default() },
-        ..Default::default()
-    })
-    .expect("relay starts");
+    let relay = relay_with("ws://127.0.0.1:9", |c| {
+        c.shards = 1;
+        c.ready_grace = Duration::ZERO;
+    });
     let (status, _, body) = http(relay.addr, "GET", "/readyz", "");
     assert_eq!(status, 503, "no grace, never connected: {body}");
     assert_eq!(http(relay.addr, "GET", "/livez", "").0, 200);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{http, relay_client, simulator, DEADLINE};
+use common::{http, relay_client, rss, simulator, DEADLINE};
 
 const CAP: u64 = 4 << 20;
 
@@ -47,13 +47,6 @@ fn small_window_client(addr: std::net::SocketAddr) -> (tungstenite::WebSocket<st
     let welcome: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
     let id = welcome["client_id"].as_str().expect("a welcome with the client id").to_string();
     (ws, id)
-}
-
-/// Resident set of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 #[test]

@@ -145,22 +145,50 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 
 /// A relay on a free loopback port with `shards` shards, relaying `upstream_url`.
 pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle {
+    relay_with(upstream_url, |cfg| {
+        cfg.shards = shards;
+        cfg.channels = vec!["ticker".into(), "matches".into()];
+    })
+}
+
+/// A relay on a free loopback port relaying `upstream_url` (reconnecting within
+/// 20-200 ms), with `adjust` applied to its settings.
+pub fn relay_with(
+    upstream_url: &str,
+    adjust: impl FnOnce(&mut hedgehog::config::ServeConfig),
+) -> hedgehog::shard::RelayHandle {
     let _ = env_logger::builder().is_test(true).try_init();
-    let cfg = hedgehog::config::ServeConfig {
+    let mut cfg = hedgehog::config::ServeConfig {
         host: "127.0.0.1".into(),
         port: 0,
-        shards,
         upstream: hedgehog::upstream::UpstreamConfig {
             url: upstream_url.into(),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             ..Default::default()
         },
-        channels: vec!["ticker".into(), "matches".into()],
         simulate: false,
         ..Default::default()
     };
+    adjust(&mut cfg);
     hedgehog::shard::start(cfg).expect("relay starts")
+}
+
+/// Resident set of process `pid`, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A raw HTTP exchange on a fresh connection: writes `raw`, reads until the server
