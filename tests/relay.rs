@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{http, http_raw, relay, relay_client, simulator, wait_until, Client, DEADLINE};
-use hedgehog::sim::{SimEvent, SimHandle};
+use common::{http, http_raw, relay, relay_client, sim_requests, simulator, wait_until, Client, DEADLINE};
+use hedgehog::sim::SimHandle;
 use serde_json::Value;
 
 const PRODUCTS: [&str; 4] = ["BTC-USD", "ETH-USD", "SOL-USD", "LTC-USD"];
@@ -160,16 +160,6 @@ fn fan_out_is_byte_exact_with_one_shard() {
 #[test]
 fn fan_out_is_byte_exact_with_four_shards() {
     fan_out_is_byte_exact(4);
-}
-
-fn sim_requests(sim: &SimHandle) -> Vec<String> {
-    sim.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            SimEvent::Request(_, r) => Some(r),
-            _ => None,
-        })
-        .collect()
 }
 
 fn unsubscribed_upstream(sim: &SimHandle, channel: &str, product: &str) -> bool {

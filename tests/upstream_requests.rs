@@ -6,9 +6,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{http, relay_client, simulator, Client, DEADLINE};
+use common::{http, relay_client, relay_with, sim_requests, simulator, Client, DEADLINE};
 use hedgehog::sim::{SimEvent, SimHandle};
 use hedgehog::upstream::MAX_REQUEST_BYTES;
 use serde_json::{json, Value};
@@ -17,23 +17,13 @@ use serde_json::{json, Value};
 /// subscribed `products` on `ticker` and `matches` (Coinbase's way, one message).
 fn subscribed_while_down(sim: &SimHandle, products: &[String]) -> (hedgehog::shard::RelayHandle, Client, String) {
     sim.set_refusing(true);
-    let cfg = hedgehog::config::ServeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
+    let relay = relay_with(&sim.url(), |c| {
         // One shard: the client's subscriptions reach the upstream's desired set
         // before its `subscriptions` reply is written, so all of them are wanted
         // before the feed comes back.
-        shards: 1,
-        upstream: hedgehog::upstream::UpstreamConfig {
-            url: sim.url(),
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..Default::default()
-        },
-        max_subscriptions: 10_000,
-        ..Default::default()
-    };
-    let relay = hedgehog::shard::start(cfg).expect("relay starts");
+        c.shards = 1;
+        c.max_subscriptions = 10_000;
+    });
     let (mut client, id) = relay_client(relay.addr);
     client.send(&json!({"type": "subscribe", "product_ids": products, "channels": ["ticker", "matches"]}).to_string());
     let reply: Value =
@@ -46,17 +36,6 @@ fn subscribed_while_down(sim: &SimHandle, products: &[String]) -> (hedgehog::sha
 
 fn health(relay: &hedgehog::shard::RelayHandle) -> Value {
     http(relay.addr, "GET", "/healthz", "").2
-}
-
-/// The text of every request the simulator received.
-fn requests(sim: &SimHandle) -> Vec<String> {
-    sim.events()
-        .into_iter()
-        .filter_map(|e| match e {
-            SimEvent::Request(_, r) => Some(r),
-            _ => None,
-        })
-        .collect()
 }
 
 /// One connection was made, and it is still up: none was closed (for size or
@@ -113,7 +92,7 @@ fn made_up_pairs_are_refused_here_and_the_real_one_flows() {
 
     // The feed was asked for status first, then for the real pair only, and kept the connection.
     one_connection_kept(&sim, &relay);
-    let sent = requests(&sim);
+    let sent = sim_requests(&sim);
     assert!(sent.iter().all(|r| r.len() <= MAX_REQUEST_BYTES));
     assert!(!sent.iter().any(|r| r.contains("MADE")), "a made-up pair was asked for: {sent:?}");
     assert!(sent.iter().any(|r| r.contains("BTC-USD")));
@@ -150,7 +129,7 @@ fn a_flood_of_real_pairs_goes_in_bounded_requests() {
     }
 
     one_connection_kept(&sim, &relay);
-    let sent = requests(&sim);
+    let sent = sim_requests(&sim);
     let total: usize = sent.iter().map(String::len).sum();
     assert!(total > 64 * 1024, "more than one message may hold: {total} bytes");
     for r in &sent {

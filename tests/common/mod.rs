@@ -174,6 +174,17 @@ pub fn relay_with(
     hedgehog::shard::start(cfg).expect("relay starts")
 }
 
+/// The text of every request the simulator received, in order.
+pub fn sim_requests(sim: &SimHandle) -> Vec<String> {
+    sim.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            sim::SimEvent::Request(_, r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Resident set of process `pid`, in bytes.
 pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
