@@ -43,10 +43,11 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if failed > 0 {
+                if failed > 0 && last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
                     log::warn!("accepting again after {failed} failed accepts");
-                    (failed, last_log, backoff) = (0, None, Duration::from_millis(5));
+                    (failed, last_log) = (0, Some(Instant::now()));
                 }
+                backoff = Duration::from_millis(5);
                 admit(stream, &hub, queues);
             }
             Err(e) => {
@@ -91,10 +92,13 @@ fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
     }
 }
 
-/// A connection over its IP's limit: 429 and close.
-async fn too_many(stream: TcpStream, limit: usize, shard: usize) {
+/// A connection over its IP's limit: 429 and close at once. It holds no slot, so
+/// it does not linger to drain what the peer sends: a flood of them must not
+/// hold descriptors beyond the budget.
+async fn too_many(mut stream: TcpStream, limit: usize, shard: usize) {
     let message = format!("at most {limit} connections from one address");
-    Box::pin(close_after(stream, &Response::error(429, "too_many_connections", message), shard)).await;
+    let resp = with_shard(Response::error(429, "too_many_connections", message), shard);
+    let _ = stream.write_all(&resp.to_bytes(true)).await;
 }
 
 /// A connection past `--max-connections`: it may ask for a health check within a

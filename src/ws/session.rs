@@ -81,7 +81,12 @@ where
         dec.feed(&leftover);
         drop(leftover);
         let mut closing = false;
+        // Reads and decodes of a flooding client are always ready: without a turn
+        // given back when glommio asks for one (its preemption timer, or I/O for
+        // other queues), one session would hold its shard (and its fan-out, health
+        // checks and shutdown) for as long as the flood lasts.
         loop {
+            glommio::yield_if_needed().await;
             let next = dec.next_message();
             if matches!(next, Ok(Some(_))) {
                 last_heard.set(Instant::now());
