@@ -1,5 +1,5 @@
-//! Pings are requests like any other: a flood of them holds one pong (RFC 6455
-//! lets a server answer only the newest ping), counts towards the request rate,
+//! Pings are requests like any other: a flood of them holds at most 16 pongs
+//! (RFC 6455 lets a server answer only the newest ping), counts towards the request rate,
 //! and a flooder that does not read is closed as a slow consumer, while everyone
 //! else keeps every trade.
 
@@ -37,7 +37,7 @@ fn flood(s: &mut TcpStream, n: usize) -> usize {
 }
 
 #[test]
-fn a_ping_flood_from_a_client_that_does_not_read_holds_one_pong() {
+fn a_ping_flood_from_a_client_that_does_not_read_holds_a_few_pongs() {
     // No request rate, so every ping is answered: only the pong queue is tested.
     let (child, addr) = common::start_binary(&["--simulate", "--max-request-rate", "0"]);
     let child = Running(child);
@@ -121,7 +121,7 @@ fn pings_count_towards_the_request_rate() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(pongs <= 100, "{pongs} pongs for 100 allowed pings (only the newest is kept)");
+    assert!(pongs <= 100, "{pongs} pongs for 100 allowed pings (only the newest are kept)");
     // Within the rate again, a ping is answered.
     ws.get_mut().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let quiet = Instant::now() + Duration::from_millis(1100);

@@ -102,6 +102,20 @@ fn ping_fragments_and_close_handshake() {
 }
 
 #[test]
+fn a_burst_of_pings_gets_a_pong_for_each_in_order() {
+    // Autobahn 2.10: ten pings in one write, and ten pongs back. Only a flood of
+    // more than the outbox holds (16) loses its oldest pongs.
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = relay(1, &sim.url());
+    let (mut s, _) = raw_ws(relay.addr);
+    let burst: Vec<u8> = (0..10).flat_map(|i| frame(true, 9, format!("payload-{i}").as_bytes())).collect();
+    s.write_all(&burst).unwrap();
+    for i in 0..10 {
+        assert_eq!(read_frame(&mut s), (10, format!("payload-{i}").into_bytes()), "pong {i}");
+    }
+}
+
+#[test]
 fn messages_over_64_kib_close_with_1009() {
     let sim = simulator(|c| c.rate = 0.0);
     let relay = relay(1, &sim.url());

@@ -17,6 +17,12 @@ use super::frame::{self, Frame};
 /// Most bytes coalesced into one write.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// Most pongs waiting to be written. Past it the oldest unsent pong is dropped:
+/// RFC 6455 (5.5.3) lets an endpoint answer only the most recent ping, so a flood
+/// of pings holds this many pongs, while a client that sends a few pings at once
+/// (Autobahn 2.10 sends ten) gets an answer to each.
+const MAX_PENDING_PONGS: usize = 16;
+
 /// The queue was over its byte cap: the connection is being dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("outbound queue full")]
@@ -56,10 +62,9 @@ struct Inner {
     slow: bool,
     writer: Option<Waker>,
     watcher: Option<Waker>,
-    /// The answer to the newest ping, sent ahead of the queue: RFC 6455 (5.5.3)
-    /// lets an endpoint answer only the most recent ping, so a flood of pings
-    /// holds one pong, not one per ping. Its bytes count against the cap.
-    pong: Option<Frame>,
+    /// Answers to the newest pings (at most `MAX_PENDING_PONGS`, oldest dropped
+    /// first), sent in order ahead of the queue. Their bytes count against the cap.
+    pongs: VecDeque<Frame>,
 }
 
 /// One connection's outbound frames. Bounded: a push that would take the queued
@@ -87,7 +92,7 @@ impl Outbox {
                 slow: false,
                 writer: None,
                 watcher: None,
-                pong: None,
+                pongs: VecDeque::new(),
             }),
         }
     }
@@ -123,20 +128,24 @@ impl Outbox {
         self.push_topic(f, None)
     }
 
-    /// Answers a ping: `f` (the pong) replaces any pong not yet sent, and goes
-    /// out ahead of queued data frames.
+    /// Answers a ping: `f` (the pong) goes out ahead of queued data frames, after
+    /// pongs not yet sent; when `MAX_PENDING_PONGS` are waiting, the oldest of them
+    /// is dropped for it.
     pub fn push_pong(&self, f: Frame) -> Result<(), Overflow> {
         let mut i = self.inner.borrow_mut();
         if i.state != State::Open {
             return Ok(());
         }
-        let replaced = i.pong.as_ref().map_or(0, |p| p.len());
+        let replaced = if i.pongs.len() >= MAX_PENDING_PONGS { i.pongs.front().map_or(0, |p| p.len()) } else { 0 };
         if i.bytes - replaced.min(i.bytes) + f.len() > i.cap {
             overflow(&mut i);
             return Err(Overflow);
         }
+        if replaced > 0 {
+            i.pongs.pop_front();
+        }
         i.bytes = i.bytes - replaced.min(i.bytes) + f.len();
-        i.pong = Some(f);
+        i.pongs.push_back(f);
         wake(&mut i.writer);
         Ok(())
     }
@@ -157,7 +166,7 @@ impl Outbox {
         if !matches!(i.state, State::Killed(_)) {
             i.state = State::Killed(why);
             i.queue.clear();
-            i.pong = None;
+            i.pongs.clear();
             i.bytes = 0;
             wake(&mut i.writer);
             wake(&mut i.watcher);
@@ -206,13 +215,13 @@ impl Outbox {
             if matches!(i.state, State::Killed(_)) || (i.queue.is_empty() && i.state == State::Closing) {
                 return Poll::Ready(None);
             }
-            if i.queue.is_empty() && i.pong.is_none() {
+            if i.queue.is_empty() && i.pongs.is_empty() {
                 i.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             i.bytes = 0;
-            let pong = i.pong.take();
-            Poll::Ready(Some(pong.into_iter().chain(i.queue.drain(..).map(|(f, _)| f)).collect()))
+            let pongs = std::mem::take(&mut i.pongs);
+            Poll::Ready(Some(pongs.into_iter().chain(i.queue.drain(..).map(|(f, _)| f)).collect()))
         })
         .await
     }
@@ -225,7 +234,7 @@ impl Outbox {
             if matches!(i.state, State::Killed(_)) {
                 return Poll::Ready(None);
             }
-            if let Some(pong) = i.pong.take() {
+            if let Some(pong) = i.pongs.pop_front() {
                 i.bytes -= pong.len().min(i.bytes);
                 return Poll::Ready(Some(Batch::One(pong)));
             }
@@ -263,7 +272,7 @@ impl Outbox {
 /// frame goes out (or, if even that cannot, the socket is dropped).
 fn overflow(i: &mut Inner) {
     i.queue.clear();
-    i.pong = None;
+    i.pongs.clear();
     i.bytes = 0;
     i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
     i.state = State::Closing;
@@ -355,18 +364,19 @@ mod tests {
     }
 
     #[test]
-    fn only_the_newest_pong_is_kept_and_it_goes_first() {
+    fn only_the_newest_pongs_are_kept_and_they_go_first() {
+        let pong = |i: u32| -> Frame { frame::encode(OpCode::Control(Control::Pong), &i.to_be_bytes(), None).into() };
         let o = Outbox::new(1024);
         o.push(frame::text(b"data")).unwrap();
         for i in 0..10_000u32 {
-            o.push_pong(frame::encode(OpCode::Control(Control::Pong), &i.to_be_bytes(), None).into()).unwrap();
+            o.push_pong(pong(i)).unwrap();
         }
-        let newest: Frame = frame::encode(OpCode::Control(Control::Pong), &9_999u32.to_be_bytes(), None).into();
-        assert_eq!(o.queued_bytes(), frame::text(b"data").len() + newest.len(), "one pong held, not 10,000");
+        let newest: Vec<u8> = (10_000 - MAX_PENDING_PONGS as u32..10_000).flat_map(|i| pong(i).to_vec()).collect();
+        assert_eq!(o.queued_bytes(), frame::text(b"data").len() + newest.len(), "16 pongs held, not 10,000");
         o.close(1000, "");
         let mut out = Vec::new();
         run(write_loop(&o, &mut out)).unwrap();
-        let mut want = newest.to_vec();
+        let mut want = newest;
         want.extend_from_slice(&frame::text(b"data"));
         want.extend_from_slice(&frame::close_frame(1000, ""));
         assert_eq!(out, want);
