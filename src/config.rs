@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::protocol::Channel;
 use crate::sim::SimConfig;
 use crate::upstream::UpstreamConfig;
 use crate::ws::SlowPolicy;
@@ -31,7 +32,7 @@ pub struct ServeConfig {
     pub shards: usize,
     pub upstream: UpstreamConfig,
     /// Channels a subscription gets when it names none.
-    pub channels: Vec<String>,
+    pub channels: Vec<Channel>,
     /// Run the built-in simulator and relay it instead of Coinbase.
     pub simulate: bool,
     /// Bytes a client's outbound queue may hold.
@@ -85,7 +86,7 @@ impl Default for ServeConfig {
             port: 8080,
             shards: default_shards(),
             upstream: UpstreamConfig::default(),
-            channels: vec!["ticker".into(), "matches".into()],
+            channels: vec![Channel::Ticker, Channel::Matches],
             simulate: false,
             client_queue_bytes: 4 << 20,
             slow_consumer: SlowPolicy::Disconnect,
@@ -405,7 +406,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     c.upstream.ca_file =
         f.get("upstream-ca").map(str::to_string).or_else(|| env("COINBASE_CA_FILE")).map(PathBuf::from);
     if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
-        c.channels = list(&ch).iter().map(|c| crate::protocol::canonical_channel(c).to_string()).collect();
+        c.channels = list(&ch).iter().map(|name| relayed_channel(name)).collect::<Result<_, _>>()?;
     }
     if let Some(s) = f.parsed::<f64>("stall-timeout")? {
         c.upstream.stall_timeout = seconds("stall-timeout", s)?;
@@ -486,9 +487,6 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     if c.client_queue_bytes < 64 * 1024 {
         return Err(format!("--client-queue-bytes {} is too small: at least 65536", c.client_queue_bytes));
     }
-    if let Some(bad) = c.channels.iter().find(|ch| !RELAYED_CHANNELS.contains(&ch.as_str())) {
-        return Err(format!("--channels: {bad:?} is not a channel hedgehog relays ({})", RELAYED_CHANNELS.join(", ")));
-    }
     if c.max_connections == 0 || c.max_connections_per_ip == 0 {
         return Err("--max-connections and --max-connections-per-ip must be at least 1".into());
     }
@@ -509,8 +507,12 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     Ok(c)
 }
 
-/// The channels clients can ask the relay for.
-pub const RELAYED_CHANNELS: [&str; 4] = ["ticker", "matches", "level2_batch", "heartbeat"];
+/// A channel named in `--channels`: one hedgehog relays.
+fn relayed_channel(name: &str) -> Result<Channel, String> {
+    Channel::parse(name)
+        .filter(|c| c.is_relayed())
+        .ok_or_else(|| format!("--channels: {name:?} is not a channel hedgehog relays ({})", Channel::relayed_names()))
+}
 
 #[cfg(test)]
 mod tests {
@@ -536,10 +538,10 @@ mod tests {
             (c.host.as_str(), c.port, c.upstream.url.as_str()),
             ("0.0.0.0", 8080, crate::upstream::COINBASE_URL)
         );
-        assert_eq!(c.channels, ["ticker", "matches"]);
+        assert_eq!(c.channels, [Channel::Ticker, Channel::Matches]);
         let c = serve_cfg("", &[("PORT", "9000"), ("WEB_CONCURRENCY", "3"), ("COINBASE_CHANNELS", "ticker,level2_50")]);
         assert_eq!((c.port, c.shards), (9000, 3));
-        assert_eq!(c.channels, ["ticker", "level2_batch"]);
+        assert_eq!(c.channels, [Channel::Ticker, Channel::Level2Batch]);
         let c = serve_cfg("serve --port 7000 --upstream-url=ws://127.0.0.1:1 --simulate", &[("PORT", "9000")]);
         assert_eq!((c.port, c.upstream.url.as_str(), c.simulate), (7000, "ws://127.0.0.1:1", true));
     }

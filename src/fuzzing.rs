@@ -82,7 +82,7 @@ fn check_message(m: &Message, max: usize) {
 pub fn upstream_message(data: &[u8]) {
     if let Some(m) = FeedMessage::new(data) {
         assert_eq!(m.body(), data, "a relayed message is the bytes that arrived");
-        let _ = protocol::channel_of(m.kind());
+        let _ = protocol::Channel::of_message(m.kind());
         if let Some(p) = m.product() {
             let _ = protocol::normalize_product(p);
         }

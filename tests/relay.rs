@@ -405,7 +405,7 @@ fn offline_mode_says_it_is_simulated() {
         port: 0,
         shards: 1,
         upstream: Default::default(),
-        channels: vec!["ticker".into()],
+        channels: vec![hedgehog::protocol::Channel::Ticker],
         simulate: true,
         ..Default::default()
     };

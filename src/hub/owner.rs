@@ -134,7 +134,9 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
     match event {
         Event::Message(msg) => {
             hub.global.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(channel) = protocol::channel_of(msg.kind()).and_then(channel_index) else { return };
+            let Some(channel) = protocol::Channel::of_message(msg.kind()).and_then(|c| channel_index(c.name())) else {
+                return;
+            };
             let Some(product) = msg.product() else { return };
             // Room first: from here on nothing waits, so the feed state and the
             // fan-out move in one step and a join sees them both or neither.

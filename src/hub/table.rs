@@ -7,7 +7,10 @@ use std::rc::Rc;
 use crate::ws::{Frame, Outbox};
 
 /// Channels the relay serves, by index.
-pub const CHANNELS: [&str; 4] = crate::config::RELAYED_CHANNELS;
+pub const CHANNELS: [&str; 4] = {
+    use crate::protocol::Channel as C;
+    [C::RELAYED[0].name(), C::RELAYED[1].name(), C::RELAYED[2].name(), C::RELAYED[3].name()]
+};
 
 /// The index of a relayed channel.
 pub fn channel_index(name: &str) -> Option<usize> {

@@ -1,9 +1,11 @@
-//! The Coinbase Exchange feed protocol: channel names, product ids, subscribe
+//! The Coinbase Exchange feed protocol: channels and topics, product ids, subscribe
 //! requests and the exact error texts, shared by the simulator and the relay.
 
+mod channel;
 mod request;
 mod scan;
 
+pub use channel::{Channel, Topic};
 pub use request::{parse_request, subscriptions_message, Request, RequestKind};
 pub use scan::{scan, RoutingKey};
 
@@ -13,28 +15,13 @@ pub const AUTHENTICATED_CHANNELS: [&str; 6] = ["level2", "level3", "full", "user
 /// Coinbase's reason text for an authenticated channel asked for without credentials.
 pub const AUTH_REQUIRED: &str = "level2, level3, and full channels now require authentication. https://docs.cloud.coinbase.com/exchange/docs/websocket-auth";
 
-/// The public channels that the simulator serves and the relay can relay.
-pub const PUBLIC_CHANNELS: [&str; 5] = ["heartbeat", "status", "ticker", "matches", "level2_batch"];
-
 /// Maps Coinbase's aliases to the channel's canonical name.
-pub fn canonical_channel(name: &str) -> &str {
+fn canonical_channel(name: &str) -> &str {
     match name {
         "level2_50" => "level2_batch",
         "ticker_1000" => "ticker_batch",
         other => other,
     }
-}
-
-/// The channel a message of type `kind` belongs to, for routing.
-pub fn channel_of(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "ticker" => "ticker",
-        "match" | "last_match" => "matches",
-        "snapshot" | "l2update" => "level2_batch",
-        "heartbeat" => "heartbeat",
-        "status" => "status",
-        _ => return None,
-    })
 }
 
 /// A product id is `BASE-QUOTE`: two non-empty runs of ASCII letters and digits.
@@ -76,14 +63,6 @@ mod tests {
         for bad in ["", "BTC", "BTC-", "-USD", "BTC_USD", "BTC-USD-X", "BT C-USD", "ÄB-USD"] {
             assert_eq!(normalize_product(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn routes_message_types_to_channels() {
-        assert_eq!(channel_of("last_match"), Some("matches"));
-        assert_eq!(channel_of("snapshot"), Some("level2_batch"));
-        assert_eq!(channel_of("subscriptions"), None);
-        assert_eq!(canonical_channel("level2_50"), "level2_batch");
     }
 
     #[test]

@@ -4,7 +4,6 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use crate::config::RELAYED_CHANNELS;
 use crate::http::{Request, Response, Route};
 use crate::hub::{channel_index, ApiError, ClientId, HistoryQuery, Hub, Op, Since};
 
@@ -156,8 +155,8 @@ pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
 
 /// A channel named in a query (aliases allowed), or 400 `bad_channel`.
 fn channel(name: &str) -> Result<usize, ApiError> {
-    channel_index(crate::protocol::canonical_channel(name)).ok_or_else(|| {
-        let offered = RELAYED_CHANNELS.join(", ");
+    crate::protocol::Channel::parse(name).and_then(|c| channel_index(c.name())).ok_or_else(|| {
+        let offered = crate::protocol::Channel::relayed_names();
         ApiError::new(400, "bad_channel", format!("{name:?} is not a channel hedgehog offers ({offered})"))
     })
 }

@@ -344,7 +344,7 @@ impl Session {
                 continue;
             }
             let Some(ch) = channel_index(&name) else {
-                let reason = if protocol::PUBLIC_CHANNELS.contains(&name.as_str()) {
+                let reason = if protocol::Channel::parse(&name).is_some() {
                     format!("{name} is not relayed by hedgehog")
                 } else {
                     format!("{name} is not a valid channel")

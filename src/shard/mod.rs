@@ -200,7 +200,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
     let n = cfg.shards;
-    let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c)).collect();
+    let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c.name())).collect();
     let global = Arc::new(Global::new(&cfg, channels));
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),

@@ -169,7 +169,7 @@ impl Feed {
                 errors.push(protocol::error_message(RequestKind::Subscribe.failure(), protocol::AUTH_REQUIRED));
                 continue;
             }
-            if !protocol::PUBLIC_CHANNELS.contains(&channel.as_str()) {
+            if protocol::Channel::parse(channel).is_none() {
                 let reason = format!("{channel} is not a valid channel");
                 errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
                 continue;

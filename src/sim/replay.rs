@@ -35,7 +35,11 @@ impl Replay {
         let mut last_at = None;
         for line in text.lines() {
             let Some(key) = protocol::scan(line.as_bytes()) else { continue };
-            let (Some(channel), Some(product)) = (protocol::channel_of(key.kind), key.product_id) else { continue };
+            let (Some(channel), Some(product)) =
+                (protocol::Channel::of_message(key.kind).map(protocol::Channel::name), key.product_id)
+            else {
+                continue;
+            };
             let value: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v @ serde_json::Value::Object(_)) => v,
                 _ => continue,

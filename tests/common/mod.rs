@@ -147,7 +147,7 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle {
     relay_with(upstream_url, |cfg| {
         cfg.shards = shards;
-        cfg.channels = vec!["ticker".into(), "matches".into()];
+        cfg.channels = vec![hedgehog::protocol::Channel::Ticker, hedgehog::protocol::Channel::Matches];
     })
 }
 
