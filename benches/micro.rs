@@ -43,12 +43,12 @@ fn dispatch(c: &mut Criterion) {
                 let mut table = Table::default();
                 let outboxes: Vec<Rc<Outbox>> = (0..10_000).map(|_| Rc::new(Outbox::new(1 << 20))).collect();
                 for (slot, o) in outboxes.iter().enumerate() {
-                    table.add("BTC-USD", 0, slot, o);
+                    table.add("BTC-USD", hedgehog::protocol::Channel::Ticker, slot, o);
                 }
                 (table, outboxes)
             },
             |(table, outboxes)| {
-                black_box(table.deliver("BTC-USD", 0, &msg.frame));
+                black_box(table.deliver("BTC-USD", hedgehog::protocol::Channel::Ticker, &msg.frame));
                 (table, outboxes)
             },
             BatchSize::LargeInput,

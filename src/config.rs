@@ -67,6 +67,9 @@ pub struct ServeConfig {
     /// How often shards look at their stop flags (the accept-loop regression test
     /// shortens it; not a flag).
     pub stop_poll: Duration,
+    /// For tests of start-up failure: this shard's thread panics before it
+    /// listens (not a flag).
+    pub fail_start: Option<usize>,
     /// Requests (HTTP requests and WebSocket messages) one connection may send per
     /// second, sustained; a burst of as many is allowed. Zero: no limit.
     pub max_request_rate: u32,
@@ -102,6 +105,7 @@ impl Default for ServeConfig {
             keepalive_timeout: Duration::from_secs(60),
             ready_grace: Duration::from_secs(10),
             stop_poll: Duration::from_millis(20),
+            fail_start: None,
             max_request_rate: 20_000,
             history_size: 1000,
             history_age: Duration::from_secs(600),

@@ -26,7 +26,7 @@ pub mod hub;
 pub mod net;
 pub mod protocol;
 pub mod rate;
-pub mod shard;
+pub mod server;
 pub mod sim;
 pub mod upstream;
 pub mod ws;

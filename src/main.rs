@@ -60,7 +60,7 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
             let _ = signal_tx.send(signal);
         }
     });
-    let relay = hedgehog::shard::start(cfg).map_err(fail(2))?;
+    let relay = hedgehog::server::start(cfg).map_err(fail(2))?;
     loop {
         if let Some(end) = relay.shard_ended(std::time::Duration::from_millis(100)) {
             log::error!("{end}; exiting so that a supervisor can restart hedgehog");

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{http, relay_client, relay_with, simulator, DEADLINE};
-use hedgehog::shard::RelayHandle;
+use hedgehog::server::RelayHandle;
 use hedgehog::sim::SimHandle;
 
 const SHORT: Duration = Duration::from_secs(1);

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 struct Setup {
     sim: SimHandle,
-    relay: hedgehog::shard::RelayHandle,
+    relay: hedgehog::server::RelayHandle,
     client: Client,
     client_id: String,
 }
@@ -36,7 +36,7 @@ fn setup() -> Setup {
         },
         ..Default::default()
     };
-    let relay = hedgehog::shard::start(cfg).unwrap();
+    let relay = hedgehog::server::start(cfg).unwrap();
     let (mut client, id) = relay_client(relay.addr);
     let (status, _, _) = http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD", &format!("X-Client-Id: {id}\r\n"));
     assert_eq!(status, 200);

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{http, relay, relay_client, simulator, wait_until, Client};
-use hedgehog::shard::RelayHandle;
+use hedgehog::server::RelayHandle;
 use hedgehog::sim::{Fault, SimEvent, SimHandle};
 use serde_json::Value;
 

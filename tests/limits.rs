@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{http, relay_client, simulator, Client, DEADLINE};
 use hedgehog::config::ServeConfig;
 
-fn relay_with(sim: &hedgehog::sim::SimHandle, adjust: impl FnOnce(&mut ServeConfig)) -> hedgehog::shard::RelayHandle {
+fn relay_with(sim: &hedgehog::sim::SimHandle, adjust: impl FnOnce(&mut ServeConfig)) -> hedgehog::server::RelayHandle {
     let mut cfg = ServeConfig {
         host: "127.0.0.1".into(),
         port: 0,
@@ -18,7 +18,7 @@ fn relay_with(sim: &hedgehog::sim::SimHandle, adjust: impl FnOnce(&mut ServeConf
         ..Default::default()
     };
     adjust(&mut cfg);
-    hedgehog::shard::start(cfg).unwrap()
+    hedgehog::server::start(cfg).unwrap()
 }
 
 #[test]

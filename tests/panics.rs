@@ -26,7 +26,7 @@ fn panic_beside_a_task(contain: bool, global: std::sync::Arc<Global>) -> (bool, 
             let bad = async { panic!("a bug met while serving one connection") };
             let bad = async move {
                 if contain {
-                    hedgehog::shard::contained(&global, "a test task", bad).await;
+                    hedgehog::server::contained(&global, "a test task", bad).await;
                 } else {
                     bad.await;
                 }
@@ -52,7 +52,7 @@ fn panic_beside_a_task(contain: bool, global: std::sync::Arc<Global>) -> (bool, 
 
 #[test]
 fn glommio_alone_loses_the_shard_to_one_panicking_task() {
-    let global = std::sync::Arc::new(Global::new(&ServeConfig::default(), vec![]));
+    let global = std::sync::Arc::new(Global::new(&ServeConfig::default()));
     let (ended_normally, other_finished) = panic_beside_a_task(false, global);
     assert!(!ended_normally, "the executor thread is unwound by the task's panic");
     assert!(!other_finished, "and the other task on it never finishes");
@@ -60,7 +60,7 @@ fn glommio_alone_loses_the_shard_to_one_panicking_task() {
 
 #[test]
 fn a_contained_panic_ends_one_task_and_the_shard_goes_on() {
-    let global = std::sync::Arc::new(Global::new(&ServeConfig::default(), vec![]));
+    let global = std::sync::Arc::new(Global::new(&ServeConfig::default()));
     let (ended_normally, other_finished) = panic_beside_a_task(true, global.clone());
     assert!(ended_normally);
     assert!(other_finished);
@@ -76,7 +76,7 @@ fn a_panic_in_one_connection_leaves_the_other_clients_of_its_shard_served() {
         c.products = vec!["BTC-USD".into()];
     });
     // One shard: the panicking connection and the subscriber share it.
-    let relay = hedgehog::shard::start(ServeConfig {
+    let relay = hedgehog::server::start(ServeConfig {
         host: "127.0.0.1".into(),
         port: 0,
         shards: 1,

@@ -409,7 +409,7 @@ fn offline_mode_says_it_is_simulated() {
         simulate: true,
         ..Default::default()
     };
-    let relay = hedgehog::shard::start(cfg).unwrap();
+    let relay = hedgehog::server::start(cfg).unwrap();
     assert!(relay.simulator().is_some());
     let (_, _, h) = http(relay.addr, "GET", "/healthz", "");
     assert_eq!(h["simulated"], true);

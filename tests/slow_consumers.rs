@@ -21,7 +21,7 @@ fn a_stalled_tenth_of_the_clients_costs_the_others_nothing() {
         client_queue_bytes: 1 << 20,
         ..Default::default()
     };
-    let relay = hedgehog::shard::start(cfg).unwrap();
+    let relay = hedgehog::server::start(cfg).unwrap();
     let mut clients: Vec<_> = (0..10).map(|_| relay_client(relay.addr)).collect();
     for (_, id) in &clients {
         let (status, _, _) = http(

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 /// A relay with one client whose feed refuses every connection; the client has
 /// subscribed `products` on `ticker` and `matches` (Coinbase's way, one message).
-fn subscribed_while_down(sim: &SimHandle, products: &[String]) -> (hedgehog::shard::RelayHandle, Client, String) {
+fn subscribed_while_down(sim: &SimHandle, products: &[String]) -> (hedgehog::server::RelayHandle, Client, String) {
     sim.set_refusing(true);
     let relay = relay_with(&sim.url(), |c| {
         // One shard: the client's subscriptions reach the upstream's desired set
@@ -34,13 +34,13 @@ fn subscribed_while_down(sim: &SimHandle, products: &[String]) -> (hedgehog::sha
     (relay, client, id)
 }
 
-fn health(relay: &hedgehog::shard::RelayHandle) -> Value {
+fn health(relay: &hedgehog::server::RelayHandle) -> Value {
     http(relay.addr, "GET", "/healthz", "").2
 }
 
 /// One connection was made, and it is still up: none was closed (for size or
 /// anything else).
-fn one_connection_kept(sim: &SimHandle, relay: &hedgehog::shard::RelayHandle) {
+fn one_connection_kept(sim: &SimHandle, relay: &hedgehog::server::RelayHandle) {
     let events = sim.events();
     let connected = events.iter().filter(|e| matches!(e, SimEvent::Connected(_))).count();
     let closed: Vec<&SimEvent> = events.iter().filter(|e| matches!(e, SimEvent::Closed(_))).collect();

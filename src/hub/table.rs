@@ -4,18 +4,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::protocol::Channel;
 use crate::ws::{Frame, Outbox};
-
-/// Channels the relay serves, by index.
-pub const CHANNELS: [&str; 4] = {
-    use crate::protocol::Channel as C;
-    [C::RELAYED[0].name(), C::RELAYED[1].name(), C::RELAYED[2].name(), C::RELAYED[3].name()]
-};
-
-/// The index of a relayed channel.
-pub fn channel_index(name: &str) -> Option<usize> {
-    CHANNELS.iter().position(|c| *c == name)
-}
 
 /// Subscribers of one (product, channel): (client slot, outbox).
 type Subscribers = Vec<(usize, Rc<Outbox>)>;
@@ -24,7 +14,7 @@ type Subscribers = Vec<(usize, Rc<Outbox>)>;
 #[derive(Default)]
 struct Product {
     number: u64,
-    channels: [Subscribers; CHANNELS.len()],
+    channels: [Subscribers; Channel::COUNT],
 }
 
 /// product -> per-channel subscribers.
@@ -36,13 +26,13 @@ pub struct Table {
 
 impl Table {
     /// Adds a subscriber; true if it is the first for this (product, channel).
-    pub fn add(&mut self, product: &str, channel: usize, slot: usize, outbox: &Rc<Outbox>) -> bool {
+    pub fn add(&mut self, product: &str, channel: Channel, slot: usize, outbox: &Rc<Outbox>) -> bool {
         let next = &mut self.next_number;
         let topic = self.topics.entry(product.to_string()).or_insert_with(|| {
             *next += 1;
             Product { number: *next, ..Product::default() }
         });
-        let subs = &mut topic.channels[channel];
+        let subs = &mut topic.channels[channel.index()];
         if subs.iter().any(|(s, _)| *s == slot) {
             return false;
         }
@@ -51,14 +41,14 @@ impl Table {
     }
 
     /// Whether (`product`, `channel`) has a subscriber here.
-    pub fn has_subscribers(&self, product: &str, channel: usize) -> bool {
-        self.topics.get(product).is_some_and(|t| !t.channels[channel].is_empty())
+    pub fn has_subscribers(&self, product: &str, channel: Channel) -> bool {
+        self.topics.get(product).is_some_and(|t| !t.channels[channel.index()].is_empty())
     }
 
     /// Removes a subscriber; true if it was the last for this (product, channel).
-    pub fn remove(&mut self, product: &str, channel: usize, slot: usize) -> bool {
+    pub fn remove(&mut self, product: &str, channel: Channel, slot: usize) -> bool {
         let Some(topic) = self.topics.get_mut(product) else { return false };
-        let subs = &mut topic.channels[channel];
+        let subs = &mut topic.channels[channel.index()];
         let Some(i) = subs.iter().position(|(s, _)| *s == slot) else { return false };
         subs.swap_remove(i);
         let last = subs.is_empty();
@@ -70,13 +60,14 @@ impl Table {
 
     /// Queues `frame` for every subscriber of (`product`, `channel`). A subscriber
     /// whose outbox overflows is dealt with by its policy; its session cleans up.
-    pub fn deliver(&self, product: &str, channel: usize, frame: &Frame) -> usize {
+    pub fn deliver(&self, product: &str, channel: Channel, frame: &Frame) -> usize {
         let Some(topic) = self.topics.get(product) else { return 0 };
-        let id = Some(topic.number * CHANNELS.len() as u64 + channel as u64);
-        for (_, outbox) in &topic.channels[channel] {
+        let subs = &topic.channels[channel.index()];
+        let id = Some(topic.number * Channel::COUNT as u64 + channel.index() as u64);
+        for (_, outbox) in subs {
             let _ = outbox.push_topic(frame.clone(), id);
         }
-        topic.channels[channel].len()
+        subs.len()
     }
 
     /// Queues `frame` once for every subscriber of `product` on any channel.
@@ -109,17 +100,18 @@ mod tests {
     fn first_and_last_subscribers_are_reported() {
         let mut t = Table::default();
         let (a, b) = (Rc::new(Outbox::new(1 << 20)), Rc::new(Outbox::new(1 << 20)));
-        assert!(t.add("BTC-USD", 0, 1, &a));
-        assert!(!t.add("BTC-USD", 0, 2, &b));
-        assert!(!t.add("BTC-USD", 0, 2, &b), "idempotent");
-        assert!(t.add("BTC-USD", 1, 2, &b), "another channel is another topic");
-        assert_eq!(t.deliver("BTC-USD", 0, &crate::ws::frame::text(b"x")), 2);
+        let (ticker, matches) = (Channel::Ticker, Channel::Matches);
+        assert!(t.add("BTC-USD", ticker, 1, &a));
+        assert!(!t.add("BTC-USD", ticker, 2, &b));
+        assert!(!t.add("BTC-USD", ticker, 2, &b), "idempotent");
+        assert!(t.add("BTC-USD", matches, 2, &b), "another channel is another topic");
+        assert_eq!(t.deliver("BTC-USD", ticker, &crate::ws::frame::text(b"x")), 2);
         assert_eq!(a.queued_bytes(), 3);
-        assert!(!t.remove("BTC-USD", 0, 1));
-        assert!(t.remove("BTC-USD", 0, 2));
-        assert!(!t.remove("BTC-USD", 0, 2), "already gone");
+        assert!(!t.remove("BTC-USD", ticker, 1));
+        assert!(t.remove("BTC-USD", ticker, 2));
+        assert!(!t.remove("BTC-USD", ticker, 2), "already gone");
         assert_eq!(t.subscribers_of("BTC-USD"), [2]);
-        assert!(t.remove("BTC-USD", 1, 2));
+        assert!(t.remove("BTC-USD", matches, 2));
         assert!(t.topics.is_empty());
     }
 }

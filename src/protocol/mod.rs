@@ -2,6 +2,7 @@
 //! requests and the exact error texts, shared by the simulator and the relay.
 
 mod channel;
+pub mod notes;
 mod request;
 mod scan;
 

@@ -144,7 +144,7 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 }
 
 /// A relay on a free loopback port with `shards` shards, relaying `upstream_url`.
-pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle {
+pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::server::RelayHandle {
     relay_with(upstream_url, |cfg| {
         cfg.shards = shards;
         cfg.channels = vec![hedgehog::protocol::Channel::Ticker, hedgehog::protocol::Channel::Matches];
@@ -156,7 +156,7 @@ pub fn relay(shards: usize, upstream_url: &str) -> hedgehog::shard::RelayHandle 
 pub fn relay_with(
     upstream_url: &str,
     adjust: impl FnOnce(&mut hedgehog::config::ServeConfig),
-) -> hedgehog::shard::RelayHandle {
+) -> hedgehog::server::RelayHandle {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut cfg = hedgehog::config::ServeConfig {
         host: "127.0.0.1".into(),
@@ -171,7 +171,7 @@ pub fn relay_with(
         ..Default::default()
     };
     adjust(&mut cfg);
-    hedgehog::shard::start(cfg).expect("relay starts")
+    hedgehog::server::start(cfg).expect("relay starts")
 }
 
 /// The text of every request the simulator received, in order.

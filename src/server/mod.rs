@@ -1,6 +1,14 @@
-//! The executor pool: `WEB_CONCURRENCY` glommio executors, each pinned to a CPU
-//! when there are enough, each accepting on the same port (SO_REUSEPORT) and
+//! The server: `WEB_CONCURRENCY` glommio executors ("shards"), each pinned to a
+//! CPU when there are enough, each accepting on the same port (SO_REUSEPORT) and
 //! owning the connections it accepts. Shard 0 also owns the upstream client.
+//!
+//! - this file: start-up, the shards' threads, stop and fail-fast.
+//! - [`task`]: task queues, and panics contained to one connection.
+//! - [`conn`]: the accept loop, admission, the HTTP keep-alive loop.
+//! - [`websocket`]: upgrades, relay sessions (Coinbase in-band), `/echo`.
+//! - [`stream`]: one pair as SSE or NDJSON.
+//! - [`api`]: the REST API, the only place hub outcomes become statuses and JSON.
+//! - [`health`]: `/livez`, `/readyz`, `/healthz`.
 //!
 //! A shard's thread that ends while the relay runs (a panic outside a contained
 //! connection, or any early return) is reported to the main thread at once
@@ -9,6 +17,12 @@
 mod api;
 mod conn;
 mod health;
+mod stream;
+mod task;
+mod websocket;
+
+pub use conn::SHARD_HEADER;
+pub use task::contained;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -200,8 +214,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
     let n = cfg.shards;
-    let channels: Vec<usize> = cfg.channels.iter().filter_map(|c| hub::channel_index(c.name())).collect();
-    let global = Arc::new(Global::new(&cfg, channels));
+    let global = Arc::new(Global::new(&cfg));
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),
         now: AtomicBool::new(false),
@@ -225,30 +238,69 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         };
         let placement = placements.remove(0);
         let watch = Watch { shard: id, ended: ended_tx.clone() };
-        let thread = std::thread::Builder::new()
-            .name(format!("hedgehog-{id}"))
-            .spawn(move || {
-                let _watch = watch; // reports this thread's end, by return or by unwind
-                let ex = LocalExecutorBuilder::new(placement).io_memory(crate::IO_MEMORY).make();
-                match ex {
-                    Ok(ex) => ex.run(shard.run()),
-                    Err(e) => drop(shard.ready.send(Err(format!("cannot start shard {id}: {e}")))),
-                }
-            })
-            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
-        threads.push((id, thread));
-        // Shard 0 may have been given port 0: the others bind the port it got.
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(bound)) => addr = bound,
-            Ok(Err(e)) => {
-                stop.now.store(true, Ordering::SeqCst);
-                return Err(e);
+        let thread = std::thread::Builder::new().name(format!("hedgehog-{id}")).spawn(move || {
+            let _watch = watch; // reports this thread's end, by return or by unwind
+            let ex = LocalExecutorBuilder::new(placement).io_memory(crate::IO_MEMORY).make();
+            match ex {
+                Ok(ex) => ex.run(shard.run()),
+                Err(e) => drop(shard.ready.send(Err(format!("cannot start shard {id}: {e}")))),
             }
-            Err(_) => return Err(format!("shard {id} did not start")),
+        });
+        match thread {
+            Ok(thread) => threads.push((id, thread)),
+            Err(e) => return Err(abandon(format!("cannot start shard {id}: {e}"), &stop, threads)),
+        }
+        // Shard 0 may have been given port 0: the others bind the port it got.
+        match wait_started(id, &ready_rx, &ended) {
+            Ok(bound) => addr = bound,
+            Err(e) => return Err(abandon(e, &stop, threads)),
         }
     }
     log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
     Ok(RelayHandle { addr, global, stop, threads, ended, simulator })
+}
+
+/// How long a shard may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits for shard `id` to listen: the address it got, or why it did not (its
+/// error, the panic that ended its thread, or silence past [`START_DEADLINE`]).
+fn wait_started(
+    id: usize,
+    ready: &mpsc::Receiver<Result<SocketAddr, String>>,
+    ended: &mpsc::Receiver<ShardEnd>,
+) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        match ready.recv_timeout(Duration::from_millis(10)) {
+            Ok(result) => return result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(format!("shard {id} did not start")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Ok(end) = ended.try_recv() {
+            return Err(end.to_string());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("shard {id} did not start within {START_DEADLINE:?}"));
+        }
+    }
+}
+
+/// Start-up failed (`why`): the shards already running are told to stop and
+/// given [`STOP_GRACE`] to end, so that nothing of this relay outlives the error.
+fn abandon(why: String, stop: &Stop, threads: Vec<(usize, JoinHandle<()>)>) -> String {
+    stop.now.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + STOP_GRACE;
+    for (id, thread) in threads {
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match thread.is_finished() {
+            true => drop(thread.join()),
+            false => log::error!("shard {id} did not stop after a failed start; abandoning it"),
+        }
+    }
+    why
 }
 
 fn bracket(host: &str) -> String {
@@ -304,6 +356,10 @@ struct Shard {
 
 impl Shard {
     async fn run(self) {
+        #[allow(clippy::panic)]
+        if self.cfg.fail_start == Some(self.id) {
+            panic!("shard {} was told to fail at start (a test)", self.id);
+        }
         let listener = match TcpListener::bind(self.addr) {
             Ok(l) => l,
             Err(e) => {
@@ -312,7 +368,13 @@ impl Shard {
             }
         };
         let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
-        let (bus, receivers) = self.bus.connect().await;
+        // Every peer must connect; one that failed to start never will, and then
+        // the stop signal ends the wait (start() raises it on any failure).
+        let connected = futures_lite::future::or(async { Some(self.bus.connect().await) }, async {
+            self.stop.wait(true).await;
+            None
+        });
+        let Some((bus, receivers)) = connected.await else { return };
         let (owner, events) = match self.id {
             0 => match crate::upstream::spawn(self.cfg.upstream.clone()) {
                 Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
@@ -323,7 +385,7 @@ impl Shard {
             },
             _ => (None, None),
         };
-        let hub = Hub::new(self.id, self.global.clone(), bus, owner);
+        let hub = Hub::new(self.global.clone(), bus, owner);
         // Cross-shard traffic is latency-critical: a wake from another thread into a
         // latency-matters queue is served promptly (see GLOMMIO notes in the README).
         let queue =
@@ -332,7 +394,8 @@ impl Shard {
             let hub = hub.clone();
             let task = async move {
                 while let Some(msg) = rx.recv().await {
-                    hub.on_shard_msg(msg).await;
+                    hub.handle(msg);
+                    glommio::yield_if_needed().await;
                 }
             };
             glommio::spawn_local_into(task, queue).map(|t| t.detach()).ok();
@@ -340,11 +403,7 @@ impl Shard {
         if let Some(events) = events {
             glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
         }
-        let ex = glommio::executor();
-        let queues = conn::Queues {
-            http: ex.create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(5)), "http"),
-            sessions: ex.create_task_queue(Shares::default(), Latency::NotImportant, "sessions"),
-        };
+        let queues = task::Queues::new();
         // The accept loop is a task of its own, and nothing but its own waker ever
         // polls it: glommio 0.9's accept (like connect) adds a clone of the task's
         // waker to its source on EVERY poll while pending, and the task's reference
@@ -382,42 +441,6 @@ impl Stop {
             } else {
                 glommio::timer::sleep(self.poll).await;
             }
-        }
-    }
-}
-
-/// Runs one connection's future, containing a panic inside it: glommio lets a
-/// panicking task unwind through the executor, which ends the shard's thread and
-/// every connection on it (tests/panics.rs shows both). Here the panic unwinds
-/// only as far as this call; it is logged and counted (`panics` in /healthz), the
-/// connection's state is dropped, and the shard goes on. Returns false after a panic.
-///
-/// What the future shares with other tasks (the hub's tables) is only ever
-/// borrowed between awaits, so an unwind leaves no borrow held.
-///
-/// Not an `async fn`: one would keep `fut` twice in its state (the argument and
-/// the wrapper), doubling the memory of every idle connection.
-pub fn contained<'a, F>(global: &'a Global, what: &'a str, fut: F) -> impl std::future::Future<Output = bool> + 'a
-where
-    F: std::future::Future<Output = ()> + 'a,
-{
-    use futures_lite::FutureExt;
-    let caught = std::panic::AssertUnwindSafe(fut).catch_unwind();
-    async move { settle(global, what, caught.await) }
-}
-
-fn settle(global: &Global, what: &str, outcome: std::thread::Result<()>) -> bool {
-    match outcome {
-        Ok(()) => true,
-        Err(payload) => {
-            let why = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
-            log::error!("a panic in {what} was contained; that connection is closed: {why}");
-            global.count_panic();
-            false
         }
     }
 }

@@ -1,18 +1,49 @@
-//! The REST API: subscriptions by client id, the health report, the index.
+//! The REST API: subscriptions by client id, history, the health routes, the
+//! index. The only place where the hub's outcomes and errors become HTTP
+//! statuses and JSON bodies.
 
 use std::rc::Rc;
 
 use serde_json::json;
 
 use crate::http::{Request, Response, Route};
-use crate::hub::{channel_index, ApiError, ClientId, HistoryQuery, Hub, Op, Since};
+use crate::hub::{ClientId, HistoryQuery, Hub, HubError, Op, Outcome, Since};
+use crate::protocol::Channel;
+
+/// An API error: the HTTP status, a machine-readable code and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// The answer that carries it.
+    pub fn response(self) -> Response {
+        Response::error(self.status, self.code, self.message)
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> ApiError {
+        let (status, code) = match e {
+            HubError::UnknownClient => (404, "unknown_client"),
+            HubError::TooManySubscriptions(_) => (409, "too_many_subscriptions"),
+            HubError::UnknownProduct(_) => (404, "unknown_product"),
+            HubError::ShardUnavailable { .. } => (503, "shard_unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
 
 /// Answers a routed API request (the connection adds the shard header).
 pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request) -> Response {
-    match respond(hub, route, req).await {
-        Ok(r) => r,
-        Err(e) => Response::error(e.status, e.code, e.message),
-    }
+    respond(hub, route, req).await.unwrap_or_else(ApiError::response)
 }
 
 async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response, ApiError> {
@@ -31,13 +62,18 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             "live": "/livez",
             "ready": "/readyz",
         })),
-        Route::List => ok(hub.execute(client_id(req)?, Op::List).await?),
+        Route::List => {
+            let id = client_id(req)?;
+            let Outcome::Subscriptions(subs) = hub.execute(id, Op::List).await? else { return Err(unexpected()) };
+            let list: Vec<_> = subs.iter().map(|(p, chs)| json!({"product_id": p, "channels": chs})).collect();
+            ok(json!({"client_id": id.to_string(), "subscriptions": list}))
+        }
         Route::Subscribe(pair) => {
             let id = client_id(req)?;
             let product = product(hub, &pair)?;
             let channels = channels(hub, req)?;
             let replay = replay(hub, req)?;
-            ok(hub.execute(id, Op::Subscribe { product, channels, replay }).await?)
+            changed(id, hub.execute(id, Op::Subscribe { product, channels, replay }).await?)
         }
         Route::Unsubscribe(pair) => {
             let id = client_id(req)?;
@@ -46,17 +82,14 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
                 Some(_) => Some(channels(hub, req)?),
                 None => None,
             };
-            ok(hub.execute(id, Op::Unsubscribe { product, channels }).await?)
+            changed(id, hub.execute(id, Op::Unsubscribe { product, channels }).await?)
         }
         Route::Pair(pair) => {
             let id = client_id(req)?;
             let product = pair_syntax(&pair)?;
-            let list = hub.execute(id, Op::List).await?;
-            let channels = list["subscriptions"]
-                .as_array()
-                .and_then(|subs| subs.iter().find(|s| s["product_id"] == product.as_str()))
-                .map_or(json!([]), |s| s["channels"].clone());
-            let subscribed = channels.as_array().is_some_and(|c| !c.is_empty());
+            let Outcome::Subscriptions(subs) = hub.execute(id, Op::List).await? else { return Err(unexpected()) };
+            let channels: Vec<Channel> = subs.get(&product).into_iter().flatten().copied().collect();
+            let subscribed = !channels.is_empty();
             ok(
                 json!({"client_id": id.to_string(), "product_id": product, "channels": channels, "subscribed": subscribed}),
             )
@@ -68,6 +101,19 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
         }
         Route::Echo => Err(ApiError::new(404, "not_found", "no route for /echo (it exists only with --echo)")),
     }
+}
+
+/// A subscription made or ended.
+fn changed(id: ClientId, outcome: Outcome) -> Result<Response, ApiError> {
+    let Outcome::Changed { product, channels, subscribed } = outcome else { return Err(unexpected()) };
+    let body =
+        json!({"client_id": id.to_string(), "product_id": product, "channels": channels, "subscribed": subscribed});
+    Ok(Response::json(200, &body))
+}
+
+/// An outcome of another kind than the operation's (a bug): 500.
+fn unexpected() -> ApiError {
+    ApiError::new(500, "internal", "the operation's outcome was of another kind")
 }
 
 /// `?replay=N`: the last N messages of each new channel, before the live stream.
@@ -138,7 +184,7 @@ pub fn product(hub: &Hub, pair: &str) -> Result<String, ApiError> {
 }
 
 /// The channels asked for with `?channels=`, or the configured default.
-pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
+pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<Channel>, ApiError> {
     let Some(list) = req.query_param("channels") else { return Ok(hub.global.default_channels.clone()) };
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
@@ -154,9 +200,9 @@ pub fn channels(hub: &Hub, req: &Request) -> Result<Vec<usize>, ApiError> {
 }
 
 /// A channel named in a query (aliases allowed), or 400 `bad_channel`.
-fn channel(name: &str) -> Result<usize, ApiError> {
-    crate::protocol::Channel::parse(name).and_then(|c| channel_index(c.name())).ok_or_else(|| {
-        let offered = crate::protocol::Channel::relayed_names();
+fn channel(name: &str) -> Result<Channel, ApiError> {
+    Channel::parse(name).filter(|c| c.is_relayed()).ok_or_else(|| {
+        let offered = Channel::relayed_names();
         ApiError::new(400, "bad_channel", format!("{name:?} is not a channel hedgehog offers ({offered})"))
     })
 }

@@ -1,0 +1,257 @@
+//! Process-wide facts and counters, shared by every shard: settings copied from
+//! the configuration, connection admission, and what the upstream owner reports.
+//! The counters are atomics behind methods: nothing outside this file touches them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::Channel;
+
+/// The upstream's state as every shard may report it.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamInfo {
+    pub state: &'static str,
+    pub since: String,
+    pub connects: u64,
+    pub last_error: Option<String>,
+    /// Requests the feed refused as a whole.
+    pub refused: u64,
+    pub products: usize,
+    /// When `state` last changed; `None` before the first change.
+    pub changed_at: Option<std::time::Instant>,
+}
+
+/// Process-wide facts and counters, shared by all shards.
+pub struct Global {
+    pub shards: usize,
+    pub simulated: bool,
+    pub upstream_url: String,
+    pub default_channels: Vec<Channel>,
+    /// Each client's outbound queue limit and what happens past it.
+    pub queue_bytes: usize,
+    pub slow_policy: crate::ws::SlowPolicy,
+    /// Message size, ping and idle limits of every client session.
+    pub limits: crate::ws::Limits,
+    /// (product, channel) pairs one client may hold.
+    pub max_subscriptions: usize,
+    /// Open connections per client IP, all shards together.
+    pub max_per_ip: usize,
+    /// Open connections in all; past it, only health checks are answered.
+    pub max_connections: usize,
+    /// How long a connection may take over each part of a request.
+    pub deadlines: crate::net::Deadlines,
+    /// Ready this long after start or an upstream loss, while it reconnects.
+    pub ready_grace: std::time::Duration,
+    started: std::time::Instant,
+    open: AtomicUsize,
+    /// Requests or messages per second on one connection; zero: no limit.
+    pub max_request_rate: u32,
+    /// Whether `/echo` is served (`--echo`).
+    pub echo: bool,
+    per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
+    clients: Vec<AtomicUsize>,
+    messages: AtomicU64,
+    malformed: AtomicU64,
+    panics: AtomicU64,
+    gaps: AtomicU64,
+    history_messages: AtomicUsize,
+    history_bytes: AtomicUsize,
+    /// What shard 0 keeps of each topic's recent messages.
+    pub history: super::HistoryLimits,
+    upstream: Mutex<UpstreamInfo>,
+}
+
+impl Global {
+    pub fn new(cfg: &crate::config::ServeConfig) -> Self {
+        let shards = cfg.shards;
+        Global {
+            shards,
+            simulated: cfg.simulate,
+            upstream_url: cfg.upstream.url.clone(),
+            default_channels: cfg.channels.clone(),
+            queue_bytes: cfg.client_queue_bytes,
+            slow_policy: cfg.slow_consumer,
+            limits: crate::ws::Limits {
+                max_message: cfg.max_message_bytes,
+                ping_every: cfg.ping_interval,
+                idle_after: cfg.idle_timeout,
+            },
+            max_subscriptions: cfg.max_subscriptions,
+            max_per_ip: cfg.max_connections_per_ip,
+            max_connections: cfg.max_connections,
+            deadlines: crate::net::Deadlines {
+                first_byte: cfg.first_byte_timeout,
+                head: cfg.header_timeout,
+                body: cfg.body_timeout,
+                keep_alive: cfg.keepalive_timeout,
+            },
+            ready_grace: cfg.ready_grace,
+            started: std::time::Instant::now(),
+            open: AtomicUsize::new(0),
+            max_request_rate: cfg.max_request_rate,
+            echo: cfg.echo,
+            per_ip: Mutex::new(HashMap::new()),
+            clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            messages: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            history_messages: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
+            history: super::HistoryLimits {
+                per_topic: cfg.history_size,
+                max_age: cfg.history_age,
+                max_bytes: cfg.history_bytes,
+            },
+            upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
+        }
+    }
+
+    /// Connected clients, all shards together.
+    pub fn clients(&self) -> usize {
+        self.clients.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts a new connection from `ip`. The slot gives the place back when dropped.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Admission {
+        let Ok(mut per_ip) = self.per_ip.lock() else { return Admission::PerIpFull };
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Admission::PerIpFull;
+        }
+        *n += 1;
+        let open = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = IpSlot { global: self.clone(), ip };
+        if open >= self.max_connections {
+            Admission::Reserve(slot)
+        } else {
+            Admission::Open(slot)
+        }
+    }
+
+    /// Open client connections, all shards together.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether a load balancer should send clients here: `Err` says why not.
+    /// Ready while the upstream is connected, and for `ready_grace` after start
+    /// or after it was lost (it is being reconnected).
+    pub fn readiness(&self) -> Result<(), String> {
+        let up = self.upstream();
+        if up.state == "connected" {
+            return Ok(());
+        }
+        let since = up.changed_at.unwrap_or(self.started);
+        if since.elapsed() < self.ready_grace {
+            return Ok(());
+        }
+        let why = up.last_error.map(|e| format!(": {e}")).unwrap_or_default();
+        Err(format!("upstream {} for {} s{why}", up.state, since.elapsed().as_secs()))
+    }
+
+    /// Panics contained (each ended one connection, not its shard).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Gaps found in the feed.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    pub fn count_gap(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages and bytes the history holds.
+    pub fn history_size(&self) -> (usize, usize) {
+        (self.history_messages.load(Ordering::Relaxed), self.history_bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn set_history(&self, messages: usize, bytes: usize) {
+        self.history_messages.store(messages, Ordering::Relaxed);
+        self.history_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a contained panic.
+    pub fn count_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Upstream messages received.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Counts an upstream message taken in by the owner.
+    pub fn count_message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Malformed upstream messages ignored.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// The upstream client's count of malformed messages so far.
+    pub fn set_malformed(&self, total: u64) {
+        self.malformed.store(total, Ordering::Relaxed);
+    }
+
+    /// A client registered on shard `shard`.
+    pub fn client_joined(&self, shard: usize) {
+        if let Some(c) = self.clients.get(shard) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A client of shard `shard` is gone.
+    pub fn client_left(&self, shard: usize) {
+        if let Some(c) = self.clients.get(shard) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn upstream(&self) -> UpstreamInfo {
+        self.upstream.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// Records what the upstream owner reports, for `/healthz` and `/readyz`.
+    pub fn set_upstream(&self, f: impl FnOnce(&mut UpstreamInfo)) {
+        if let Ok(mut u) = self.upstream.lock() {
+            f(&mut u);
+        }
+    }
+}
+
+/// One connection's place in its IP's count; dropping it frees the place.
+pub struct IpSlot {
+    global: Arc<Global>,
+    ip: std::net::IpAddr,
+}
+
+/// What [`Global::admit`] decides for a new connection.
+pub enum Admission {
+    /// Served as usual.
+    Open(IpSlot),
+    /// Over `max_connections`: health checks only, from the reserve.
+    Reserve(IpSlot),
+    /// The address is at `max_per_ip`: 429.
+    PerIpFull,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.global.open.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut per_ip) = self.global.per_ip.lock() {
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Shard 0's dispatch loop: each upstream event, in order, becomes messages to
+//! the shards that want it (this one included, through [`Hub::send_to`]).
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::channels::local_channel::LocalReceiver;
+
+use super::{Gap, Owner};
+use crate::hub::{Hub, ShardMsg};
+use crate::protocol::{self, Channel};
+use crate::upstream::Event;
+use crate::ws::frame;
+
+/// Runs until the upstream client ends.
+pub async fn run(hub: Rc<Hub>, events: LocalReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        let Some(owner) = hub.owner() else { return };
+        // Room first, for every shard: from here on nothing waits, so the feed
+        // state and the fan-out move in one step and a join sees both or neither.
+        // This is where a slow shard slows the upstream reader (the backlog then
+        // waits in the upstream socket) rather than losing its clients' data.
+        hub.room_for_all().await;
+        dispatch(&hub, owner, event);
+    }
+}
+
+fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
+    match event {
+        Event::Message(msg) => {
+            hub.global.count_message();
+            let Some(channel) = Channel::of_message(msg.kind()) else { return };
+            let Some(product) = msg.product() else { return };
+            // Only a heartbeat needs it (its last trade id is checked against the
+            // matches seen only while matches are subscribed).
+            let watching_trades = msg.kind() == "heartbeat" && !owner.shards_for(product, Channel::Matches).is_empty();
+            let gap = {
+                let mut feed = owner.feed.borrow_mut();
+                let gap = feed.on_message(&msg, channel, watching_trades, crate::clock::now_micros());
+                hub.global.set_history(feed.history_messages(), feed.history_bytes());
+                gap
+            };
+            for shard in owner.shards_for(product, channel).iter() {
+                hub.send_to(shard, ShardMsg::Feed { msg: msg.clone(), channel });
+            }
+            if let Some(gap) = gap {
+                on_gap(hub, owner, gap);
+            }
+        }
+        Event::Error { message, reason, product: Some(product) } => refuse(hub, owner, &product, &message, &reason),
+        // Refused here, as the feed would refuse them, without asking it.
+        Event::Unlisted(products) => {
+            let failure = protocol::RequestKind::Subscribe.failure();
+            for product in products {
+                refuse(hub, owner, &product, failure, &protocol::invalid_product(&product));
+            }
+        }
+        // A request refused as a whole: the client asks again after a backoff.
+        Event::Error { message, reason, product: None } => {
+            announce(hub, owner, Some(&format!("the feed refused a request ({message}: {reason}); asking again")))
+        }
+        Event::Subscriptions(_) => {}
+        Event::Products(list) => {
+            let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
+            hub.global.set_upstream(|u| u.products = known.len());
+            for shard in 0..hub.global.shards {
+                hub.send_to(shard, ShardMsg::Products(known.clone()));
+            }
+        }
+        Event::Malformed { total } => hub.global.set_malformed(total),
+        Event::Connected => announce(hub, owner, None),
+        Event::Disconnected { reason } => {
+            // A new connection starts every book and trade count afresh.
+            owner.feed.borrow_mut().forget_all();
+            announce(hub, owner, Some(&reason))
+        }
+    }
+}
+
+/// `product` is refused (by the feed, or here because the feed does not list it):
+/// its subscribers, on every shard, get the Coinbase `error` and their
+/// subscriptions to it end.
+fn refuse(hub: &Hub, owner: &Owner, product: &str, message: &str, reason: &str) {
+    let frame = frame::text(protocol::error_message(message, reason).as_bytes());
+    for shard in owner.shards_for_product(product).iter() {
+        hub.send_to(shard, ShardMsg::ProductError { product: product.to_string(), frame: frame.clone() });
+    }
+}
+
+/// Trades went missing on one product: resubscribe that product alone (its book
+/// and trade count start again from the fresh snapshot and `last_match`), tell
+/// its subscribers, count it.
+fn on_gap(hub: &Hub, owner: &Owner, gap: Gap) {
+    log::warn!("gap on {}: expected trade {}, got {}; resubscribing it", gap.product, gap.expected, gap.received);
+    owner.upstream.resubscribe(&gap.product);
+    hub.global.count_gap();
+    let frame = frame::text(protocol::notes::gap(&gap.product, gap.expected, gap.received).as_bytes());
+    for shard in owner.shards_for_product(&gap.product).iter() {
+        hub.send_to(shard, ShardMsg::ProductNote { product: gap.product.clone(), frame: frame.clone() });
+    }
+}
+
+/// Tells every subscribed client (all shards) the upstream's state and why it
+/// changed, and records it for `/healthz`.
+fn announce(hub: &Hub, owner: &Owner, reason: Option<&str>) {
+    let s = owner.upstream.status();
+    // Subscribers hear of it: data may pause (and later resume) for a reason.
+    let frame = frame::text(protocol::notes::upstream(s.state.as_str(), reason).as_bytes());
+    for shard in 0..hub.global.shards {
+        hub.send_to(shard, ShardMsg::Upstream(frame.clone()));
+    }
+    hub.global.set_upstream(|u| {
+        if u.state != s.state.as_str() {
+            u.changed_at = Some(std::time::Instant::now());
+        }
+        u.state = s.state.as_str();
+        u.since =
+            crate::clock::format_iso(s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+        u.connects = s.connects;
+        u.refused = s.refused;
+        u.last_error = s.last_error.clone();
+    });
+}

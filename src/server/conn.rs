@@ -1,0 +1,194 @@
+//! The accept loop and one accepted connection: admission, then HTTP/1.1
+//! requests (keep-alive, pipelined) until it upgrades to a WebSocket
+//! ([`super::websocket`]) or becomes a stream of one pair ([`super::stream`]).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::task::Queues;
+use super::{api, stream, websocket};
+use crate::http::{self, Request, Response, Route};
+use crate::hub::{Admission, Hub, IpSlot};
+use crate::net::{self, Deadlines, Phase, ReadError};
+use crate::rate::RateLimit;
+use crate::ws;
+
+/// The longest wait between failed accepts (typically: out of descriptors).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this long about failed accepts, with their count.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a connection over `--max-connections` gets to ask for a health check.
+const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Accepts until cancelled. Runs as a task of its own (see `Shard::run`): nothing
+/// but its own accepts may wake it.
+pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
+    let mut backoff = Duration::from_millis(5);
+    let (mut failed, mut last_log) = (0u64, None::<Instant>);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if failed > 0 && last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    log::warn!("accepting again after {failed} failed accepts");
+                    (failed, last_log) = (0, Some(Instant::now()));
+                }
+                backoff = Duration::from_millis(5);
+                admit(stream, &hub, queues);
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off until some free up,
+                // and say so without flooding the log.
+                failed += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    log::warn!("accept failed ({failed} so far): {e}; retrying within {ACCEPT_BACKOFF_MAX:?}");
+                    last_log = Some(Instant::now());
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Gives an accepted connection its task: served, served from the reserve
+/// (health checks only), or refused (429) when its address is at its limit.
+fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
+    let admission = match stream.peer_addr() {
+        Ok(a) => hub.global.admit(a.ip()),
+        Err(_) => return,
+    };
+    let shard = hub.id;
+    let task = match admission {
+        Admission::Open(slot) => {
+            let conn = serve(stream, hub.clone(), queues, slot);
+            let global = hub.global.clone();
+            glommio::spawn_local_into(
+                async move {
+                    super::task::contained(&global, "an HTTP connection", conn).await;
+                },
+                queues.http,
+            )
+        }
+        Admission::Reserve(slot) => glommio::spawn_local_into(reserve(stream, hub.clone(), slot), queues.http),
+        Admission::PerIpFull => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip, shard), queues.http),
+    };
+    if let Ok(task) = task {
+        task.detach();
+    }
+}
+
+/// A connection over its IP's limit: 429 and close at once. It holds no slot, so
+/// it does not linger to drain what the peer sends: a flood of them must not
+/// hold descriptors beyond the budget.
+async fn too_many(mut stream: TcpStream, limit: usize, shard: usize) {
+    let message = format!("at most {limit} connections from one address");
+    let resp = with_shard(Response::error(429, "too_many_connections", message), shard);
+    let _ = stream.write_all(&resp.to_bytes(true)).await;
+}
+
+/// A connection past `--max-connections`: it may ask for a health check within a
+/// short deadline; anything else gets 503 `server_full`. Either way it is closed.
+async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
+    let short = Deadlines {
+        first_byte: RESERVE_DEADLINE,
+        head: RESERVE_DEADLINE,
+        body: RESERVE_DEADLINE,
+        keep_alive: RESERVE_DEADLINE,
+    };
+    let mut buf = Vec::new();
+    let Ok(Some(req)) = net::read_request_within(&mut stream, &mut buf, RESERVE_DEADLINE, &short).await else { return };
+    let resp = match http::route(&req.method, &req.path, false) {
+        Ok(route @ (Route::Health | Route::Live | Route::Ready)) => Box::pin(api::handle(&hub, route, &req)).await,
+        _ => {
+            let message =
+                format!("the server holds its limit of {} connections; try again later", hub.global.max_connections);
+            Response::error(503, "server_full", message).with_header("Retry-After", "1")
+        }
+    };
+    Box::pin(close_after(stream, &resp, hub.id)).await;
+}
+
+/// `slot` holds this connection's place in its IP's count for as long as it lives.
+async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut rate = RateLimit::new(hub.global.max_request_rate);
+    let deadlines = hub.global.deadlines;
+    let mut idle = deadlines.first_byte;
+    loop {
+        let req = match net::read_request_within(&mut stream, &mut buf, idle, &deadlines).await {
+            Ok(Some(req)) => req,
+            Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::TimedOut(Phase::Idle)) => return,
+            Err(ReadError::TimedOut(phase)) => {
+                let part = if phase == Phase::Head { "head" } else { "body" };
+                let resp =
+                    Response::error(408, "request_timeout", format!("the request {part} did not arrive in time"));
+                return Box::pin(close_after(stream, &resp, hub.id)).await;
+            }
+            Err(ReadError::Parse(e)) => {
+                let (status, code) = e.status();
+                let resp = Response::error(status, code, e.to_string());
+                return Box::pin(close_after(stream, &resp, hub.id)).await;
+            }
+        };
+        idle = deadlines.keep_alive;
+        let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
+            _ if !rate.allow() => rate_limited(hub.global.max_request_rate),
+            Ok(route) => match route {
+                Route::WebSocket => return websocket::upgrade(stream, &req, buf, hub, None, queues, slot).await,
+                Route::Echo if hub.global.echo => {
+                    return Box::pin(websocket::echo(stream, &req, buf, hub, queues, slot)).await
+                }
+                // The rare and larger paths are boxed: a connection's task is as big
+                // as its largest state, for as long as the connection lives.
+                Route::Pair(pair) if !names_client(&req) => {
+                    return Box::pin(stream::stream_pair(stream, req, buf, hub, &pair, queues, slot)).await
+                }
+                route => Box::pin(api::handle(&hub, route, &req)).await,
+            },
+            Err(resp) => resp,
+        };
+        if !req.keep_alive() {
+            return Box::pin(close_after(stream, &resp, hub.id)).await;
+        }
+        if stream.write_all(&with_shard(resp, hub.id).to_bytes(false)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Every answer names the shard that wrote it, for operators tracing requests.
+pub(super) fn with_shard(resp: Response, shard: usize) -> Response {
+    resp.with_header(SHARD_HEADER, shard.to_string())
+}
+
+/// The header that names the shard.
+pub const SHARD_HEADER: &str = "X-Hedgehog-Shard";
+
+/// The answer to a request over the connection's rate; the connection stays open.
+fn rate_limited(limit: u32) -> Response {
+    let message = format!("more than {limit} requests per second on one connection; slow down");
+    Response::error(429, "rate_limited", message).with_header("Retry-After", "1".to_string())
+}
+
+fn names_client(req: &Request) -> bool {
+    req.header("X-Client-Id").is_some() || req.query_param("client_id").is_some()
+}
+
+/// Answers, then closes without resetting the peer: our side is shut for writing
+/// and what the peer still sends is read and dropped until it hangs up (or 2 s).
+pub(super) async fn close_after(mut stream: TcpStream, resp: &Response, shard: usize) {
+    if stream.write_all(&with_shard(resp.clone(), shard).to_bytes(true)).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let drain = async {
+        let mut sink = [0u8; 256];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    or(drain, glommio::timer::sleep(Duration::from_secs(2))).await;
+}

@@ -1,0 +1,258 @@
+//! WebSocket connections: the upgrade, the relay's client sessions (with
+//! Coinbase's in-band `subscribe`/`unsubscribe`), and the `/echo` test endpoint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::conn::{close_after, SHARD_HEADER};
+use super::task::{contained, Queues};
+use crate::http::Request;
+use crate::hub::{ClientId, Hub, IpSlot, Op};
+use crate::protocol::{self, Channel, RequestKind};
+use crate::rate::RateLimit;
+use crate::ws::{self, close, Outbox};
+
+/// Answers an upgrade request: the handshake, or the error and a close.
+pub(super) async fn upgrade(
+    stream: TcpStream,
+    req: &Request,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    pre: Option<Op>,
+    queues: Queues,
+    slot: IpSlot,
+) {
+    // `?mode=coinbase`: Coinbase's messages only, for clients that expect nothing else.
+    let pure = req.query_param("mode").as_deref() == Some("coinbase");
+    match ws::accept(req) {
+        Ok(handshake) => {
+            let handshake = handshake_with_shard(handshake, hub.id);
+            websocket(stream, handshake, leftover, hub, Start { pre, pure }, queues, slot).await
+        }
+        Err(resp) => Box::pin(close_after(stream, &resp, hub.id)).await,
+    }
+}
+
+/// The 101 answer with the shard header added before its blank line.
+pub(super) fn handshake_with_shard(mut handshake: Vec<u8>, shard: usize) -> Vec<u8> {
+    let at = handshake.len().saturating_sub(2);
+    let header = format!("{SHARD_HEADER}: {shard}\r\n");
+    handshake.splice(at..at, header.bytes());
+    handshake
+}
+
+/// How a WebSocket client starts.
+struct Start {
+    /// Already subscribed to a pair (`GET /api/v1/subscribe/{pair}` with an upgrade).
+    pre: Option<Op>,
+    /// Coinbase's messages only (`?mode=coinbase`).
+    pure: bool,
+}
+
+/// A WebSocket client, optionally already subscribed to a pair. Only what the
+/// session needs is kept: this future lives as long as the connection.
+async fn websocket(
+    mut stream: TcpStream,
+    handshake: Vec<u8>,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    start: Start,
+    queues: Queues,
+    slot: IpSlot,
+) {
+    let Start { pre, pure } = start;
+    if stream.write_all(&handshake).await.is_err() {
+        return;
+    }
+    drop(handshake);
+    let outbox = hub.new_outbox();
+    let Some(id) = hub.register(outbox.clone(), pure) else {
+        outbox.close(close::INTERNAL, "no room for another client");
+        let _ = ws::write_loop(&outbox, &mut stream).await;
+        return;
+    };
+    if !pure {
+        let _ = outbox.push(ws::frame::text(protocol::notes::welcome(&id.to_string()).as_bytes()));
+    }
+    // The session gets a task of its own, holding only what it needs; this
+    // connection's HTTP task ends here and its memory is freed. From here to
+    // `unregister`, a panic ends this session only, and the client is still
+    // unregistered.
+    //
+    // The served part is boxed before the task's own future is made, so the
+    // stream and the session state are stored once, not once per layer of
+    // async block (an idle connection's memory is mostly this).
+    let session = Session { hub: hub.clone(), id, pre, rate: RateLimit::new(hub.global.max_request_rate) };
+    let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
+    let session = async move {
+        contained(&hub.global, "a WebSocket session", served).await;
+        hub.unregister(id);
+        drop(slot);
+    };
+    // Spawning fails only when the executor is going away; the client goes with it.
+    if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
+        task.detach();
+    }
+}
+
+/// A relay client's session: Coinbase `subscribe` and `unsubscribe` messages on
+/// the WebSocket itself, answered as Coinbase answers them. They change the same
+/// subscriptions as the REST API.
+struct Session {
+    hub: Rc<Hub>,
+    id: ClientId,
+    /// A subscription to make before anything is read (a pre-subscribed stream).
+    pre: Option<Op>,
+    rate: RateLimit,
+}
+
+impl ws::Handler for Session {
+    async fn on_start(&mut self) {
+        if let Some(op) = self.pre.take() {
+            let _ = Box::pin(self.hub.execute(self.id, op)).await;
+        }
+    }
+
+    fn on_ping(&mut self, outbox: &Outbox) -> bool {
+        let allowed = self.rate.allow();
+        if !allowed {
+            let _ = outbox.push(ws::frame::text(
+                protocol::error_message("rate limited", "too many messages per second; slow down").as_bytes(),
+            ));
+        }
+        allowed
+    }
+
+    async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        // Boxed: a session's task is as big as its largest state for as long as the
+        // connection lives, and most clients never send a message.
+        Box::pin(self.handle(text, outbox)).await
+    }
+}
+
+impl Session {
+    async fn handle(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        let send = |text: &str| {
+            let _ = outbox.push(ws::frame::text(text.as_bytes()));
+        };
+        if !self.rate.allow() {
+            return send(&protocol::error_message("rate limited", "too many messages per second; slow down"));
+        }
+        let req = match protocol::parse_request(&text) {
+            Ok(req) => req,
+            Err(error) => return send(&error),
+        };
+        let subscribe = req.kind == RequestKind::Subscribe;
+        let failure = req.kind.failure();
+        let mut channels: BTreeMap<Channel, BTreeSet<String>> = BTreeMap::new();
+        let mut bad_products = BTreeSet::new();
+        for (name, products) in req.channels {
+            if protocol::AUTHENTICATED_CHANNELS.contains(&name.as_str()) {
+                if subscribe {
+                    send(&protocol::error_message(failure, protocol::AUTH_REQUIRED));
+                }
+                continue;
+            }
+            let Some(ch) = Channel::parse(&name).filter(|c| c.is_relayed()) else {
+                let reason = if protocol::Channel::parse(&name).is_some() {
+                    format!("{name} is not relayed by hedgehog")
+                } else {
+                    format!("{name} is not a valid channel")
+                };
+                send(&protocol::error_message(failure, &reason));
+                continue;
+            };
+            let (good, bad): (BTreeSet<String>, BTreeSet<String>) =
+                products.into_iter().partition(|p| self.hub.is_product(p));
+            if subscribe {
+                bad_products.extend(bad);
+            }
+            channels.entry(ch).or_default().extend(good);
+        }
+        for p in bad_products {
+            send(&protocol::error_message(failure, &protocol::invalid_product(&p)));
+        }
+        if let Err(e) = self.hub.execute(self.id, Op::Coinbase { subscribe, channels }).await {
+            send(&protocol::error_message(failure, &e.to_string()));
+        }
+    }
+}
+
+/// `GET /echo` (only with `--echo`): a WebSocket that sends back every message it
+/// gets, so a conformance suite can drive hedgehog's WebSocket implementation.
+/// It has the relay's limits and outbox, but no client id and no subscriptions.
+pub(super) async fn echo(
+    mut stream: TcpStream,
+    req: &Request,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    queues: Queues,
+    slot: IpSlot,
+) {
+    let handshake = match ws::accept(req) {
+        Ok(h) => handshake_with_shard(h, hub.id),
+        Err(resp) => return close_after(stream, &resp, hub.id).await,
+    };
+    if stream.write_all(&handshake).await.is_err() {
+        return;
+    }
+    let outbox = hub.new_outbox();
+    let session = async move {
+        contained(&hub.global, "an echo session", ws::run_session(stream, leftover, outbox, hub.global.limits, Echo))
+            .await;
+        drop(slot);
+    };
+    if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
+        task.detach();
+    }
+}
+
+struct Echo;
+
+/// What a debug build's echo endpoint panics on.
+#[cfg(debug_assertions)]
+const PANIC_REQUEST: &[u8] = b"hedgehog test: panic here";
+/// What makes a debug build's echo endpoint panic outside any connection's
+/// containment, ending its shard's thread (tests/fail_fast.rs).
+#[cfg(debug_assertions)]
+const PANIC_SHARD_REQUEST: &[u8] = b"hedgehog test: panic the shard";
+/// What makes a debug build's echo endpoint block its shard's thread, so that
+/// the shard answers nothing and cannot stop (tests/fail_fast.rs).
+#[cfg(debug_assertions)]
+const WEDGE_SHARD_REQUEST: &[u8] = b"hedgehog test: wedge the shard";
+
+impl ws::Handler for Echo {
+    async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
+        // A debug build's echo endpoint fails on request, so the tests can show
+        // that a panic ends one connection and not its shard (tests/panics.rs),
+        // and that a shard that dies or hangs ends the process (tests/fail_fast.rs).
+        #[cfg(debug_assertions)]
+        #[allow(clippy::panic)]
+        {
+            if text == PANIC_REQUEST {
+                panic!("the echo endpoint was asked to panic");
+            }
+            if text == PANIC_SHARD_REQUEST {
+                // glommio runs a new task at once, inside this one: it panics
+                // after its first turn, from the executor itself.
+                let shard = async {
+                    futures_lite::future::yield_now().await;
+                    panic!("the echo endpoint was asked to panic its shard")
+                };
+                glommio::spawn_local(shard).detach();
+            }
+            if text == WEDGE_SHARD_REQUEST {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        let _ = outbox.push(ws::frame::text(&text));
+    }
+
+    async fn on_binary(&mut self, data: Vec<u8>, outbox: &Outbox) {
+        let _ = outbox.push(ws::frame::binary(&data));
+    }
+}
