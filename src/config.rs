@@ -70,6 +70,10 @@ pub struct ServeConfig {
     /// For tests of start-up failure: this shard's thread panics before it
     /// listens (not a flag).
     pub fail_start: Option<usize>,
+    /// Messages in flight between two shards, and held back beyond that (see
+    /// `hub::bus`); the ordering and liveness tests shrink them (not flags).
+    pub bus_capacity: usize,
+    pub bus_backlog: usize,
     /// Requests (HTTP requests and WebSocket messages) one connection may send per
     /// second, sustained; a burst of as many is allowed. Zero: no limit.
     pub max_request_rate: u32,
@@ -106,6 +110,9 @@ impl Default for ServeConfig {
             ready_grace: Duration::from_secs(10),
             stop_poll: Duration::from_millis(20),
             fail_start: None,
+            // A few milliseconds of a busy feed each; see hub/bus.rs.
+            bus_capacity: 8192,
+            bus_backlog: 1024,
             max_request_rate: 20_000,
             history_size: 1000,
             history_age: Duration::from_secs(600),

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Running, DEADLINE};
+use common::{echo_client, exchange, Running, DEADLINE};
 
 /// The binary with `args` and two shards; its address and a channel of its log lines.
 fn start(args: &[&str]) -> (Running, SocketAddr, mpsc::Receiver<String>) {
@@ -64,14 +64,6 @@ fn log_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
             return line;
         }
     }
-}
-
-/// An echo WebSocket client and the shard that serves it.
-fn echo_client(addr: SocketAddr) -> (tungstenite::WebSocket<TcpStream>, usize) {
-    let stream = TcpStream::connect(addr).unwrap();
-    let (ws, resp) = tungstenite::client(format!("ws://{addr}/echo"), stream).expect("handshake");
-    let shard = resp.headers()["X-Hedgehog-Shard"].to_str().unwrap().parse().unwrap();
-    (ws, shard)
 }
 
 #[test]
@@ -142,4 +134,43 @@ fn a_wedged_shard_fails_livez_and_cannot_hold_up_shutdown() {
     assert_eq!(code, 1, "a shutdown that could not finish is a failure");
     let line = log_line(&log, "did not stop");
     assert!(line.contains(&format!("shard(s) {wedged} did not stop")), "{line}");
+}
+
+#[test]
+fn a_request_for_a_client_of_a_wedged_shard_gets_503_shard_unavailable() {
+    let (_child, addr, _log) = start(&["--simulate", "--echo"]);
+    let (_client, id) = common::relay_client(addr);
+    let wedged: usize = id.split('-').next().unwrap().parse().unwrap();
+    // A keep-alive connection to the other shard, found while both still answer.
+    let end = Instant::now() + DEADLINE;
+    let mut other = loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (_, head) = exchange(&mut s, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");
+        if !head.contains(&format!("X-Hedgehog-Shard: {wedged}\r\n")) {
+            break s;
+        }
+        assert!(Instant::now() < end, "every connection landed on shard {wedged}");
+    };
+    // Wedge the client's shard, through an echo connection the kernel gave it.
+    let end = Instant::now() + DEADLINE;
+    let mut ws = loop {
+        let (ws, shard) = echo_client(addr);
+        if shard == wedged {
+            break ws;
+        }
+        assert!(Instant::now() < end, "no echo connection landed on shard {wedged}");
+    };
+    ws.send(tungstenite::Message::text("hedgehog test: wedge the shard")).unwrap();
+    // The other shard asks the wedged one, and gives up after its deadline.
+    let request = format!("POST /api/v1/subscribe/BTC-USD HTTP/1.1\r\nHost: x\r\nX-Client-Id: {id}\r\n\r\n");
+    let end = Instant::now() + DEADLINE;
+    let (status, text) = loop {
+        let (status, text) = exchange(&mut other, &request);
+        if status != 200 || Instant::now() >= end {
+            break (status, text);
+        }
+    };
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains(r#""error":"shard_unavailable""#) && text.contains(&format!("shard {wedged} ")), "{text}");
 }

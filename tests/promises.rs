@@ -65,3 +65,17 @@ fn an_unlisted_pair_is_404_on_history_as_on_subscribe() {
     assert_eq!(history, stream);
     assert_eq!(http(addr, "GET", "/api/v1/history/BTC-USD", "").0, 200);
 }
+
+#[test]
+fn streams_are_served_from_the_sessions_task_queue() {
+    // SSE and NDJSON streams are sessions like WebSockets: served from the
+    // sessions queue, so a heavy stream cannot slow REST and handshakes in the
+    // http queue. (The debug build names the queue in the stream's head.)
+    let sim = simulator(|_| {});
+    let relay = relay(2, &sim.url());
+    let addr = relay.addr;
+    wait_until("products listed", || http(addr, "GET", "/healthz", "").2["upstream"]["products"].as_u64() > Some(0));
+    for head in [stream_head(addr, ""), stream_head(addr, "Accept: text/event-stream\r\n")] {
+        assert!(head.contains("X-Hedgehog-Queue: sessions\r\n"), "{head}");
+    }
+}

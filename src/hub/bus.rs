@@ -9,8 +9,8 @@
 //! they are (feed messages, join answers, notes, requests, replies).
 //!
 //! # Bounds, and why no cycle can wedge two shards
-//! A channel holds [`CAPACITY`] messages; its backlog is not capped by `post`,
-//! which never waits. What bounds it is where work enters the hub:
+//! A channel holds `bus_capacity` messages (8,192; see `config`); its backlog
+//! (full at `bus_backlog`, 1,024) is not capped by `post`, which never waits. What bounds it is where work enters the hub:
 //! - shard 0's dispatcher waits for room in every backlog ([`Bus::room`]) before
 //!   each upstream event, so a slow shard slows the upstream reader;
 //! - a client's operation (REST, a WebSocket subscribe, `/livez`) waits for room
@@ -40,19 +40,14 @@ use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender
 
 use super::msg::{Answer, HubError, ShardMsg};
 
-/// Messages in flight per ordered pair of shards, in the lock-free channel.
-pub const CAPACITY: usize = 8192;
-
-/// Messages a backlog may hold before the places where work enters the hub
-/// wait for it to drain (see the module's doc).
-pub const BACKLOG: usize = 1024;
-
 /// A reply on its way back to the task that asked.
 type Pending = LocalSender<Result<Answer, HubError>>;
 
 /// A shard's sending side of the bus, connected.
 pub struct Bus {
     me: usize,
+    /// At this many messages a backlog is full (see [`Bus::room`]).
+    backlog_limit: usize,
     senders: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// Per destination: what did not fit in its channel, in order.
     backlogs: Vec<RefCell<VecDeque<ShardMsg>>>,
@@ -119,7 +114,7 @@ impl Bus {
     /// Waits until the backlog towards every shard `to` accepts has room.
     pub async fn room(&self, to: impl Fn(usize) -> bool) {
         std::future::poll_fn(|cx| {
-            let full = self.backlogs.iter().enumerate().any(|(i, b)| to(i) && b.borrow().len() >= BACKLOG);
+            let full = self.backlogs.iter().enumerate().any(|(i, b)| to(i) && b.borrow().len() >= self.backlog_limit);
             if full {
                 self.waiters.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
@@ -162,18 +157,20 @@ impl Bus {
 pub struct BusEnds {
     me: usize,
     shards: usize,
+    backlog: usize,
     senders: Vec<(usize, SharedSender<ShardMsg>)>,
     receivers: Vec<SharedReceiver<ShardMsg>>,
 }
 
-/// The full mesh for `n` shards: element `i` holds shard `i`'s ends.
-pub fn mesh(n: usize) -> Vec<BusEnds> {
+/// The full mesh for `n` shards, with `capacity` messages in flight and
+/// `backlog` held back per ordered pair: element `i` holds shard `i`'s ends.
+pub fn mesh(n: usize, capacity: usize, backlog: usize) -> Vec<BusEnds> {
     let mut ends: Vec<BusEnds> =
-        (0..n).map(|me| BusEnds { me, shards: n, senders: Vec::new(), receivers: Vec::new() }).collect();
+        (0..n).map(|me| BusEnds { me, shards: n, backlog, senders: Vec::new(), receivers: Vec::new() }).collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
-                let (tx, rx) = shared_channel::new_bounded(CAPACITY);
+                let (tx, rx) = shared_channel::new_bounded(capacity.max(1));
                 ends[from].senders.push((to, tx));
                 ends[to].receivers.push(rx);
             }
@@ -197,6 +194,7 @@ impl BusEnds {
         let n = self.shards;
         let mut bus = Bus {
             me: self.me,
+            backlog_limit: self.backlog.max(1),
             senders: (0..n).map(|_| None).collect(),
             backlogs: (0..n).map(|_| RefCell::new(VecDeque::new())).collect(),
             flushing: (0..n).map(|_| Cell::new(false)).collect(),

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bus::{mesh as bus_mesh, Bus, BusEnds, BACKLOG as BUS_BACKLOG, CAPACITY as BUS_CAPACITY};
+pub use bus::{mesh as bus_mesh, Bus, BusEnds};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
 pub use global::{Admission, Global, IpSlot, UpstreamInfo};

@@ -221,7 +221,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         poll: cfg.stop_poll,
         polls: AtomicU64::new(0),
     });
-    let mut ends = hub::bus_mesh(n);
+    let mut ends = hub::bus_mesh(n, cfg.bus_capacity, cfg.bus_backlog);
     let mut placements = placements(n);
     let mut threads = Vec::new();
     let (ended_tx, ended) = mpsc::channel();

@@ -224,6 +224,10 @@ const PANIC_SHARD_REQUEST: &[u8] = b"hedgehog test: panic the shard";
 /// the shard answers nothing and cannot stop (tests/fail_fast.rs).
 #[cfg(debug_assertions)]
 const WEDGE_SHARD_REQUEST: &[u8] = b"hedgehog test: wedge the shard";
+/// What makes a debug build's echo endpoint block its shard's thread for 3 s,
+/// so that the bus towards it backs up (tests/bus.rs).
+#[cfg(debug_assertions)]
+const STALL_SHARD_REQUEST: &[u8] = b"hedgehog test: stall the shard";
 
 impl ws::Handler for Echo {
     async fn on_text(&mut self, text: Vec<u8>, outbox: &Outbox) {
@@ -247,6 +251,9 @@ impl ws::Handler for Echo {
             }
             if text == WEDGE_SHARD_REQUEST {
                 std::thread::sleep(Duration::from_secs(3600));
+            }
+            if text == STALL_SHARD_REQUEST {
+                std::thread::sleep(Duration::from_secs(3));
             }
         }
         let _ = outbox.push(ws::frame::text(&text));

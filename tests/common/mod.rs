@@ -259,3 +259,37 @@ pub fn start_binary(args: &[&str]) -> (std::process::Child, std::net::SocketAddr
     let addr = rx.recv_timeout(DEADLINE).expect("the relay says where it listens");
     (child, addr.parse().expect("an address"))
 }
+
+/// An echo WebSocket client and the shard that serves it.
+pub fn echo_client(addr: std::net::SocketAddr) -> (tungstenite::WebSocket<TcpStream>, usize) {
+    let stream = TcpStream::connect(addr).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}/echo"), stream).expect("handshake");
+    let shard = resp.headers()["X-Hedgehog-Shard"].to_str().unwrap().parse().unwrap();
+    (ws, shard)
+}
+
+/// Sends one keep-alive request on `s` and reads its answer: (status, head and body).
+pub fn exchange(s: &mut TcpStream, request: &str) -> (u16, String) {
+    use std::io::{BufRead, Read, Write};
+    s.write_all(request.as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut text = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed: {text}");
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        text.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).unwrap();
+    assert!(r.buffer().is_empty(), "one answer per request");
+    text.push_str(&String::from_utf8_lossy(&body));
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}

@@ -10,7 +10,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use super::{Gap, Owner};
 use crate::hub::{Hub, ShardMsg};
 use crate::protocol::{self, Channel};
-use crate::upstream::Event;
+use crate::upstream::{Event, State};
 use crate::ws::frame;
 
 /// Runs until the upstream client ends.
@@ -58,7 +58,8 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
         }
         // A request refused as a whole: the client asks again after a backoff.
         Event::Error { message, reason, product: None } => {
-            announce(hub, owner, Some(&format!("the feed refused a request ({message}: {reason}); asking again")))
+            let why = format!("the feed refused a request ({message}: {reason}); asking again");
+            announce(hub, owner, owner.upstream.status().state, Some(&why))
         }
         Event::Subscriptions(_) => {}
         Event::Products(list) => {
@@ -69,11 +70,11 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
             }
         }
         Event::Malformed { total } => hub.global.set_malformed(total),
-        Event::Connected => announce(hub, owner, None),
+        Event::Connected => announce(hub, owner, State::Connected, None),
         Event::Disconnected { reason } => {
             // A new connection starts every book and trade count afresh.
             owner.feed.borrow_mut().forget_all();
-            announce(hub, owner, Some(&reason))
+            announce(hub, owner, State::Reconnecting, Some(&reason))
         }
     }
 }
@@ -102,19 +103,21 @@ fn on_gap(hub: &Hub, owner: &Owner, gap: Gap) {
 }
 
 /// Tells every subscribed client (all shards) the upstream's state and why it
-/// changed, and records it for `/healthz`.
-fn announce(hub: &Hub, owner: &Owner, reason: Option<&str>) {
+/// changed, and records it for `/healthz`. `state` is the one the event brought,
+/// not the upstream's state now: the dispatcher may take an event late (while a
+/// slow shard holds it up), and the client may have reconnected since.
+fn announce(hub: &Hub, owner: &Owner, state: State, reason: Option<&str>) {
     let s = owner.upstream.status();
     // Subscribers hear of it: data may pause (and later resume) for a reason.
-    let frame = frame::text(protocol::notes::upstream(s.state.as_str(), reason).as_bytes());
+    let frame = frame::text(protocol::notes::upstream(state.as_str(), reason).as_bytes());
     for shard in 0..hub.global.shards {
         hub.send_to(shard, ShardMsg::Upstream(frame.clone()));
     }
     hub.global.set_upstream(|u| {
-        if u.state != s.state.as_str() {
+        if u.state != state.as_str() {
             u.changed_at = Some(std::time::Instant::now());
         }
-        u.state = s.state.as_str();
+        u.state = state.as_str();
         u.since =
             crate::clock::format_iso(s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
         u.connects = s.connects;
