@@ -5,14 +5,33 @@
 #   bash bench.sh            full run (under 20 minutes)
 #   bash bench.sh --quick    daily development (under 2 minutes)
 #   bash bench.sh --smoke    a few seconds, tiny sizes; CI runs it so the harness cannot rot
+#   bash bench.sh --quick --baseline REV    (or --full --baseline REV)
+#                            also measure hedgehog as built from git revision REV
+#                            ("hedgehog-baseline"), each run right beside hedgehog's;
+#                            RESULTS.md gains hedgehog/baseline ratios
 #
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
 # the other core(s). Everything targets loopback only, bounded in time and count.
 set -euo pipefail
 cd "$(dirname "$0")"
-MODE=${1:---full}
-case "$MODE" in --full|--quick|--smoke) ;; *) echo "usage: bash bench.sh [--quick|--smoke]" >&2; exit 2 ;; esac
+
+usage() { echo "usage: bash bench.sh [--full|--quick|--smoke] [--baseline REV]" >&2; exit 2; }
+MODE=--full
+BASELINE=
+BASELINE_COMMIT=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --full|--quick|--smoke) MODE=$1 ;;
+    --baseline) [ $# -ge 2 ] || usage; BASELINE=$2; shift ;;
+    --baseline=*) BASELINE=${1#--baseline=} ;;
+    *) usage ;;
+  esac
+  shift
+done
+if [ -n "$BASELINE" ] && ! BASELINE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}"); then
+  echo "bench: --baseline $BASELINE is not a commit in this repository" >&2; exit 2
+fi
 
 SERVER_CORE=0
 HOLD=0
@@ -26,7 +45,10 @@ WORK=$(mktemp -d /tmp/hedgehog-bench.XXXXXX)
 RAW="$WORK/raw.jsonl"
 : > "$RAW"
 PIDS=()
-trap 'stop_all; rm -rf "$WORK"' EXIT
+# The hedgehog targets: this tree's, then (with --baseline) REV's.
+HEDGEHOGS=(hedgehog)
+BASE_TREE="$WORK/baseline"
+trap 'stop_all; remove_baseline_tree; rm -rf "$WORK"' EXIT
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -43,6 +65,43 @@ install() {
 }
 
 BIN=target/release
+# REV's release build: its own target dir, so the dependencies built once are reused
+# by later runs (and this tree's target/release is left alone), and the binary kept
+# per commit, so comparing against the same REV again builds nothing.
+BASE_TARGET=$PWD/target/baseline
+BASE_BIN="$BASE_TARGET/hedgehog-$BASELINE_COMMIT"
+build_baseline() {
+  python3 -c 'import json,sys; print(json.dumps({"scenario": "baseline", "target": "hedgehog-baseline",
+    "result": {"commit": sys.argv[1], "subject": sys.argv[2]}}))' \
+    "$(git log -1 --format=%h "$BASELINE_COMMIT")" "$(git log -1 --format=%s "$BASELINE_COMMIT")" >>"$RAW"
+  HEDGEHOGS+=(hedgehog-baseline)
+  if [ -x "$BASE_BIN" ]; then
+    log "baseline: $(git log -1 --format='%h %s' "$BASELINE_COMMIT") (built before)"
+    return
+  fi
+  log "building the baseline, $(git log -1 --format='%h %s' "$BASELINE_COMMIT") (release)"
+  mkdir -p "$BASE_TARGET"
+  git worktree add --quiet --detach "$BASE_TREE" "$BASELINE_COMMIT"
+  if ! (cd "$BASE_TREE" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release -p hedgehog) >"$BASE_TARGET/build.log" 2>&1; then
+    log "the baseline ($BASELINE) does not build; cargo's output: $BASE_TARGET/build.log"
+    exit 1
+  fi
+  rm -f "$BASE_TARGET"/hedgehog-*
+  cp "$BASE_TARGET/release/hedgehog" "$BASE_BIN"
+  remove_baseline_tree
+}
+remove_baseline_tree() {
+  [ -d "$BASE_TREE" ] || return 0
+  git worktree remove --force "$BASE_TREE" 2>/dev/null || true
+}
+
+# Options the baseline may predate are passed only to a binary whose --help lists them.
+supports() { # binary option
+  local help
+  help=$("$1" --help 2>/dev/null) || true
+  [[ $help == *"$2 "* ]]
+}
+
 stop_all() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
@@ -72,15 +131,21 @@ start_sim() { # rate products [hold seconds]
 # Starts TARGET's server for RATE msg/s per product over PRODUCTS; sets SERVER_PID, ADDR.
 start_target() { # target rate products
   case "$1" in
-    hedgehog)
+    hedgehog|hedgehog-baseline)
+      # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
+      local bin=$BIN/hedgehog budget option
+      [ "$1" = hedgehog ] || bin=$BASE_BIN
       # The load comes from a few 127.0.0.x addresses (up to 9,000 clients each) and
       # the idle step holds 19,000 connections: lift the per-address and total
       # connection budgets (a quarter and 95% of the file limit by default) to the
       # file limit itself, as an operator load-testing from few hosts would.
-      WEB_CONCURRENCY=1 RUST_LOG=warn taskset -c "$SERVER_CORE" "$BIN/hedgehog" --host 127.0.0.1 --port "$HH_PORT" \
-        --upstream-url "ws://127.0.0.1:$SIM_PORT" --max-connections-per-ip "$(ulimit -n)" --max-connections "$(ulimit -n)" \
-        >"$WORK/hedgehog.log" 2>&1 &
+      budget=()
+      for option in --max-connections-per-ip --max-connections; do
+        if supports "$bin" "$option"; then budget+=("$option" "$(ulimit -n)"); fi
+      done
+      WEB_CONCURRENCY=1 RUST_LOG=warn taskset -c "$SERVER_CORE" "$bin" --host 127.0.0.1 --port "$HH_PORT" \
+        --upstream-url "ws://127.0.0.1:$SIM_PORT" "${budget[@]}" >"$WORK/$1.log" 2>&1 &
       SERVER_PID=$!; PIDS+=($SERVER_PID); ADDR="127.0.0.1:$HH_PORT"
       ;;
     nats)
@@ -108,7 +173,8 @@ run() { # scenario target clients rate products subs extra-loadgen-args...
   local scenario=$1 target=$2 clients=$3 rate=$4 products=$5 subs=$6; shift 6
   start_target "$target" "$rate" "$products"
   local out
-  if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "$target" --addr "$ADDR" --clients "$clients" \
+  # The load generator speaks hedgehog's protocol to either hedgehog.
+  if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "${target%-baseline}" --addr "$ADDR" --clients "$clients" \
       --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
       --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "$@" 2>>"$WORK/loadgen.log"); then
     printf '{"scenario":"%s","target":"%s","rate":%s,"subs":%s,"result":%s}\n' "$scenario" "$target" "$rate" "$subs" "$out" >>"$RAW"
@@ -125,16 +191,32 @@ kept_up() {
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r.get("ready",0)>0 and r.get("lost",1)==0 and r.get("errors",1)==0 and r.get("p99_ms",1e9)<100 and not r.get("loadgen_saturated") and r.get("deliveries",0)>0 else 1)' "$1"
 }
 
-fanout() {
-  local clients rate target
-  for clients in $FANOUT_CLIENTS; do
-    for target in hedgehog nats ceiling; do
-      for rate in $FANOUT_RATES; do
-        log "fan-out: $target, $clients clients, $rate msg/s"
-        run fanout "$target" "$clients" "$rate" BTC-USD 1
-        kept_up "$(cat "$WORK/last.json")" || break
-      done
+# Steps the rate up for TARGETS together: each step is run by every target still
+# climbing, one after the other and taking turns at going first, so targets
+# compared with each other see the machine at the same moments. A target stops
+# at its first step that falls behind.
+ladder() { # clients targets...
+  local clients=$1 rate target
+  shift
+  local live=("$@") kept
+  for rate in $FANOUT_RATES; do
+    kept=()
+    for target in "${live[@]}"; do
+      log "fan-out: $target, $clients clients, $rate msg/s"
+      run fanout "$target" "$clients" "$rate" BTC-USD 1
+      if kept_up "$(cat "$WORK/last.json")"; then kept+=("$target"); fi
     done
+    [ ${#kept[@]} -gt 0 ] || break
+    live=("${kept[@]:1}" "${kept[0]}")
+  done
+}
+
+fanout() {
+  local clients
+  for clients in $FANOUT_CLIENTS; do
+    ladder "$clients" "${HEDGEHOGS[@]}"
+    ladder "$clients" nats
+    ladder "$clients" ceiling
   done
 }
 
@@ -145,7 +227,7 @@ market_mix() {
   # behind, and clients subscribing during the flood would wait behind it. So the
   # simulator holds trading until all have subscribed, and the window starts after.
   HOLD=$MIX_HOLD
-  for target in hedgehog nats ceiling; do
+  for target in "${HEDGEHOGS[@]}" nats ceiling; do
     log "market mix: $target, $MIX_CLIENTS clients x 3 of 50 products (Zipf), 2,000 msg/s in total"
     run mix "$target" "$MIX_CLIENTS" 40 "$products" 3 --zipf 1.0 --warmup "$MIX_HOLD"
   done
@@ -156,7 +238,7 @@ market_mix() {
 # and the connect storm (time to greet them all) are the same run at two sizes.
 connect_only() { # scenario clients what
   local target
-  for target in hedgehog nats ceiling; do
+  for target in "${HEDGEHOGS[@]}" nats ceiling; do
     log "$3: $target, $2 connections"
     run "$1" "$target" "$2" 1 BTC-USD 1 --idle --warmup 0 --duration 0.5
   done
@@ -165,25 +247,30 @@ idle() { connect_only idle "$IDLE_CLIENTS" "idle capacity"; }
 storm() { connect_only storm "$STORM_CLIENTS" "connect storm"; }
 
 rest() {
-  start_target hedgehog 1 BTC-USD
+  local target
+  for target in "${HEDGEHOGS[@]}"; do rest_one "$target"; done
+}
+
+rest_one() { # target
+  start_target "$1" 1 BTC-USD
   taskset -c "$LOAD_CORES" "$BIN/loadgen" client-id --addr "$ADDR" >"$WORK/id" 2>/dev/null &
   PIDS+=($!)
   for _ in $(seq 1 100); do [ -s "$WORK/id" ] && break; sleep 0.05; done
   local id method
   id=$(head -1 "$WORK/id")
   for method in POST DELETE; do
-    log "REST: wrk $method /api/v1/subscribe/BTC-USD"
+    log "REST: $1, wrk $method /api/v1/subscribe/BTC-USD"
     printf 'wrk.method = "%s"\nwrk.headers["X-Client-Id"] = "%s"\n' "$method" "$id" >"$WORK/$method.lua"
     taskset -c "$LOAD_CORES" wrk -t1 -c16 -d"${REST_SECONDS}s" --latency -s "$WORK/$method.lua" \
       "http://$ADDR/api/v1/subscribe/BTC-USD" >"$WORK/wrk-$method.txt" 2>&1 || true
-    python3 - "$WORK/wrk-$method.txt" "$method" >>"$RAW" <<'PY'
+    python3 - "$WORK/wrk-$method.txt" "$method" "$1" >>"$RAW" <<'PY'
 import json, re, sys
 text = open(sys.argv[1]).read()
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
 p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", text, re.M)
 scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(json.dumps({"scenario": "rest", "target": "hedgehog", "method": sys.argv[2], "result": {
+print(json.dumps({"scenario": "rest", "target": sys.argv[3], "method": sys.argv[2], "result": {
     "rps": float(rps.group(1)) if rps else 0.0,
     "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else None,
     "non_2xx": int(non2xx.group(1)) if non2xx else 0}}))
@@ -220,6 +307,7 @@ esac
 
 started=$(date +%s)
 install
+[ -z "$BASELINE" ] || build_baseline
 fanout
 market_mix
 idle

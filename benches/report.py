@@ -10,7 +10,9 @@ import subprocess
 import sys
 from collections import defaultdict
 
-TARGETS = ["hedgehog", "nats", "ceiling"]
+TARGETS = ["hedgehog", "hedgehog-baseline", "nats", "ceiling"]
+# hedgehog built from another revision (`bench.sh --baseline REV`), when the run has one.
+BASELINE = "hedgehog-baseline"
 
 
 def load(path):
@@ -55,10 +57,29 @@ def machine():
     return model, platform.release(), os.cpu_count(), commit + (" (+uncommitted src changes)" if dirty else "")
 
 
-def fanout_section(rows, out):
+def fanout_runs(rows):
+    """{(clients, rate): {target: result}} for the fan-out sweep."""
     runs = defaultdict(dict)
     for row in rows:
         runs[(row["result"]["clients"], row["rate"])][row["target"]] = row["result"]
+    return runs
+
+
+def knees_of(runs):
+    """Each target's knee per client count, and whether the load generator, not the server, stopped its ladder."""
+    knees = defaultdict(dict)
+    bound = defaultdict(dict)
+    for (clients, rate), s in sorted(runs.items()):
+        for t, r in s.items():
+            if kept_up(r):
+                knees[clients][t] = max(knees[clients].get(t, 0), rate)
+            elif r.get("loadgen_saturated") and r.get("lost", 1) == 0 and r.get("errors", 1) == 0:
+                bound[clients][t] = True
+    return knees, bound
+
+
+def fanout_section(rows, out):
+    runs = fanout_runs(rows)
     out.append("## Fan-out sweep (1 product, `matches`)\n")
     out.append("Per step: deliveries/s, server CPU seconds (/proc), deliveries per server CPU-second, "
                "latency (receive time minus the message's `time`), losses. A target's ladder stops at the "
@@ -86,14 +107,7 @@ def fanout_section(rows, out):
         g = lambda r, k: r.get(k) if r else None
         out.append(f"| {clients:,} | {rate} | {ratio(g(h, 'per_cpu_s'), g(n, 'per_cpu_s'))} | {ratio(g(h, 'per_cpu_s'), g(c, 'per_cpu_s'))} | "
                    f"{ratio(g(h, 'p99_ms'), g(n, 'p99_ms'))} | {ratio(g(h, 'p99_ms'), g(c, 'p99_ms'))} |")
-    knees = defaultdict(dict)
-    bound = defaultdict(dict)
-    for (clients, rate), s in sorted(runs.items()):
-        for t, r in s.items():
-            if kept_up(r):
-                knees[clients][t] = max(knees[clients].get(t, 0), rate)
-            elif r.get("loadgen_saturated") and r.get("lost", 1) == 0 and r.get("errors", 1) == 0:
-                bound[clients][t] = True
+    knees, bound = knees_of(runs)
     out.append("\nThe knee: the highest rate with zero loss and p99 under 100 ms (0: not even the first step). "
                "A `+` marks a ladder stopped by the load generator saturating its core while the server still "
                "delivered everything: the server's real knee is higher than shown, and the ratio is a lower bound "
@@ -119,12 +133,73 @@ def simple_section(title, rows, cols, out, note=""):
         if t in by:
             out.append(f"| {t} | " + " | ".join(c[1](by[t]) for c in cols) + " |")
     if "hedgehog" in by:
-        for peer in ("nats", "ceiling"):
+        for peer in (BASELINE, "nats", "ceiling"):
             if peer in by:
                 out.append(f"| hedgehog/{peer} | " + " | ".join(
                     ratio(c[2](by["hedgehog"]), c[2](by[peer])) if len(c) > 2 else "" for c in cols) + " |")
     out.append("")
     return by
+
+
+def baseline_section(by_scenario, out):
+    """hedgehog against the same program built from the baseline revision, figure by figure."""
+    out.append("## Against the baseline\n")
+    out.append(f"hedgehog (this tree) over `{BASELINE}`, in this one run. Deliveries per CPU-second, knee, "
+               "requests/s and connections held: higher is better; latency, RSS and seconds: lower is better. "
+               "Each figure is one run per side: to see this machine's noise, run a clean tree with "
+               "`--baseline HEAD`, where every difference is noise.\n")
+    out.append(f"| figure | hedgehog | {BASELINE} | hedgehog/baseline | note |")
+    out.append("|---|---:|---:|---:|---|")
+    for name, h, b, shown, note in baseline_figures(by_scenario):
+        out.append(f"| {name} | {shown(h)} | {shown(b)} | {ratio(h, b)} | {note} |")
+    out.append("")
+
+
+def baseline_figures(by_scenario):
+    """(figure, hedgehog's value, the baseline's value, format, note) for each figure both sides measured."""
+    whole, one, two = (lambda v: fmt(v, 0)), fmt, (lambda v: fmt(v, 2))
+    runs = fanout_runs(by_scenario["fanout"])
+    for (clients, rate), s in sorted(runs.items()):
+        h, b = s.get("hedgehog"), s.get(BASELINE)
+        if h and b:
+            step = f"fan-out {clients:,} x {rate} msg/s"
+            yield f"{step}: deliveries/CPU-s", h.get("per_cpu_s"), b.get("per_cpu_s"), whole, caveat(h, b)
+            yield f"{step}: p99 ms", h.get("p99_ms"), b.get("p99_ms"), one, ""
+    knees, bound = knees_of(runs)
+    for clients in sorted({c for c, _ in runs}):
+        k = knees[clients]
+        marks = "; ".join(f"{t} bound by the load generator" for t in ("hedgehog", BASELINE) if bound[clients].get(t))
+        yield f"fan-out knee at {clients:,} clients, msg/s", k.get("hedgehog", 0), k.get(BASELINE, 0), fmt, marks
+    by = defaultdict(dict)
+    for scenario in ("mix", "idle", "storm", "rest"):
+        for r in by_scenario[scenario]:
+            by[scenario + (" " + r["method"] if scenario == "rest" else "")][r["target"]] = r["result"]
+    pair = lambda key: (by[key].get("hedgehog"), by[key].get(BASELINE))
+    mix = pair("mix")
+    figures = [
+        ("market mix: deliveries/CPU-s", mix, lambda r: r.get("per_cpu_s"), whole, all(mix) and caveat(*mix, behind=False)),
+        ("market mix: p99 ms", mix, lambda r: r.get("p99_ms"), one, ""),
+        ("idle: RSS per connection, bytes", pair("idle"), rss_per_conn, whole, ""),
+        ("idle: connections held", pair("idle"), lambda r: r.get("ready"), fmt, ""),
+        ("connect storm: seconds to greet all", pair("storm"), lambda r: r.get("ready_seconds"), two, ""),
+    ]
+    for method in ("POST", "DELETE"):
+        sides = pair("rest " + method)
+        figures += [(f"REST {method}: requests/s", sides, lambda r: r.get("rps"), whole, ""),
+                    (f"REST {method}: p99 ms", sides, lambda r: r.get("p99_ms"), two, "")]
+    for name, (h, b), value, shown, note in figures:
+        if h and b:
+            yield name, value(h), value(b), shown, note
+
+
+def caveat(h, b, behind=True):
+    """Why a pair of runs may not compare: the load generator saturated, or a side fell behind."""
+    notes = []
+    if h.get("loadgen_saturated") or b.get("loadgen_saturated"):
+        notes.append("load generator saturated")
+    if behind:
+        notes += [f"{t} fell behind" for t, r in (("hedgehog", h), ("baseline", b)) if not kept_up(r)]
+    return "; ".join(notes)
 
 
 def rss_per_conn(r):
@@ -137,7 +212,10 @@ def main():
         rows = load(sys.argv[2])
         scenarios = {r["scenario"] for r in rows}
         missing = {"fanout", "mix", "idle", "storm", "rest", "micro"} - scenarios
-        bad = [r for r in rows if r["scenario"] != "rest" and r["result"].get("ready", 0) == 0]
+        if any(r["scenario"] == "baseline" for r in rows):
+            ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
+            missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
+        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline") and r["result"].get("ready", 0) == 0]
         if missing or bad:
             print(f"bench smoke failed: missing {sorted(missing)}, empty runs {len(bad)}", file=sys.stderr)
             sys.exit(1)
@@ -145,11 +223,18 @@ def main():
         return
     rows, mode, seconds = load(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     model, kernel, cores, commit = machine()
+    by_scenario = defaultdict(list)
+    for r in rows:
+        by_scenario[r["scenario"]].append(r)
+    baseline = [f"- Baseline: `{BASELINE}` is hedgehog built from {b['commit']} ({b['subject']}), put through "
+                "every scenario but the micro-benchmarks, each run beside hedgehog's and fed by the same simulator"
+                for b in (r["result"] for r in by_scenario["baseline"][:1])]
     import datetime
     out = ["# hedgehog benchmark results\n",
            f"- Machine: {model}, {cores} cores, Linux {kernel}",
            f"- Commit: {commit}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
            f"`bash bench.sh {mode}` took {seconds} s",
+           *baseline,
            "- Layout: each server pinned to core 0 (hedgehog with `WEB_CONCURRENCY=1`; nats-server 2.9 with its "
            "WebSocket listener, fed by a bridge that publishes the simulator's messages; the ceiling program, which "
            "writes pre-encoded stamped frames, one write per delivery, no logic). Simulator, bridge and load "
@@ -157,9 +242,8 @@ def main():
            "- Figures are from one run on a shared machine: compare ratios within this file, not across files.",
            "- What bounds these numbers, with profiles, and the targets missed: `benches/ANALYSIS.md` "
            "(written for the committed run; re-read it against a new one).\n"]
-    by_scenario = defaultdict(list)
-    for r in rows:
-        by_scenario[r["scenario"]].append(r)
+    if baseline:
+        baseline_section(by_scenario, out)
     runs, knees = fanout_section(by_scenario["fanout"], out)
     out.append("")
     mix = simple_section("Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)",
@@ -190,7 +274,8 @@ def main():
     out.append("|---|---:|---:|---:|")
     for r in by_scenario["rest"]:
         x = r["result"]
-        out.append(f"| {r['method']} /api/v1/subscribe/BTC-USD | {fmt(x.get('rps'), 0)} | {fmt(x.get('p99_ms'), 2)} | {x.get('non_2xx')} |")
+        who = f" ({r['target']})" if r["target"] != "hedgehog" else ""
+        out.append(f"| {r['method']} /api/v1/subscribe/BTC-USD{who} | {fmt(x.get('rps'), 0)} | {fmt(x.get('p99_ms'), 2)} | {x.get('non_2xx')} |")
     out.append("")
     out.append("## Micro-benchmarks (criterion, `cargo bench --bench micro`)\n")
     out.append("| benchmark | time per iteration |")
@@ -207,7 +292,7 @@ def main():
     out.append("|---|---|---|")
     for clients, rate in [(1000, 10), (1000, 50)]:
         s = runs.get((clients, rate), {})
-        h, n, c = (s.get(t, {}).get("per_cpu_s") for t in TARGETS)
+        h, n, c = (s.get(t, {}).get("per_cpu_s") for t in ("hedgehog", "nats", "ceiling"))
         if h:
             out.append(f"| deliveries/CPU-s >= 2x nats at {clients:,} x {rate}/s | {ratio(h, n)} | {'yes' if n and h >= 2 * n else 'no'} |")
             out.append(f"| deliveries/CPU-s >= 0.8x ceiling at {clients:,} x {rate}/s | {ratio(h, c)} | {'yes' if c and h >= 0.8 * c else 'no'} |")
