@@ -1,18 +1,25 @@
 //! hedgehog: one Coinbase Exchange feed, relayed to many WebSocket clients.
 //!
-//! # Layout
-//! - [`config`]: settings from flags and environment, validated.
-//! - [`clock`]: the feed's ISO-8601 microsecond times.
-//! - [`protocol`]: Coinbase channels, requests, error texts, and the routing-key scanner.
-//! - [`http`]: HTTP/1.1 requests (httparse) and JSON responses.
+//! `WEB_CONCURRENCY` shards (glommio executors) share one port; each owns its
+//! connections. Shard 0 owns the upstream feed and sends each message, encoded
+//! once, over the bus to the shards whose clients want its topic. ARCHITECTURE.md
+//! has the data paths, the owners of each state and the invariants.
+//!
+//! # Layout (lowest layer first: a module imports only from those listed before it)
+//! - [`clock`], [`rate`]: the feed's microsecond times; the request-rate limit.
+//! - [`http`]: HTTP/1.1 requests (httparse), the router, JSON responses.
+//! - [`protocol`]: the feed's vocabulary (`Channel`, `Topic`), requests, error
+//!   texts, hedgehog's own notes, the routing-key scanner.
+//! - [`net`]: plain/TLS streams, request deadlines, TLS configuration.
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
-//! - [`net`]: plain/TLS streams and TLS configuration.
-//! - [`rate`]: the per-connection request-rate limit.
-//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
-//! - [`hub`]: per-shard client and subscription tables, the cross-shard bus, shard 0's upstream owner.
+//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
+//! - [`config`]: settings from flags and environment, validated.
+//! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
+//!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.
+//! - [`server`]: the shards' threads, accept loops, HTTP, WebSocket and stream
+//!   connections, the REST API, health.
 //! - [`fuzzing`]: the fuzz targets' entry points (fuzz/), replayed by tests/fuzz_corpora.rs.
-//! - [`shard`]: the executor pool, accept loops, HTTP connections, REST API, streams.
 
 // Outside data must never reach a panic: errors are returned and answered instead.
 // (Tests may unwrap; indexing is left to the fuzz targets, see fuzz/.)

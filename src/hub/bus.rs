@@ -182,7 +182,7 @@ pub fn mesh(n: usize, capacity: usize, backlog: usize) -> Vec<BusEnds> {
 impl BusEnds {
     /// Connects every end. Each connect waits for its peer shard, so all are
     /// connected concurrently, each in a task of its own (a pending connect must
-    /// only be polled by its own wakes: see GLOMMIO.md on wakers). The caller
+    /// only be polled by its own wakes: see `server::conn::accept_loop`). The caller
     /// races this against its stop signal: a peer that never starts never connects.
     pub async fn connect(self) -> (Rc<Bus>, Vec<ConnectedReceiver<ShardMsg>>) {
         let senders: Vec<_> = self

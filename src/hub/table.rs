@@ -12,7 +12,7 @@ type Subscribers = Vec<(usize, Rc<Outbox>)>;
 
 /// One product's subscribers per channel, and its number (for topic ids).
 #[derive(Default)]
-struct Product {
+struct TopicLists {
     number: u64,
     channels: [Subscribers; Channel::COUNT],
 }
@@ -20,7 +20,7 @@ struct Product {
 /// product -> per-channel subscribers.
 #[derive(Default)]
 pub struct Table {
-    topics: HashMap<String, Product>,
+    topics: HashMap<String, TopicLists>,
     next_number: u64,
 }
 
@@ -30,7 +30,7 @@ impl Table {
         let next = &mut self.next_number;
         let topic = self.topics.entry(product.to_string()).or_insert_with(|| {
             *next += 1;
-            Product { number: *next, ..Product::default() }
+            TopicLists { number: *next, ..TopicLists::default() }
         });
         let subs = &mut topic.channels[channel.index()];
         if subs.iter().any(|(s, _)| *s == slot) {

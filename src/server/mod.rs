@@ -387,7 +387,7 @@ impl Shard {
         };
         let hub = Hub::new(self.global.clone(), bus, owner);
         // Cross-shard traffic is latency-critical: a wake from another thread into a
-        // latency-matters queue is served promptly (see GLOMMIO notes in the README).
+        // latency-matters queue is served promptly, not at the next preemption tick.
         let queue =
             glommio::executor().create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(1)), "bus");
         for rx in receivers {

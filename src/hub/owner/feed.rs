@@ -17,7 +17,7 @@ use crate::ws::Frame;
 
 /// What is known of one product.
 #[derive(Default)]
-struct Product {
+struct ProductState {
     ticker: Option<Frame>,
     /// The latest `match` or `last_match`; a `match` is retold as a `last_match`
     /// only when a subscriber joins, not as each one passes.
@@ -30,7 +30,7 @@ struct Product {
     history: [TopicHistory; Channel::COUNT],
 }
 
-impl Product {
+impl ProductState {
     /// The feed is to be followed afresh: what a new subscriber would be given
     /// waits for new messages. The history stays.
     fn forget(&mut self) {
@@ -51,7 +51,7 @@ pub struct Gap {
 
 /// The feed state shard 0 keeps.
 pub struct FeedState {
-    products: HashMap<String, Product>,
+    products: HashMap<String, ProductState>,
     history: Totals,
     limits: HistoryLimits,
 }
@@ -69,7 +69,7 @@ impl FeedState {
         let product = msg.product()?;
         // Looked up by `&str`: a key is allocated once per product, not per message.
         if !self.products.contains_key(product) {
-            self.products.insert(product.to_string(), Product::default());
+            self.products.insert(product.to_string(), ProductState::default());
         }
         let p = self.products.get_mut(product)?;
         p.history[channel.index()].remember(&mut self.history, &self.limits, msg, now);
@@ -117,7 +117,7 @@ impl FeedState {
 
     /// The upstream connection was lost: everything waits for fresh messages.
     pub fn forget_all(&mut self) {
-        self.products.values_mut().for_each(Product::forget);
+        self.products.values_mut().for_each(ProductState::forget);
     }
 
     /// No shard wants (`product`, `channel`) any more: what is kept for a new
