@@ -139,14 +139,16 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
             _ if !rate.allow() => rate_limited(hub.global.max_request_rate),
             Ok(route) => match route {
-                Route::WebSocket => return websocket::upgrade(stream, &req, buf, hub, None, queues, slot).await,
+                Route::WebSocket => {
+                    return websocket::upgrade(handoff(stream, buf, hub, queues, slot), &req, None).await
+                }
                 Route::Echo if hub.global.echo => {
-                    return Box::pin(websocket::echo(stream, &req, buf, hub, queues, slot)).await
+                    return Box::pin(websocket::echo(handoff(stream, buf, hub, queues, slot), &req)).await
                 }
                 // The rare and larger paths are boxed: a connection's task is as big
                 // as its largest state, for as long as the connection lives.
                 Route::Pair(pair) if !names_client(&req) => {
-                    return Box::pin(stream::stream_pair(stream, req, buf, hub, &pair, queues, slot)).await
+                    return Box::pin(stream::stream_pair(handoff(stream, buf, hub, queues, slot), req, &pair)).await
                 }
                 route => Box::pin(api::handle(&hub, route, &req)).await,
             },
@@ -159,6 +161,22 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             return;
         }
     }
+}
+
+/// A connection leaving the HTTP loop to become a session (a WebSocket or a
+/// stream): what the session takes over.
+pub(super) struct Handoff {
+    pub stream: TcpStream,
+    /// Bytes read past the request: the client's first frames.
+    pub leftover: Vec<u8>,
+    pub hub: Rc<Hub>,
+    pub queues: Queues,
+    /// The connection's place in its address's count, for as long as it lives.
+    pub slot: IpSlot,
+}
+
+fn handoff(stream: TcpStream, leftover: Vec<u8>, hub: Rc<Hub>, queues: Queues, slot: IpSlot) -> Handoff {
+    Handoff { stream, leftover, hub, queues, slot }
 }
 
 /// Every answer names the shard that wrote it, for operators tracing requests.

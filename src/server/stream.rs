@@ -1,18 +1,17 @@
 //! A connection that streams one pair as Server-Sent Events or NDJSON
 //! (`GET /api/v1/subscribe/{pair}` without an upgrade or a client id).
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::conn::{close_after, with_shard, SHARD_HEADER};
+use super::conn::{close_after, with_shard, Handoff, SHARD_HEADER};
 use super::task::{contained, Queues};
 use super::{api, websocket};
 use crate::http::{Request, Response};
-use crate::hub::{ClientId, Hub, IpSlot, Op};
+use crate::hub::{ClientId, Hub, Op};
 use crate::ws::{self, Outbox};
 
 /// How a stream of one pair is written.
@@ -26,24 +25,18 @@ enum StreamKind {
 
 /// `GET /api/v1/subscribe/{pair}` without a client id: this connection itself
 /// becomes the subscriber, as a WebSocket, SSE or NDJSON stream.
-pub(super) async fn stream_pair(
-    mut stream: TcpStream,
-    req: Request,
-    leftover: Vec<u8>,
-    hub: Rc<Hub>,
-    pair: &str,
-    queues: Queues,
-    slot: IpSlot,
-) {
+pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
+    let hub = conn.hub.clone();
     let op = match api::product(&hub, pair).and_then(|p| {
         Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)?, replay: api::replay(&hub, &req)? })
     }) {
         Ok(op) => op,
-        Err(e) => return Box::pin(close_after(stream, &Response::error(e.status, e.code, e.message), hub.id)).await,
+        Err(e) => return Box::pin(close_after(conn.stream, &e.response(), hub.id)).await,
     };
     if ws::is_upgrade(&req) {
-        return websocket::upgrade(stream, &req, leftover, hub, Some(op), queues, slot).await;
+        return websocket::upgrade(conn, &req, Some(op)).await;
     }
+    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();

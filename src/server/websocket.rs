@@ -6,34 +6,25 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 
-use super::conn::{close_after, SHARD_HEADER};
-use super::task::{contained, Queues};
+use super::conn::{close_after, Handoff, SHARD_HEADER};
+use super::task::contained;
 use crate::http::Request;
-use crate::hub::{ClientId, Hub, IpSlot, Op};
+use crate::hub::{ClientId, Hub, Op};
 use crate::protocol::{self, Channel, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
 
 /// Answers an upgrade request: the handshake, or the error and a close.
-pub(super) async fn upgrade(
-    stream: TcpStream,
-    req: &Request,
-    leftover: Vec<u8>,
-    hub: Rc<Hub>,
-    pre: Option<Op>,
-    queues: Queues,
-    slot: IpSlot,
-) {
+pub(super) async fn upgrade(conn: Handoff, req: &Request, pre: Option<Op>) {
     // `?mode=coinbase`: Coinbase's messages only, for clients that expect nothing else.
     let pure = req.query_param("mode").as_deref() == Some("coinbase");
     match ws::accept(req) {
         Ok(handshake) => {
-            let handshake = handshake_with_shard(handshake, hub.id);
-            websocket(stream, handshake, leftover, hub, Start { pre, pure }, queues, slot).await
+            let handshake = handshake_with_shard(handshake, conn.hub.id);
+            websocket(conn, handshake, Start { pre, pure }).await
         }
-        Err(resp) => Box::pin(close_after(stream, &resp, hub.id)).await,
+        Err(resp) => Box::pin(close_after(conn.stream, &resp, conn.hub.id)).await,
     }
 }
 
@@ -55,15 +46,8 @@ struct Start {
 
 /// A WebSocket client, optionally already subscribed to a pair. Only what the
 /// session needs is kept: this future lives as long as the connection.
-async fn websocket(
-    mut stream: TcpStream,
-    handshake: Vec<u8>,
-    leftover: Vec<u8>,
-    hub: Rc<Hub>,
-    start: Start,
-    queues: Queues,
-    slot: IpSlot,
-) {
+async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
+    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
     let Start { pre, pure } = start;
     if stream.write_all(&handshake).await.is_err() {
         return;
@@ -185,14 +169,8 @@ impl Session {
 /// `GET /echo` (only with `--echo`): a WebSocket that sends back every message it
 /// gets, so a conformance suite can drive hedgehog's WebSocket implementation.
 /// It has the relay's limits and outbox, but no client id and no subscriptions.
-pub(super) async fn echo(
-    mut stream: TcpStream,
-    req: &Request,
-    leftover: Vec<u8>,
-    hub: Rc<Hub>,
-    queues: Queues,
-    slot: IpSlot,
-) {
+pub(super) async fn echo(conn: Handoff, req: &Request) {
+    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
     let handshake = match ws::accept(req) {
         Ok(h) => handshake_with_shard(h, hub.id),
         Err(resp) => return close_after(stream, &resp, hub.id).await,
