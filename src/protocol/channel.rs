@@ -64,6 +64,12 @@ impl Channel {
         Channel::RELAYED.contains(&self)
     }
 
+    /// Whether a subscription to it names products: `status` is about the whole
+    /// exchange, and products named with it are ignored.
+    pub fn takes_products(self) -> bool {
+        self != Channel::Status
+    }
+
     /// Its place in per-channel arrays.
     pub const fn index(self) -> usize {
         self as usize

@@ -6,7 +6,7 @@ mod request;
 mod scan;
 
 pub use channel::{Channel, Topic};
-pub use request::{parse_request, subscriptions_message, Request, RequestKind};
+pub use request::{parse_request, subscriptions_message, Classified, Request, RequestKind};
 pub use scan::{scan, RoutingKey};
 
 /// Channels that need an authenticated subscribe on Coinbase.

@@ -1,7 +1,6 @@
 //! One accepted connection: HTTP/1.1 requests (keep-alive, pipelined) until it
 //! upgrades to a WebSocket or becomes a stream of one pair.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -332,38 +331,16 @@ impl Session {
             Ok(req) => req,
             Err(error) => return send(&error),
         };
+        let classified = req.classify(protocol::Channel::is_relayed, |p| self.hub.is_product(p));
+        for error in &classified.errors {
+            send(error);
+        }
+        // The hub still keys channels by index; every relayed channel has one.
+        let channels = classified.channels.into_iter().filter_map(|(ch, ps)| Some((channel_index(ch.name())?, ps)));
         let subscribe = req.kind == RequestKind::Subscribe;
-        let failure = req.kind.failure();
-        let mut channels: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-        let mut bad_products = BTreeSet::new();
-        for (name, products) in req.channels {
-            if protocol::AUTHENTICATED_CHANNELS.contains(&name.as_str()) {
-                if subscribe {
-                    send(&protocol::error_message(failure, protocol::AUTH_REQUIRED));
-                }
-                continue;
-            }
-            let Some(ch) = channel_index(&name) else {
-                let reason = if protocol::Channel::parse(&name).is_some() {
-                    format!("{name} is not relayed by hedgehog")
-                } else {
-                    format!("{name} is not a valid channel")
-                };
-                send(&protocol::error_message(failure, &reason));
-                continue;
-            };
-            let (good, bad): (BTreeSet<String>, BTreeSet<String>) =
-                products.into_iter().partition(|p| self.hub.is_product(p));
-            if subscribe {
-                bad_products.extend(bad);
-            }
-            channels.entry(ch).or_default().extend(good);
-        }
-        for p in bad_products {
-            send(&protocol::error_message(failure, &protocol::invalid_product(&p)));
-        }
-        if let Err(e) = self.hub.execute(self.id, Op::Coinbase { subscribe, channels }).await {
-            send(&protocol::error_message(failure, &e.message));
+        let op = Op::Coinbase { subscribe, channels: channels.collect() };
+        if let Err(e) = self.hub.execute(self.id, op).await {
+            send(&protocol::error_message(req.kind.failure(), &e.message));
         }
     }
 }

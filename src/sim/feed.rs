@@ -161,43 +161,24 @@ impl Feed {
     /// Applies a subscribe; returns the error messages and the frames a new
     /// subscriber gets first (latest ticker, `last_match`, snapshot, status).
     fn subscribe(&mut self, id: u64, req: &protocol::Request) -> (Vec<String>, Vec<Frame>) {
-        let mut errors = Vec::new();
-        let mut added = Vec::new();
-        let mut bad_products = BTreeSet::new();
-        for (channel, products) in &req.channels {
-            if protocol::AUTHENTICATED_CHANNELS.contains(&channel.as_str()) {
-                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), protocol::AUTH_REQUIRED));
-                continue;
-            }
-            if protocol::Channel::parse(channel).is_none() {
-                let reason = format!("{channel} is not a valid channel");
-                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
-                continue;
-            }
-            if channel == "status" {
-                added.push((channel.clone(), String::new()));
-                continue;
-            }
-            let valid: Vec<&String> = products.iter().filter(|p| self.knows(p)).collect();
-            bad_products.extend(products.iter().filter(|p| !self.knows(p)).cloned());
-            for p in valid {
-                added.push((channel.clone(), p.clone()));
-            }
-        }
-        for p in bad_products {
-            let reason = protocol::invalid_product(&p);
-            errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
-        }
+        let classified = req.classify(|_| true, |p| self.knows(p));
         let mut initial = Vec::new();
-        let Some(conn) = self.conns.get_mut(&id) else { return (errors, initial) };
+        let Some(conn) = self.conns.get_mut(&id) else { return (classified.errors, initial) };
         conn.subscribed = true;
-        for (channel, product) in added {
-            let set = conn.subs.entry(channel.clone()).or_default();
-            if channel == "status" || set.insert(product.clone()) {
-                initial.extend(first_frames(&self.source, &self.status, &channel, &product));
+        for (channel, products) in classified.channels {
+            let name = channel.name();
+            // `status` is sent again on every subscribe to it, as it has no product to be new.
+            if !channel.takes_products() {
+                conn.subs.entry(name.to_string()).or_default();
+                initial.extend(first_frames(&self.source, &self.status, name, ""));
+            }
+            for product in products {
+                if conn.subs.entry(name.to_string()).or_default().insert(product.clone()) {
+                    initial.extend(first_frames(&self.source, &self.status, name, &product));
+                }
             }
         }
-        (errors, initial)
+        (classified.errors, initial)
     }
 
     fn unsubscribe(&mut self, id: u64, req: &protocol::Request) -> Vec<String> {
