@@ -178,7 +178,6 @@ async fn dispatch(hub: &Rc<Hub>, event: Event) {
             announce(hub, owner, Some(&format!("the feed refused a request ({message}: {reason}); asking again")))
                 .await;
         }
-        Event::Subscriptions(_) => {}
         Event::Products(list) => {
             let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
             hub.global.set_upstream(|u| u.products = known.len());

@@ -12,7 +12,6 @@ mod endpoint;
 mod subs;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::poll_fn;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -145,8 +144,6 @@ pub enum Event {
     Disconnected { reason: String },
     /// A feed message (anything but `subscriptions` and `error`).
     Message(FeedMessage),
-    /// The server's cumulative subscription set.
-    Subscriptions(BTreeSet<Sub>),
     /// An upstream `error`; `product` when it names one.
     Error { message: String, reason: String, product: Option<String> },
     /// The products the `status` channel lists.
@@ -181,7 +178,6 @@ impl State {
 pub struct Status {
     pub state: State,
     pub since: SystemTime,
-    pub messages: u64,
     pub malformed: u64,
     pub connects: u64,
     /// Liveness pings sent while no product was subscribed.
@@ -189,7 +185,6 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Requests the feed refused as a whole (each is retried after a backoff).
     pub refused: u64,
-    pub subscriptions: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// State shared by the owner's handle and the client task.
@@ -255,11 +250,6 @@ impl Upstream {
         self.shared.notify();
     }
 
-    /// The pairs the owner wants.
-    pub fn desired(&self) -> BTreeSet<Sub> {
-        self.shared.subs.borrow().desired().clone()
-    }
-
     /// A copy of the current status.
     pub fn status(&self) -> Status {
         self.shared.status.borrow().clone()
@@ -284,13 +274,11 @@ pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), St
         status: RefCell::new(Status {
             state: State::Connecting,
             since: SystemTime::now(),
-            messages: 0,
             malformed: 0,
             connects: 0,
             pings: 0,
             last_error: None,
             refused: 0,
-            subscriptions: BTreeMap::new(),
         }),
         changed: Cell::new(false),
         waker: RefCell::new(None),

@@ -129,11 +129,6 @@ impl Subs {
         self.desired.iter().any(|(_, p)| !self.blocked(p))
     }
 
-    /// The owner's desired pairs.
-    pub fn desired(&self) -> &BTreeSet<Sub> {
-        &self.desired
-    }
-
     /// A new connection: the server has nothing, and nothing is on its way. Until
     /// the feed has once listed its products, product requests wait for the list.
     pub fn reset(&mut self) {
