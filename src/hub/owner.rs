@@ -100,7 +100,7 @@ impl Owner {
             interest.remove(&key);
         }
         if was_empty != now_empty {
-            self.upstream.set(CHANNELS[channel], product, !now_empty);
+            self.upstream.set(protocol::Channel::RELAYED[channel], product, !now_empty);
         }
         if now_empty {
             self.feed.borrow_mut().unwatched(product, channel);

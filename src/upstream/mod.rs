@@ -25,6 +25,7 @@ pub(crate) use client::status_products;
 pub use endpoint::Endpoint;
 pub use subs::{parse_subscriptions, request_text, Request, Sub, Subs, MAX_REQUEST_BYTES};
 
+use crate::protocol::Channel;
 use crate::ws::Frame;
 
 /// Where the real feed lives.
@@ -238,7 +239,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Wants (`on`) or no longer wants (`channel`, `product`) from the feed.
-    pub fn set(&self, channel: &str, product: &str, on: bool) {
+    pub fn set(&self, channel: Channel, product: &str, on: bool) {
         if self.shared.subs.borrow_mut().set(channel, product, on) {
             self.shared.notify();
         }
