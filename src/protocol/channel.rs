@@ -87,6 +87,12 @@ impl fmt::Display for Channel {
     }
 }
 
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
+
 impl serde::Serialize for Channel {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())

@@ -146,10 +146,14 @@ pub fn parse_request(text: &[u8]) -> Result<Request, String> {
     Ok(Request { kind, channels, authenticated })
 }
 
-/// The cumulative `subscriptions` reply for a connection's whole subscription set.
-pub fn subscriptions_message(subs: &BTreeMap<String, BTreeSet<String>>) -> String {
+/// The cumulative `subscriptions` reply for a connection's whole subscription
+/// set, keyed by channel or channel name. Channels are listed by name, whatever
+/// order the keys sort in.
+pub fn subscriptions_message<K: AsRef<str>>(subs: &BTreeMap<K, BTreeSet<String>>) -> String {
+    let mut subs: Vec<(&str, &BTreeSet<String>)> = subs.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+    subs.sort_by_key(|(name, _)| *name);
     let channels: Vec<String> = subs
-        .iter()
+        .into_iter()
         .map(|(name, products)| {
             let ids: Vec<String> = products.iter().map(|p| super::json_string(p)).collect();
             format!(r#"{{"name":{},"product_ids":[{}],"account_ids":null}}"#, super::json_string(name), ids.join(","))
@@ -243,6 +247,14 @@ mod tests {
         let r = parse_request(br#"{"type":"subscribe","product_ids":["NOPE-USD"],"channels":["status"]}"#).unwrap();
         let c = r.classify(|_| true, |_| false);
         assert_eq!(c, Classified { channels: BTreeMap::from([(Channel::Status, BTreeSet::new())]), errors: vec![] });
+    }
+
+    #[test]
+    fn replies_list_channels_by_name_whatever_the_keys() {
+        let subs = BTreeMap::from([(Channel::Ticker, BTreeSet::new()), (Channel::Heartbeat, BTreeSet::new())]);
+        let v: Value = serde_json::from_str(&subscriptions_message(&subs)).unwrap();
+        assert_eq!(v["channels"][0]["name"], "heartbeat");
+        assert_eq!(v["channels"][1]["name"], "ticker");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::fault::Fault;
 use super::market::{self, Book, Spec};
 use super::replay::Replay;
 use super::Control;
-use crate::protocol::{self, RequestKind};
+use crate::protocol::{self, Channel, RequestKind};
 use crate::ws::{self, Frame, Outbox};
 
 /// The reason a `reject` fault gives (ours: Coinbase's text for a refused request is not on record).
@@ -23,7 +23,7 @@ pub struct Conn {
     pub outbox: Rc<Outbox>,
     /// The TCP socket, for the `reset` fault.
     pub fd: std::os::fd::RawFd,
-    pub subs: BTreeMap<String, BTreeSet<String>>,
+    pub subs: BTreeMap<Channel, BTreeSet<String>>,
     pub subscribed: bool,
     pub since: Instant,
 }
@@ -110,20 +110,21 @@ impl Feed {
     }
 
     /// Sends `frame` to every connection subscribed to (`channel`, `product`).
-    pub fn deliver(&self, channel: &str, product: &str, frame: &Frame) {
+    pub fn deliver(&self, channel: Channel, product: &str, frame: &Frame) {
         if self.stalled() {
             return;
         }
         for (id, conn) in &self.conns {
-            if conn.subs.get(channel).is_some_and(|p| p.contains(product)) && conn.outbox.push(frame.clone()).is_err() {
+            if conn.subs.get(&channel).is_some_and(|p| p.contains(product)) && conn.outbox.push(frame.clone()).is_err()
+            {
                 log::warn!("simulator: connection {id} dropped as a slow consumer");
             }
         }
     }
 
     /// Whether anyone listens to (`channel`, `product`).
-    pub fn wanted(&self, channel: &str, product: &str) -> bool {
-        self.conns.values().any(|c| c.subs.get(channel).is_some_and(|p| p.contains(product)))
+    pub fn wanted(&self, channel: Channel, product: &str) -> bool {
+        self.conns.values().any(|c| c.subs.get(&channel).is_some_and(|p| p.contains(product)))
     }
 
     /// Handles one client message on connection `id`.
@@ -166,15 +167,14 @@ impl Feed {
         let Some(conn) = self.conns.get_mut(&id) else { return (classified.errors, initial) };
         conn.subscribed = true;
         for (channel, products) in classified.channels {
-            let name = channel.name();
             // `status` is sent again on every subscribe to it, as it has no product to be new.
             if !channel.takes_products() {
-                conn.subs.entry(name.to_string()).or_default();
-                initial.extend(first_frames(&self.source, &self.status, name, ""));
+                conn.subs.entry(channel).or_default();
+                initial.extend(first_frames(&self.source, &self.status, channel, ""));
             }
             for product in products {
-                if conn.subs.entry(name.to_string()).or_default().insert(product.clone()) {
-                    initial.extend(first_frames(&self.source, &self.status, name, &product));
+                if conn.subs.entry(channel).or_default().insert(product.clone()) {
+                    initial.extend(first_frames(&self.source, &self.status, channel, &product));
                 }
             }
         }
@@ -183,13 +183,14 @@ impl Feed {
 
     fn unsubscribe(&mut self, id: u64, req: &protocol::Request) -> Vec<String> {
         let Some(conn) = self.conns.get_mut(&id) else { return Vec::new() };
-        for (channel, products) in &req.channels {
+        // A channel it does not know is no subscription to end: skipped.
+        for (channel, products) in req.channels.iter().filter_map(|(n, ps)| Some((Channel::parse(n)?, ps))) {
             if products.is_empty() {
-                conn.subs.remove(channel);
-            } else if let Some(set) = conn.subs.get_mut(channel) {
+                conn.subs.remove(&channel);
+            } else if let Some(set) = conn.subs.get_mut(&channel) {
                 set.retain(|p| !products.contains(p));
                 if set.is_empty() {
-                    conn.subs.remove(channel);
+                    conn.subs.remove(&channel);
                 }
             }
         }
@@ -198,17 +199,17 @@ impl Feed {
 }
 
 /// What a fresh subscriber to (`channel`, `product`) gets before the stream.
-fn first_frames(source: &Source, status: &Frame, channel: &str, product: &str) -> Vec<Frame> {
+fn first_frames(source: &Source, status: &Frame, channel: Channel, product: &str) -> Vec<Frame> {
     let Source::Market { products, .. } = source else { return Vec::new() };
-    if channel == "status" {
+    if channel == Channel::Status {
         return vec![status.clone()];
     }
     let Some(p) = products.iter().find(|p| p.book.spec.id == product) else { return Vec::new() };
     let frame = match channel {
-        "ticker" => p.last_ticker.clone(),
-        "matches" => p.last_match.clone(),
-        "level2_batch" => Some(ws::frame::text(p.book.snapshot().as_bytes())),
-        _ => None,
+        Channel::Ticker => p.last_ticker.clone(),
+        Channel::Matches => p.last_match.clone(),
+        Channel::Level2Batch => Some(ws::frame::text(p.book.snapshot().as_bytes())),
+        Channel::Heartbeat | Channel::Status => None,
     };
     frame.into_iter().collect()
 }

@@ -19,7 +19,7 @@ use super::market::{Book, Spec};
 use super::replay::Replay;
 use super::{Control, SimConfig, SimEvent};
 use crate::net::{self, BoxIo};
-use crate::protocol;
+use crate::protocol::{self, Channel};
 use crate::ws::{self, close, Outbox};
 
 /// How often the market moves and batches go out.
@@ -331,8 +331,8 @@ fn trade(f: &mut Feed, owed: f64) {
         }
     }
     for (product, ticker, m) in out {
-        f.deliver("matches", &product, &m);
-        f.deliver("ticker", &product, &ticker);
+        f.deliver(Channel::Matches, &product, &m);
+        f.deliver(Channel::Ticker, &product, &ticker);
     }
 }
 
@@ -344,8 +344,8 @@ fn send_l2(f: &mut Feed) {
         }
     }
     for (product, update) in out {
-        if let Some(u) = update.filter(|_| f.wanted("level2_batch", &product)) {
-            f.deliver("level2_batch", &product, &ws::frame::text(u.as_bytes()));
+        if let Some(u) = update.filter(|_| f.wanted(Channel::Level2Batch, &product)) {
+            f.deliver(Channel::Level2Batch, &product, &ws::frame::text(u.as_bytes()));
         }
     }
 }
@@ -353,8 +353,8 @@ fn send_l2(f: &mut Feed) {
 fn send_heartbeats(f: &Feed) {
     let Source::Market { products, .. } = &f.source else { return };
     for p in products {
-        if f.wanted("heartbeat", &p.book.spec.id) {
-            f.deliver("heartbeat", &p.book.spec.id, &ws::frame::text(p.book.heartbeat().as_bytes()));
+        if f.wanted(Channel::Heartbeat, &p.book.spec.id) {
+            f.deliver(Channel::Heartbeat, &p.book.spec.id, &ws::frame::text(p.book.heartbeat().as_bytes()));
         }
     }
 }
