@@ -78,7 +78,8 @@ fn check_message(m: &Message, max: usize) {
 
 /// Messages from the upstream feed: the routing-key scanner and what the upstream
 /// client reads from `subscriptions`, `error` and `status` messages; and the same
-/// bytes as a Coinbase subscribe request (what the simulator reads from clients).
+/// bytes as a Coinbase subscribe request, sorted out as the simulator and the
+/// relay sort out their clients' requests.
 pub fn upstream_message(data: &[u8]) {
     if let Some(m) = FeedMessage::new(data) {
         assert_eq!(m.body(), data, "a relayed message is the bytes that arrived");
@@ -99,5 +100,7 @@ pub fn upstream_message(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = protocol::product_of_error(text);
     }
-    let _ = protocol::parse_request(data);
+    if let Ok(request) = protocol::parse_request(data) {
+        let _ = request.classify(protocol::Channel::is_relayed, |p| protocol::normalize_product(p).is_some());
+    }
 }

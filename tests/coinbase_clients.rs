@@ -117,6 +117,8 @@ fn requests_are_answered_word_for_word_as_the_feed_answers_them() {
     let requests = [
         r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["ticker","matches"]}"#,
         r#"{"type":"subscribe","product_ids":["ETH-USD","GIBBERISH-USD"],"channels":["matches"]}"#,
+        // A product not held (nor listed): nothing changes, nothing is refused.
+        r#"{"type":"unsubscribe","product_ids":["NOPE-USD"],"channels":["matches"]}"#,
         r#"{"type":"subscribe","product_ids":["ETH-USD"],"channels":[{"name":"ticker","product_ids":["SOL-USD"]}]}"#,
         r#"{"type":"subscribe","channels":[{"name":"ticker","product_ids":[]}]}"#,
         r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["level2"]}"#,

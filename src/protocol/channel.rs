@@ -64,6 +64,12 @@ impl Channel {
         Channel::RELAYED.contains(&self)
     }
 
+    /// Whether a subscription to it names products: `status` is about the whole
+    /// exchange, and products named with it are ignored.
+    pub fn takes_products(self) -> bool {
+        self != Channel::Status
+    }
+
     /// Its place in per-channel arrays.
     pub const fn index(self) -> usize {
         self as usize
@@ -78,6 +84,12 @@ impl Channel {
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
+        self.name()
     }
 }
 

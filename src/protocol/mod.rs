@@ -6,8 +6,10 @@ pub mod notes;
 mod request;
 mod scan;
 
+use std::borrow::Cow;
+
 pub use channel::{Channel, Topic};
-pub use request::{parse_request, subscriptions_message, Request, RequestKind};
+pub use request::{parse_request, subscriptions_message, Classified, Request, RequestKind};
 pub use scan::{scan, RoutingKey};
 
 /// Channels that need an authenticated subscribe on Coinbase.
@@ -48,6 +50,25 @@ pub fn invalid_product(product: &str) -> String {
     format!("{product} is not a valid product")
 }
 
+/// What a new subscriber of `matches` gets first, made from the latest trade:
+/// a `match` retold as a `last_match`, the same text with only its `type`
+/// changed (so its fields stay as the feed wrote them); a `last_match` as it is.
+/// `None` for any other message. The simulator and the relay's feed state both
+/// use it, so the two cannot tell a late joiner different things.
+pub fn last_match(text: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let kind = scan(text)?.kind;
+    match kind {
+        "last_match" => Some(Cow::Borrowed(text)),
+        "match" => {
+            // `kind` lies inside `text`: the scanner returns slices of it.
+            let start = kind.as_ptr() as usize - text.as_ptr() as usize;
+            let (head, tail) = (text.get(..start)?, text.get(start + kind.len()..)?);
+            Some(Cow::Owned([head, b"last_match", tail].concat()))
+        }
+        _ => None,
+    }
+}
+
 /// The product an upstream error names, from reasons like `XYZ-USD is not a valid product`.
 pub fn product_of_error(reason: &str) -> Option<&str> {
     reason.strip_suffix(" is not a valid product")
@@ -64,6 +85,19 @@ mod tests {
         for bad in ["", "BTC", "BTC-", "-USD", "BTC_USD", "BTC-USD-X", "BT C-USD", "ÄB-USD"] {
             assert_eq!(normalize_product(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_match_is_retold_as_a_last_match_and_nothing_else_is() {
+        let m = br#"{"type":"match","trade_id":3,"product_id":"A-B","price":"1"}"#;
+        let want = br#"{"type":"last_match","trade_id":3,"product_id":"A-B","price":"1"}"#;
+        assert_eq!(last_match(m).as_deref(), Some(&want[..]));
+        assert!(matches!(last_match(want), Some(Cow::Borrowed(t)) if t == want), "a last_match stays as it is");
+        let late = br#"{ "trade_id":3, "type" : "match","s":"\"type\":\"match\""}"#;
+        let want = br#"{ "trade_id":3, "type" : "last_match","s":"\"type\":\"match\""}"#;
+        assert_eq!(last_match(late).as_deref(), Some(&want[..]), "only the type changes, wherever it is");
+        assert_eq!(last_match(br#"{"type":"ticker","trade_id":3}"#), None);
+        assert_eq!(last_match(b"not json"), None);
     }
 
     #[test]

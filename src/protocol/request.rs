@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Channel;
+
 /// Subscribe or unsubscribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
@@ -31,6 +33,62 @@ pub struct Request {
     pub channels: BTreeMap<String, BTreeSet<String>>,
     /// Whether the request carried credentials (`key`, `signature`, ...).
     pub authenticated: bool,
+}
+
+/// A request sorted out as Coinbase sorts it, against what one server serves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Classified {
+    /// The channels to act on, each with the named products the server knows:
+    /// empty when none of them is known, or none was named (`status` names none).
+    pub channels: BTreeMap<Channel, BTreeSet<String>>,
+    /// Ready `error` messages in the order they go on the wire: the refused
+    /// channels in the request's order, then the unknown products, sorted.
+    pub errors: Vec<String>,
+}
+
+impl Request {
+    /// Sorts the request out for a server that serves the channels `offered` and
+    /// the products it `knows`. The simulator and the relay both answer with it,
+    /// so a client sees the same errors from either.
+    ///
+    /// An unsubscribe says less: an authenticated channel or an unknown product
+    /// in it is dropped without an error (nothing can be subscribed to them).
+    pub fn classify(&self, offered: impl Fn(Channel) -> bool, knows: impl Fn(&str) -> bool) -> Classified {
+        let subscribe = self.kind == RequestKind::Subscribe;
+        let error = |reason: &str| super::error_message(self.kind.failure(), reason);
+        let mut out = Classified::default();
+        let mut unknown = BTreeSet::new();
+        for (name, products) in &self.channels {
+            let channel = match self.channel(name, &offered) {
+                Ok(channel) => channel,
+                Err(reason) => {
+                    out.errors.extend(reason.map(|r| error(&r)));
+                    continue;
+                }
+            };
+            let kept = out.channels.entry(channel).or_default();
+            if channel.takes_products() {
+                let (known, other): (Vec<&String>, Vec<&String>) = products.iter().partition(|p| knows(p));
+                kept.extend(known.into_iter().cloned());
+                unknown.extend(other.into_iter().filter(|_| subscribe));
+            }
+        }
+        out.errors.extend(unknown.into_iter().map(|p| error(&super::invalid_product(p))));
+        out
+    }
+
+    /// The channel `name` means, or why it is refused: the reason its error
+    /// gives, if it gets one.
+    fn channel(&self, name: &str, offered: impl Fn(Channel) -> bool) -> Result<Channel, Option<String>> {
+        if super::AUTHENTICATED_CHANNELS.contains(&name) {
+            return Err((self.kind == RequestKind::Subscribe).then(|| super::AUTH_REQUIRED.to_string()));
+        }
+        match Channel::parse(name) {
+            Some(channel) if offered(channel) => Ok(channel),
+            Some(_) => Err(Some(format!("{name} is not relayed by hedgehog"))),
+            None => Err(Some(format!("{name} is not a valid channel"))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -88,10 +146,14 @@ pub fn parse_request(text: &[u8]) -> Result<Request, String> {
     Ok(Request { kind, channels, authenticated })
 }
 
-/// The cumulative `subscriptions` reply for a connection's whole subscription set.
-pub fn subscriptions_message(subs: &BTreeMap<String, BTreeSet<String>>) -> String {
+/// The cumulative `subscriptions` reply for a connection's whole subscription
+/// set, keyed by channel or channel name. Channels are listed by name, whatever
+/// order the keys sort in.
+pub fn subscriptions_message<K: AsRef<str>>(subs: &BTreeMap<K, BTreeSet<String>>) -> String {
+    let mut subs: Vec<(&str, &BTreeSet<String>)> = subs.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+    subs.sort_by_key(|(name, _)| *name);
     let channels: Vec<String> = subs
-        .iter()
+        .into_iter()
         .map(|(name, products)| {
             let ids: Vec<String> = products.iter().map(|p| super::json_string(p)).collect();
             format!(r#"{{"name":{},"product_ids":[{}],"account_ids":null}}"#, super::json_string(name), ids.join(","))
@@ -137,6 +199,62 @@ mod tests {
         assert!(e.contains(r#""message":"Malformed JSON""#), "{e}");
         let e = parse_request(br#"{"type":"dance","channels":["ticker"]}"#).unwrap_err();
         assert!(e.contains("Type has to be either subscribe or unsubscribe"), "{e}");
+    }
+
+    /// What the relay serves: the relayed channels, and products from a short list.
+    fn relayed(text: &str) -> Classified {
+        let known = ["BTC-USD", "ETH-USD"];
+        parse_request(text.as_bytes()).unwrap().classify(Channel::is_relayed, |p| known.contains(&p))
+    }
+
+    fn reasons(c: &Classified) -> Vec<String> {
+        c.errors.iter().map(|e| serde_json::from_str::<Value>(e).unwrap()["reason"].as_str().unwrap().into()).collect()
+    }
+
+    #[test]
+    fn channel_errors_come_in_request_order_then_unknown_products_sorted() {
+        let c = relayed(
+            r#"{"type":"subscribe","product_ids":["ZZZ-USD","BTC-USD","AAA-USD"],"channels":["ticker","status","full","bogus",{"name":"matches","product_ids":["ETH-USD","AAA-USD"]}]}"#,
+        );
+        assert_eq!(
+            reasons(&c),
+            [
+                "bogus is not a valid channel",
+                super::super::AUTH_REQUIRED,
+                "status is not relayed by hedgehog",
+                "AAA-USD is not a valid product",
+                "ZZZ-USD is not a valid product",
+            ]
+        );
+        assert!(c.errors[0].starts_with(r#"{"type":"error","message":"Failed to subscribe","#), "{}", c.errors[0]);
+        let set = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            c.channels,
+            BTreeMap::from([(Channel::Ticker, set(&["BTC-USD"])), (Channel::Matches, set(&["BTC-USD", "ETH-USD"]))])
+        );
+    }
+
+    #[test]
+    fn an_unsubscribe_names_only_the_channels_it_cannot_mean() {
+        let c = relayed(r#"{"type":"unsubscribe","product_ids":["NOPE-USD"],"channels":["level2","bogus","ticker"]}"#);
+        assert_eq!(reasons(&c), ["bogus is not a valid channel"]);
+        assert!(c.errors[0].contains(r#""message":"Failed to unsubscribe""#));
+        assert_eq!(c.channels, BTreeMap::from([(Channel::Ticker, BTreeSet::new())]), "kept, with no product");
+    }
+
+    #[test]
+    fn status_names_no_product() {
+        let r = parse_request(br#"{"type":"subscribe","product_ids":["NOPE-USD"],"channels":["status"]}"#).unwrap();
+        let c = r.classify(|_| true, |_| false);
+        assert_eq!(c, Classified { channels: BTreeMap::from([(Channel::Status, BTreeSet::new())]), errors: vec![] });
+    }
+
+    #[test]
+    fn replies_list_channels_by_name_whatever_the_keys() {
+        let subs = BTreeMap::from([(Channel::Ticker, BTreeSet::new()), (Channel::Heartbeat, BTreeSet::new())]);
+        let v: Value = serde_json::from_str(&subscriptions_message(&subs)).unwrap();
+        assert_eq!(v["channels"][0]["name"], "heartbeat");
+        assert_eq!(v["channels"][1]["name"], "ticker");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! WebSocket connections: the upgrade, the relay's client sessions (with
 //! Coinbase's in-band `subscribe`/`unsubscribe`), and the `/echo` test endpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -131,37 +130,15 @@ impl Session {
             Err(error) => return send(&error),
         };
         let subscribe = req.kind == RequestKind::Subscribe;
-        let failure = req.kind.failure();
-        let mut channels: BTreeMap<Channel, BTreeSet<String>> = BTreeMap::new();
-        let mut bad_products = BTreeSet::new();
-        for (name, products) in req.channels {
-            if protocol::AUTHENTICATED_CHANNELS.contains(&name.as_str()) {
-                if subscribe {
-                    send(&protocol::error_message(failure, protocol::AUTH_REQUIRED));
-                }
-                continue;
-            }
-            let Some(ch) = Channel::parse(&name).filter(|c| c.is_relayed()) else {
-                let reason = if protocol::Channel::parse(&name).is_some() {
-                    format!("{name} is not relayed by hedgehog")
-                } else {
-                    format!("{name} is not a valid channel")
-                };
-                send(&protocol::error_message(failure, &reason));
-                continue;
-            };
-            let (good, bad): (BTreeSet<String>, BTreeSet<String>) =
-                products.into_iter().partition(|p| self.hub.is_product(p));
-            if subscribe {
-                bad_products.extend(bad);
-            }
-            channels.entry(ch).or_default().extend(good);
+        // Products are checked on a subscribe only: unsubscribing from one that is
+        // not held (or does not exist) changes nothing, as on Coinbase.
+        let classified = req.classify(Channel::is_relayed, |p| !subscribe || self.hub.is_product(p));
+        for error in &classified.errors {
+            send(error);
         }
-        for p in bad_products {
-            send(&protocol::error_message(failure, &protocol::invalid_product(&p)));
-        }
-        if let Err(e) = self.hub.execute(self.id, Op::Coinbase { subscribe, channels }).await {
-            send(&protocol::error_message(failure, &e.to_string()));
+        let op = Op::Coinbase { subscribe, channels: classified.channels };
+        if let Err(e) = self.hub.execute(self.id, op).await {
+            send(&protocol::error_message(req.kind.failure(), &e.to_string()));
         }
     }
 }

@@ -13,7 +13,7 @@ use super::fault::Fault;
 use super::market::{self, Book, Spec};
 use super::replay::Replay;
 use super::Control;
-use crate::protocol::{self, RequestKind};
+use crate::protocol::{self, Channel, RequestKind};
 use crate::ws::{self, Frame, Outbox};
 
 /// The reason a `reject` fault gives (ours: Coinbase's text for a refused request is not on record).
@@ -23,7 +23,7 @@ pub struct Conn {
     pub outbox: Rc<Outbox>,
     /// The TCP socket, for the `reset` fault.
     pub fd: std::os::fd::RawFd,
-    pub subs: BTreeMap<String, BTreeSet<String>>,
+    pub subs: BTreeMap<Channel, BTreeSet<String>>,
     pub subscribed: bool,
     pub since: Instant,
 }
@@ -110,20 +110,21 @@ impl Feed {
     }
 
     /// Sends `frame` to every connection subscribed to (`channel`, `product`).
-    pub fn deliver(&self, channel: &str, product: &str, frame: &Frame) {
+    pub fn deliver(&self, channel: Channel, product: &str, frame: &Frame) {
         if self.stalled() {
             return;
         }
         for (id, conn) in &self.conns {
-            if conn.subs.get(channel).is_some_and(|p| p.contains(product)) && conn.outbox.push(frame.clone()).is_err() {
+            if conn.subs.get(&channel).is_some_and(|p| p.contains(product)) && conn.outbox.push(frame.clone()).is_err()
+            {
                 log::warn!("simulator: connection {id} dropped as a slow consumer");
             }
         }
     }
 
     /// Whether anyone listens to (`channel`, `product`).
-    pub fn wanted(&self, channel: &str, product: &str) -> bool {
-        self.conns.values().any(|c| c.subs.get(channel).is_some_and(|p| p.contains(product)))
+    pub fn wanted(&self, channel: Channel, product: &str) -> bool {
+        self.conns.values().any(|c| c.subs.get(&channel).is_some_and(|p| p.contains(product)))
     }
 
     /// Handles one client message on connection `id`.
@@ -161,54 +162,35 @@ impl Feed {
     /// Applies a subscribe; returns the error messages and the frames a new
     /// subscriber gets first (latest ticker, `last_match`, snapshot, status).
     fn subscribe(&mut self, id: u64, req: &protocol::Request) -> (Vec<String>, Vec<Frame>) {
-        let mut errors = Vec::new();
-        let mut added = Vec::new();
-        let mut bad_products = BTreeSet::new();
-        for (channel, products) in &req.channels {
-            if protocol::AUTHENTICATED_CHANNELS.contains(&channel.as_str()) {
-                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), protocol::AUTH_REQUIRED));
-                continue;
-            }
-            if protocol::Channel::parse(channel).is_none() {
-                let reason = format!("{channel} is not a valid channel");
-                errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
-                continue;
-            }
-            if channel == "status" {
-                added.push((channel.clone(), String::new()));
-                continue;
-            }
-            let valid: Vec<&String> = products.iter().filter(|p| self.knows(p)).collect();
-            bad_products.extend(products.iter().filter(|p| !self.knows(p)).cloned());
-            for p in valid {
-                added.push((channel.clone(), p.clone()));
-            }
-        }
-        for p in bad_products {
-            let reason = protocol::invalid_product(&p);
-            errors.push(protocol::error_message(RequestKind::Subscribe.failure(), &reason));
-        }
+        let classified = req.classify(|_| true, |p| self.knows(p));
         let mut initial = Vec::new();
-        let Some(conn) = self.conns.get_mut(&id) else { return (errors, initial) };
+        let Some(conn) = self.conns.get_mut(&id) else { return (classified.errors, initial) };
         conn.subscribed = true;
-        for (channel, product) in added {
-            let set = conn.subs.entry(channel.clone()).or_default();
-            if channel == "status" || set.insert(product.clone()) {
-                initial.extend(first_frames(&self.source, &self.status, &channel, &product));
+        for (channel, products) in classified.channels {
+            // `status` is sent again on every subscribe to it, as it has no product to be new.
+            if !channel.takes_products() {
+                conn.subs.entry(channel).or_default();
+                initial.extend(first_frames(&self.source, &self.status, channel, ""));
+            }
+            for product in products {
+                if conn.subs.entry(channel).or_default().insert(product.clone()) {
+                    initial.extend(first_frames(&self.source, &self.status, channel, &product));
+                }
             }
         }
-        (errors, initial)
+        (classified.errors, initial)
     }
 
     fn unsubscribe(&mut self, id: u64, req: &protocol::Request) -> Vec<String> {
         let Some(conn) = self.conns.get_mut(&id) else { return Vec::new() };
-        for (channel, products) in &req.channels {
+        // A channel it does not know is no subscription to end: skipped.
+        for (channel, products) in req.channels.iter().filter_map(|(n, ps)| Some((Channel::parse(n)?, ps))) {
             if products.is_empty() {
-                conn.subs.remove(channel);
-            } else if let Some(set) = conn.subs.get_mut(channel) {
+                conn.subs.remove(&channel);
+            } else if let Some(set) = conn.subs.get_mut(&channel) {
                 set.retain(|p| !products.contains(p));
                 if set.is_empty() {
-                    conn.subs.remove(channel);
+                    conn.subs.remove(&channel);
                 }
             }
         }
@@ -217,17 +199,17 @@ impl Feed {
 }
 
 /// What a fresh subscriber to (`channel`, `product`) gets before the stream.
-fn first_frames(source: &Source, status: &Frame, channel: &str, product: &str) -> Vec<Frame> {
+fn first_frames(source: &Source, status: &Frame, channel: Channel, product: &str) -> Vec<Frame> {
     let Source::Market { products, .. } = source else { return Vec::new() };
-    if channel == "status" {
+    if channel == Channel::Status {
         return vec![status.clone()];
     }
     let Some(p) = products.iter().find(|p| p.book.spec.id == product) else { return Vec::new() };
     let frame = match channel {
-        "ticker" => p.last_ticker.clone(),
-        "matches" => p.last_match.clone(),
-        "level2_batch" => Some(ws::frame::text(p.book.snapshot().as_bytes())),
-        _ => None,
+        Channel::Ticker => p.last_ticker.clone(),
+        Channel::Matches => p.last_match.clone(),
+        Channel::Level2Batch => Some(ws::frame::text(p.book.snapshot().as_bytes())),
+        Channel::Heartbeat | Channel::Status => None,
     };
     frame.into_iter().collect()
 }

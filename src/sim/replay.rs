@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::protocol;
+use crate::protocol::{self, Channel};
 use crate::ws::{self, Frame};
 
 /// One recorded message.
 pub struct Record {
-    pub channel: &'static str,
+    pub channel: Channel,
     pub product: String,
     /// Recorded time in microseconds since the epoch.
     pub at: i64,
@@ -35,9 +35,7 @@ impl Replay {
         let mut last_at = None;
         for line in text.lines() {
             let Some(key) = protocol::scan(line.as_bytes()) else { continue };
-            let (Some(channel), Some(product)) =
-                (protocol::Channel::of_message(key.kind).map(protocol::Channel::name), key.product_id)
-            else {
+            let (Some(channel), Some(product)) = (Channel::of_message(key.kind), key.product_id) else {
                 continue;
             };
             let value: serde_json::Value = match serde_json::from_str(line) {

@@ -19,6 +19,7 @@ use super::market::{Book, Spec};
 use super::replay::Replay;
 use super::{Control, SimConfig, SimEvent};
 use crate::net::{self, BoxIo};
+use crate::protocol::{self, Channel};
 use crate::ws::{self, close, Outbox};
 
 /// How often the market moves and batches go out.
@@ -114,7 +115,7 @@ fn market(cfg: &SimConfig) -> Result<(Source, Vec<Spec>), String> {
         // One trade before anyone connects, so a subscriber always gets a latest ticker.
         let t = book.step(&mut rng);
         let last_ticker = Some(ws::frame::text(book.ticker(&t).as_bytes()));
-        let last_match = Some(last_match_frame(&book.match_message(&t, &mut rng)));
+        let last_match = last_match_frame(&book.match_message(&t, &mut rng));
         book.pending_changes.clear();
         specs.push(spec);
         products.push(Product { book, last_ticker, last_match, due: 0.0 });
@@ -122,10 +123,9 @@ fn market(cfg: &SimConfig) -> Result<(Source, Vec<Spec>), String> {
     Ok((Source::Market { products, rng }, specs))
 }
 
-/// The `last_match` repeat of a match: the same message under the other type.
-fn last_match_frame(match_json: &str) -> ws::Frame {
-    let body = match_json.strip_prefix(r#"{"type":"match""#).unwrap_or(match_json);
-    ws::frame::text(format!(r#"{{"type":"last_match"{body}"#).as_bytes())
+/// The `last_match` a new subscriber gets for the trade `match_json` reports.
+fn last_match_frame(match_json: &str) -> Option<ws::Frame> {
+    protocol::last_match(match_json.as_bytes()).map(|text| ws::frame::text(&text))
 }
 
 /// Resolves once the handle asks the simulator to stop, looking every `poll`
@@ -325,14 +325,14 @@ fn trade(f: &mut Feed, owed: f64) {
             let t = p.book.step(rng);
             let ticker = ws::frame::text(p.book.ticker(&t).as_bytes());
             let m = p.book.match_message(&t, rng);
-            p.last_match = Some(last_match_frame(&m));
+            p.last_match = last_match_frame(&m);
             p.last_ticker = Some(ticker.clone());
             out.push((p.book.spec.id.clone(), ticker, ws::frame::text(m.as_bytes())));
         }
     }
     for (product, ticker, m) in out {
-        f.deliver("matches", &product, &m);
-        f.deliver("ticker", &product, &ticker);
+        f.deliver(Channel::Matches, &product, &m);
+        f.deliver(Channel::Ticker, &product, &ticker);
     }
 }
 
@@ -344,8 +344,8 @@ fn send_l2(f: &mut Feed) {
         }
     }
     for (product, update) in out {
-        if let Some(u) = update.filter(|_| f.wanted("level2_batch", &product)) {
-            f.deliver("level2_batch", &product, &ws::frame::text(u.as_bytes()));
+        if let Some(u) = update.filter(|_| f.wanted(Channel::Level2Batch, &product)) {
+            f.deliver(Channel::Level2Batch, &product, &ws::frame::text(u.as_bytes()));
         }
     }
 }
@@ -353,8 +353,8 @@ fn send_l2(f: &mut Feed) {
 fn send_heartbeats(f: &Feed) {
     let Source::Market { products, .. } = &f.source else { return };
     for p in products {
-        if f.wanted("heartbeat", &p.book.spec.id) {
-            f.deliver("heartbeat", &p.book.spec.id, &ws::frame::text(p.book.heartbeat().as_bytes()));
+        if f.wanted(Channel::Heartbeat, &p.book.spec.id) {
+            f.deliver(Channel::Heartbeat, &p.book.spec.id, &ws::frame::text(p.book.heartbeat().as_bytes()));
         }
     }
 }

@@ -287,18 +287,18 @@ impl Client {
                 return self.malformed(&format!("a binary frame of {} bytes", b.len())).await;
             }
         };
-        self.shared.status.borrow_mut().messages += 1;
         let Some(message) = FeedMessage::new(&text) else {
             return self.malformed(&format!("{:.80}", String::from_utf8_lossy(&text))).await;
         };
         let event = match message.kind() {
+            // The server's answer to the oldest request: kept here, where it
+            // decides the next requests; the owner has no use for it.
             "subscriptions" => match super::parse_subscriptions(&text) {
                 Some(set) => {
-                    self.shared.subs.borrow_mut().ack(set.clone());
+                    self.shared.subs.borrow_mut().ack(set);
                     self.shared.retry_backoff.set(self.cfg.backoff_initial);
-                    self.shared.status.borrow_mut().subscriptions = super::subs::group(set.iter().collect());
                     self.shared.changed.set(true);
-                    Event::Subscriptions(set)
+                    return Ok(());
                 }
                 None => return self.malformed("a subscriptions message without channels").await,
             },

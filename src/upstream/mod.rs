@@ -12,7 +12,6 @@ mod endpoint;
 mod subs;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::poll_fn;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -26,6 +25,7 @@ pub(crate) use client::status_products;
 pub use endpoint::Endpoint;
 pub use subs::{parse_subscriptions, request_text, Request, Sub, Subs, MAX_REQUEST_BYTES};
 
+use crate::protocol::Channel;
 use crate::ws::Frame;
 
 /// Where the real feed lives.
@@ -118,18 +118,6 @@ impl FeedMessage {
         crate::clock::parse_iso(std::str::from_utf8(&self.frame[r]).ok()?)
     }
 
-    /// The same message with its `type` replaced by `kind` (a `match` retold as
-    /// the `last_match` a new subscriber gets first).
-    pub fn retyped(&self, kind: &str) -> Frame {
-        let body = self.body();
-        let (start, end) = (self.kind.start - self.body.start, self.kind.end - self.body.start);
-        let mut text = Vec::with_capacity(body.len() + kind.len());
-        text.extend_from_slice(&body[..start]);
-        text.extend_from_slice(kind.as_bytes());
-        text.extend_from_slice(&body[end..]);
-        crate::ws::frame::text(&text)
-    }
-
     /// Its `product_id`, if any.
     pub fn product(&self) -> Option<&str> {
         self.product.clone().and_then(|r| std::str::from_utf8(&self.frame[r]).ok())
@@ -145,8 +133,6 @@ pub enum Event {
     Disconnected { reason: String },
     /// A feed message (anything but `subscriptions` and `error`).
     Message(FeedMessage),
-    /// The server's cumulative subscription set.
-    Subscriptions(BTreeSet<Sub>),
     /// An upstream `error`; `product` when it names one.
     Error { message: String, reason: String, product: Option<String> },
     /// The products the `status` channel lists.
@@ -181,7 +167,6 @@ impl State {
 pub struct Status {
     pub state: State,
     pub since: SystemTime,
-    pub messages: u64,
     pub malformed: u64,
     pub connects: u64,
     /// Liveness pings sent while no product was subscribed.
@@ -189,7 +174,6 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Requests the feed refused as a whole (each is retried after a backoff).
     pub refused: u64,
-    pub subscriptions: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// State shared by the owner's handle and the client task.
@@ -243,7 +227,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Wants (`on`) or no longer wants (`channel`, `product`) from the feed.
-    pub fn set(&self, channel: &str, product: &str, on: bool) {
+    pub fn set(&self, channel: Channel, product: &str, on: bool) {
         if self.shared.subs.borrow_mut().set(channel, product, on) {
             self.shared.notify();
         }
@@ -253,11 +237,6 @@ impl Upstream {
     pub fn resubscribe(&self, product: &str) {
         self.shared.subs.borrow_mut().resubscribe(product);
         self.shared.notify();
-    }
-
-    /// The pairs the owner wants.
-    pub fn desired(&self) -> BTreeSet<Sub> {
-        self.shared.subs.borrow().desired().clone()
     }
 
     /// A copy of the current status.
@@ -284,13 +263,11 @@ pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), St
         status: RefCell::new(Status {
             state: State::Connecting,
             since: SystemTime::now(),
-            messages: 0,
             malformed: 0,
             connects: 0,
             pings: 0,
             last_error: None,
             refused: 0,
-            subscriptions: BTreeMap::new(),
         }),
         changed: Cell::new(false),
         waker: RefCell::new(None),

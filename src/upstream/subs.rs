@@ -2,10 +2,39 @@
 //! has confirmed, and the requests that take one to the other, each small enough
 //! for the feed and sent one after another.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::protocol::Channel;
+
 /// A (channel, product) pair; `status` has the empty product.
-pub type Sub = (String, String);
+///
+/// Ordered by channel name, then product: the order requests list them in, so
+/// each request's text and the pairs it holds do not depend on how `Channel`
+/// itself sorts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sub {
+    pub channel: Channel,
+    pub product: String,
+}
+
+impl Sub {
+    pub fn new(channel: Channel, product: impl Into<String>) -> Sub {
+        Sub { channel, product: product.into() }
+    }
+}
+
+impl Ord for Sub {
+    fn cmp(&self, other: &Sub) -> Ordering {
+        (self.channel.name(), &self.product).cmp(&(other.channel.name(), &other.product))
+    }
+}
+
+impl PartialOrd for Sub {
+    fn partial_cmp(&self, other: &Sub) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Largest request sent upstream, in bytes of JSON text. Coinbase closes the
 /// connection of a client whose message is too big (FEED.md, "Message too big";
@@ -36,7 +65,7 @@ impl Request {
 
     /// Whether it names a product (rather than `status` alone).
     fn names_products(&self) -> bool {
-        self.pairs.iter().any(|(_, p)| !p.is_empty())
+        self.pairs.iter().any(|s| !s.product.is_empty())
     }
 
     /// `set` as the server has it once this request is applied.
@@ -86,8 +115,8 @@ pub struct Subs {
 
 impl Subs {
     /// Adds or removes one pair from the desired set; true if it changed.
-    pub fn set(&mut self, channel: &str, product: &str, on: bool) -> bool {
-        let key = (channel.to_string(), product.to_string());
+    pub fn set(&mut self, channel: Channel, product: &str, on: bool) -> bool {
+        let key = Sub::new(channel, product);
         if !on {
             return self.desired.remove(&key);
         }
@@ -114,11 +143,11 @@ impl Subs {
     /// products left out.
     pub fn effective(&self) -> BTreeSet<Sub> {
         let mut out: BTreeSet<Sub> = BTreeSet::new();
-        out.insert(("status".into(), String::new()));
-        for (channel, product) in &self.desired {
-            if !self.blocked(product) {
-                out.insert((channel.clone(), product.clone()));
-                out.insert(("heartbeat".into(), product.clone()));
+        out.insert(Sub::new(Channel::Status, ""));
+        for sub in &self.desired {
+            if !self.blocked(&sub.product) {
+                out.insert(sub.clone());
+                out.insert(Sub::new(Channel::Heartbeat, sub.product.clone()));
             }
         }
         out
@@ -126,12 +155,7 @@ impl Subs {
 
     /// Whether any product is wanted (and so heartbeats are expected).
     pub fn has_products(&self) -> bool {
-        self.desired.iter().any(|(_, p)| !self.blocked(p))
-    }
-
-    /// The owner's desired pairs.
-    pub fn desired(&self) -> &BTreeSet<Sub> {
-        &self.desired
+        self.desired.iter().any(|s| !self.blocked(&s.product))
     }
 
     /// A new connection: the server has nothing, and nothing is on its way. Until
@@ -156,7 +180,7 @@ impl Subs {
     /// instead, each time it becomes desired or drops off the list.
     pub fn list(&mut self, products: impl IntoIterator<Item = String>) {
         let list: BTreeSet<String> = products.into_iter().collect();
-        for (_, p) in &self.desired {
+        for Sub { product: p, .. } in &self.desired {
             let was_listed = self.listed.as_ref().is_none_or(|old| old.contains(p));
             if !p.is_empty() && was_listed && !list.contains(p) {
                 self.unlisted.insert(p.clone());
@@ -173,7 +197,7 @@ impl Subs {
             return Vec::new();
         }
         let news = std::mem::take(&mut self.unlisted);
-        let wanted: BTreeSet<&str> = self.desired.iter().map(|(_, p)| p.as_str()).collect();
+        let wanted: BTreeSet<&str> = self.desired.iter().map(|s| s.product.as_str()).collect();
         news.into_iter().filter(|p| wanted.contains(p.as_str()) && self.is_unlisted(p)).collect()
     }
 
@@ -214,7 +238,7 @@ impl Subs {
         for r in self.in_flight.iter().chain(&self.again) {
             r.apply(&mut out);
         }
-        out.retain(|(_, p)| !self.blocked(p));
+        out.retain(|s| !self.blocked(&s.product));
         out
     }
 
@@ -223,11 +247,8 @@ impl Subs {
     pub fn plan(&mut self) {
         let want = self.effective();
         let mut expected = self.expected();
-        let again: Vec<Sub> = expected
-            .iter()
-            .filter(|(c, p)| self.resubscribe.contains(p) && want.contains(&(c.clone(), p.clone())))
-            .cloned()
-            .collect();
+        let again: Vec<Sub> =
+            expected.iter().filter(|s| self.resubscribe.contains(&s.product) && want.contains(s)).cloned().collect();
         self.resubscribe.clear();
         for r in split(false, again) {
             r.apply(&mut expected);
@@ -237,7 +258,7 @@ impl Subs {
         let remove: Vec<Sub> = expected.difference(&want).cloned().collect();
         self.queue.clear();
         if self.holding {
-            let (first, rest): (Vec<Sub>, Vec<Sub>) = add.into_iter().partition(|(_, p)| p.is_empty());
+            let (first, rest): (Vec<Sub>, Vec<Sub>) = add.into_iter().partition(|s| s.product.is_empty());
             self.queue.extend(split(true, first));
             add = rest;
         }
@@ -306,18 +327,18 @@ fn split(subscribe: bool, pairs: Vec<Sub>) -> Vec<Request> {
 /// The most `pair` adds to the text of a request holding `chunk`: its product,
 /// quoted, and a comma; and when it opens its channel, the channel's object
 /// `{"name":..,"product_ids":[]},`.
-fn cost(chunk: &[Sub], (channel, product): &Sub) -> usize {
+fn cost(chunk: &[Sub], pair: &Sub) -> usize {
     const CHANNEL_OBJECT: usize = 27;
     let json = |s: &str| crate::protocol::json_string(s).len();
-    let opens = chunk.last().is_none_or(|(c, _)| c != channel);
-    json(product) + 1 + if opens { CHANNEL_OBJECT + json(channel) } else { 0 }
+    let opens = chunk.last().is_none_or(|last| last.channel != pair.channel);
+    json(&pair.product) + 1 + if opens { CHANNEL_OBJECT + json(pair.channel.name()) } else { 0 }
 }
 
 /// Pairs grouped by channel; `status`'s empty product leaves an empty list.
-pub fn group(pairs: Vec<&Sub>) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (channel, product) in pairs {
-        let set = out.entry(channel.clone()).or_default();
+pub fn group(pairs: Vec<&Sub>) -> BTreeMap<Channel, BTreeSet<String>> {
+    let mut out: BTreeMap<Channel, BTreeSet<String>> = BTreeMap::new();
+    for Sub { channel, product } in pairs {
+        let set = out.entry(*channel).or_default();
         if !product.is_empty() {
             set.insert(product.clone());
         }
@@ -325,31 +346,35 @@ pub fn group(pairs: Vec<&Sub>) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// The text of a request: channel objects, each with its own products.
-pub fn request_text(subscribe: bool, channels: &BTreeMap<String, BTreeSet<String>>) -> String {
+/// The text of a request: channel objects, each with its own products, listed
+/// by channel name.
+pub fn request_text(subscribe: bool, channels: &BTreeMap<Channel, BTreeSet<String>>) -> String {
+    let mut channels: Vec<(&Channel, &BTreeSet<String>)> = channels.iter().collect();
+    channels.sort_by_key(|(channel, _)| channel.name());
     let channels: Vec<serde_json::Value> = channels
-        .iter()
-        .map(|(name, products)| match products.is_empty() {
-            true => serde_json::json!(name),
-            false => serde_json::json!({"name": name, "product_ids": products}),
+        .into_iter()
+        .map(|(channel, products)| match products.is_empty() {
+            true => serde_json::json!(channel),
+            false => serde_json::json!({"name": channel, "product_ids": products}),
         })
         .collect();
     let kind = if subscribe { "subscribe" } else { "unsubscribe" };
     serde_json::json!({"type": kind, "channels": channels}).to_string()
 }
 
-/// The pairs in a `subscriptions` reply.
+/// The pairs in a `subscriptions` reply. A channel hedgehog does not know is
+/// left out: it was never asked for, and there is nothing it could be compared with.
 pub fn parse_subscriptions(text: &[u8]) -> Option<BTreeSet<Sub>> {
     let v: serde_json::Value = serde_json::from_slice(text).ok()?;
     let mut out = BTreeSet::new();
     for ch in v.get("channels")?.as_array()? {
-        let name = ch.get("name")?.as_str()?;
+        let Some(channel) = Channel::parse(ch.get("name")?.as_str()?) else { continue };
         let products = ch.get("product_ids").and_then(|p| p.as_array()).cloned().unwrap_or_default();
         if products.is_empty() {
-            out.insert((name.to_string(), String::new()));
+            out.insert(Sub::new(channel, ""));
         }
         for p in products.iter().filter_map(|p| p.as_str()) {
-            out.insert((name.to_string(), p.to_string()));
+            out.insert(Sub::new(channel, p));
         }
     }
     Some(out)
@@ -360,7 +385,7 @@ mod tests {
     use super::*;
 
     fn pair(c: &str, p: &str) -> Sub {
-        (c.into(), p.into())
+        Sub::new(Channel::parse(c).unwrap(), p)
     }
 
     /// Plans, then takes every request that may go now.
@@ -385,7 +410,7 @@ mod tests {
     #[test]
     fn sends_only_deltas_with_heartbeats_and_status() {
         let mut s = Subs::default();
-        s.set("ticker", "BTC-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", true);
         let d = send_all(&mut s);
         assert_eq!(d.len(), 1);
         assert_eq!(
@@ -393,8 +418,8 @@ mod tests {
             r#"{"channels":[{"name":"heartbeat","product_ids":["BTC-USD"]},"status",{"name":"ticker","product_ids":["BTC-USD"]}],"type":"subscribe"}"#
         );
         assert!(send_all(&mut s).is_empty(), "nothing changed, nothing sent");
-        s.set("matches", "BTC-USD", true);
-        s.set("ticker", "BTC-USD", false);
+        s.set(Channel::Matches, "BTC-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", false);
         let d = send_all(&mut s);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0], Request { subscribe: true, pairs: vec![pair("matches", "BTC-USD")] });
@@ -404,8 +429,8 @@ mod tests {
     #[test]
     fn reconciles_against_the_servers_reply() {
         let mut s = Subs::default();
-        s.set("ticker", "BTC-USD", true);
-        s.set("ticker", "NOPE-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", true);
+        s.set(Channel::Ticker, "NOPE-USD", true);
         send_all(&mut s);
         s.reject("NOPE-USD");
         // The server confirms less than was asked: everything but the rejected product
@@ -418,10 +443,10 @@ mod tests {
     #[test]
     fn a_refused_request_is_asked_again() {
         let mut s = Subs::default();
-        s.set("matches", "ETH-USD", true);
+        s.set(Channel::Matches, "ETH-USD", true);
         let first = send_all(&mut s);
         s.ack(s.effective());
-        s.set("matches", "SOL-USD", true);
+        s.set(Channel::Matches, "SOL-USD", true);
         let asked = send_all(&mut s);
         assert_eq!(send_all(&mut s), vec![], "nothing new while the request is out");
         s.refused();
@@ -432,7 +457,7 @@ mod tests {
     #[test]
     fn a_new_connection_resubscribes_everything() {
         let mut s = listed(&["ETH-USD".into()]);
-        s.set("matches", "ETH-USD", true);
+        s.set(Channel::Matches, "ETH-USD", true);
         send_all(&mut s);
         s.ack(s.effective());
         s.reset();
@@ -446,8 +471,8 @@ mod tests {
         let products = made_up(3000);
         let mut s = listed(&products);
         for p in &products {
-            s.set("ticker", p, true);
-            s.set("matches", p, true);
+            s.set(Channel::Ticker, p, true);
+            s.set(Channel::Matches, p, true);
         }
         s.plan();
         let mut sent = BTreeSet::new();
@@ -482,16 +507,16 @@ mod tests {
         let products = made_up(2000);
         let mut s = listed(&[products.clone(), vec!["BTC-USD".into()]].concat());
         for p in &products {
-            s.set("ticker", p, true);
+            s.set(Channel::Ticker, p, true);
         }
         let sent = send_all(&mut s);
         assert!(sent.len() > 2, "{} requests", sent.len());
         assert_eq!(s.in_flight(), sent.len());
         // A change while they are out: one product whose subscribe is in flight
         // goes, one more comes. Only the difference is asked for.
-        let first = sent[0].pairs.iter().find(|(_, p)| !p.is_empty()).unwrap().1.clone();
-        s.set("ticker", &first, false);
-        s.set("matches", "BTC-USD", true);
+        let first = sent[0].pairs.iter().find(|s| !s.product.is_empty()).unwrap().product.clone();
+        s.set(Channel::Ticker, &first, false);
+        s.set(Channel::Matches, "BTC-USD", true);
         let change = send_all(&mut s);
         assert_eq!(
             change,
@@ -521,7 +546,7 @@ mod tests {
         let products = made_up(10_000);
         let mut s = listed(&products);
         for p in &products {
-            s.set("ticker", p, true);
+            s.set(Channel::Ticker, p, true);
         }
         let sent = send_all(&mut s);
         assert_eq!(sent.len(), MAX_IN_FLIGHT, "no more than this many unanswered");
@@ -530,23 +555,23 @@ mod tests {
         // and so needs no unsubscribe either.
         let last = products.last().unwrap();
         assert!(!sent.iter().any(|r| r.pairs.contains(&pair("ticker", last))));
-        s.set("ticker", last, false);
+        s.set(Channel::Ticker, last, false);
         s.plan();
         let mut rest = Vec::new();
         while s.in_flight() > 0 {
             s.refused(); // any answer makes room for the next
             rest.extend(std::iter::from_fn(|| s.take_request()));
         }
-        assert!(rest.iter().all(|r| r.subscribe && !r.pairs.iter().any(|(_, p)| p == last)));
+        assert!(rest.iter().all(|r| r.subscribe && !r.pairs.iter().any(|s| &s.product == last)));
     }
 
     #[test]
     fn products_wait_for_the_list_and_unlisted_ones_never_go() {
         let mut s = Subs::default();
         s.reset();
-        s.set("ticker", "BTC-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", true);
         for p in made_up(500) {
-            s.set("ticker", &p, true);
+            s.set(Channel::Ticker, &p, true);
         }
         let first = send_all(&mut s);
         assert_eq!(first, vec![Request { subscribe: true, pairs: vec![pair("status", "")] }], "status alone first");
@@ -562,7 +587,7 @@ mod tests {
             vec![Request { subscribe: true, pairs: vec![pair("heartbeat", "BTC-USD"), pair("ticker", "BTC-USD")] }]
         );
         // Once the list is known, a new unlisted pair is reported, not sent.
-        s.set("matches", "NOPE-USD", true);
+        s.set(Channel::Matches, "NOPE-USD", true);
         assert_eq!(s.take_unlisted(), vec!["NOPE-USD".to_string()]);
         assert!(send_all(&mut s).is_empty());
         // The list is kept: the next connection does not wait for it.
@@ -574,7 +599,7 @@ mod tests {
     fn a_feed_that_lists_nothing_gets_the_products_once_released() {
         let mut s = Subs::default();
         s.reset();
-        s.set("ticker", "BTC-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", true);
         assert_eq!(send_all(&mut s).len(), 1);
         s.release();
         let rest = send_all(&mut s);
@@ -587,13 +612,13 @@ mod tests {
     #[test]
     fn a_resubscribe_unsubscribes_first_even_when_replanned() {
         let mut s = listed(&["BTC-USD".into(), "ETH-USD".into()]);
-        s.set("matches", "BTC-USD", true);
-        s.set("matches", "ETH-USD", true);
+        s.set(Channel::Matches, "BTC-USD", true);
+        s.set(Channel::Matches, "ETH-USD", true);
         send_all(&mut s);
         s.ack(s.effective());
         s.resubscribe("ETH-USD");
         s.plan();
-        s.set("ticker", "BTC-USD", true);
+        s.set(Channel::Ticker, "BTC-USD", true);
         let d = send_all(&mut s);
         assert_eq!(
             d[0],
@@ -607,6 +632,14 @@ mod tests {
             }
         );
         assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn pairs_go_in_channel_name_order_and_replies_name_known_channels() {
+        assert!(Channel::Ticker < Channel::Heartbeat, "the enum sorts otherwise");
+        assert!(pair("heartbeat", "Z-Z") < pair("ticker", "A-A"));
+        let r = br#"{"type":"subscriptions","channels":[{"name":"mystery","product_ids":["A-B"]},{"name":"level2_50","product_ids":["A-B"]}]}"#;
+        assert_eq!(parse_subscriptions(r).unwrap(), BTreeSet::from([pair("level2_batch", "A-B")]));
     }
 
     #[test]

@@ -61,7 +61,6 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
             let why = format!("the feed refused a request ({message}: {reason}); asking again");
             announce(hub, owner, owner.upstream.status().state, Some(&why))
         }
-        Event::Subscriptions(_) => {}
         Event::Products(list) => {
             let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
             hub.global.set_upstream(|u| u.products = known.len());

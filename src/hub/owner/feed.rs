@@ -7,11 +7,12 @@
 //! subscriber's shard to the stream (see `owner/mod.rs`), so what a late joiner
 //! gets first and the live messages after it meet without a gap or a repeat.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::book::Book;
 use super::history::{HistoryLimits, HistoryQuery, TopicHistory, Totals};
-use crate::protocol::Channel;
+use crate::protocol::{self, Channel};
 use crate::upstream::FeedMessage;
 use crate::ws::Frame;
 
@@ -143,9 +144,9 @@ impl FeedState {
         let Some(p) = self.products.get(product) else { return Vec::new() };
         let frame = match channel {
             Channel::Ticker => p.ticker.clone(),
-            Channel::Matches => p.last_match.as_ref().map(|m| match m.kind() {
-                "match" => m.retyped("last_match"),
-                _ => m.frame.clone(),
+            Channel::Matches => p.last_match.as_ref().and_then(|m| match protocol::last_match(m.body())? {
+                Cow::Borrowed(_) => Some(m.frame.clone()),
+                Cow::Owned(text) => Some(crate::ws::frame::text(&text)),
             }),
             Channel::Level2Batch => p.book.as_ref().map(|b| crate::ws::frame::text(b.snapshot(product).as_bytes())),
             Channel::Heartbeat | Channel::Status => None,

@@ -116,7 +116,7 @@ impl Owner {
         }
         drop(interest);
         if was_empty != now_empty {
-            self.upstream.set(topic.channel.name(), &topic.product, !now_empty);
+            self.upstream.set(topic.channel, &topic.product, !now_empty);
         }
         if now_empty {
             self.feed.borrow_mut().unwatched(&topic.product, topic.channel);
