@@ -10,7 +10,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use rand::rngs::SmallRng;
 
 use super::fault::Fault;
-use super::market::{self, Book, Spec};
+use super::market::{self, MarketBook, Spec};
 use super::replay::Replay;
 use super::Control;
 use crate::protocol::{self, Channel, RequestKind};
@@ -29,8 +29,8 @@ pub struct Conn {
 }
 
 /// A book with the last trade's messages, repeated to new subscribers unchanged.
-pub struct Product {
-    pub book: Book,
+pub struct SimProduct {
+    pub book: MarketBook,
     pub last_ticker: Option<Frame>,
     pub last_match: Option<Frame>,
     /// Trades owed but not yet made (fractional, from the rate).
@@ -39,7 +39,7 @@ pub struct Product {
 
 /// Where the feed's messages come from.
 pub enum Source {
-    Market { products: Vec<Product>, rng: SmallRng },
+    Market { products: Vec<SimProduct>, rng: SmallRng },
     Replay(Replay),
 }
 

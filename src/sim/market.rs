@@ -73,7 +73,7 @@ pub struct Trade {
 }
 
 /// One product's live state.
-pub struct Book {
+pub struct MarketBook {
     pub spec: Spec,
     bids: BTreeMap<i64, i64>,
     asks: BTreeMap<i64, i64>,
@@ -88,12 +88,12 @@ pub struct Book {
     pub pending_changes: Vec<(bool, i64, i64)>,
 }
 
-impl Book {
+impl MarketBook {
     /// A book around the spec's price, with a history of numbers that look lived-in.
-    pub fn new(spec: Spec, rng: &mut SmallRng) -> Book {
+    pub fn new(spec: Spec, rng: &mut SmallRng) -> MarketBook {
         let scale = 10f64.powi(spec.price_decimals as i32);
         let mid = ((spec.price * scale) as i64).max(4 * DEPTH as i64);
-        let mut book = Book {
+        let mut book = MarketBook {
             bids: BTreeMap::new(),
             asks: BTreeMap::new(),
             sequence: rng.random_range(1_000_000_000..50_000_000_000),
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn the_book_never_crosses_and_tickers_agree_with_it() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let mut book = Book::new(Spec::for_id("BTC-USD").unwrap(), &mut rng);
+        let mut book = MarketBook::new(Spec::for_id("BTC-USD").unwrap(), &mut rng);
         let mut last_seq = book.sequence;
         for _ in 0..20_000 {
             let t = book.step(&mut rng);
@@ -371,7 +371,7 @@ mod tests {
     fn a_seed_reproduces_the_run() {
         let run = |seed| {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let mut book = Book::new(Spec::for_id("ETH-USD").unwrap(), &mut rng);
+            let mut book = MarketBook::new(Spec::for_id("ETH-USD").unwrap(), &mut rng);
             (0..100).map(|_| book.step(&mut rng).price).collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));

@@ -14,8 +14,8 @@ use glommio::timer::sleep;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::feed::{Conn, Feed, Product, Source};
-use super::market::{Book, Spec};
+use super::feed::{Conn, Feed, SimProduct, Source};
+use super::market::{MarketBook, Spec};
 use super::replay::Replay;
 use super::{Control, SimConfig, SimEvent};
 use crate::net::{self, BoxIo};
@@ -111,14 +111,14 @@ fn market(cfg: &SimConfig) -> Result<(Source, Vec<Spec>), String> {
     let mut products = Vec::new();
     for id in &cfg.products {
         let spec = Spec::for_id(id).ok_or_else(|| format!("not a product id: {id:?} (want BASE-QUOTE)"))?;
-        let mut book = Book::new(spec.clone(), &mut rng);
+        let mut book = MarketBook::new(spec.clone(), &mut rng);
         // One trade before anyone connects, so a subscriber always gets a latest ticker.
         let t = book.step(&mut rng);
         let last_ticker = Some(ws::frame::text(book.ticker(&t).as_bytes()));
         let last_match = last_match_frame(&book.match_message(&t, &mut rng));
         book.pending_changes.clear();
         specs.push(spec);
-        products.push(Product { book, last_ticker, last_match, due: 0.0 });
+        products.push(SimProduct { book, last_ticker, last_match, due: 0.0 });
     }
     Ok((Source::Market { products, rng }, specs))
 }
