@@ -2,6 +2,9 @@
 //!
 //! Parsing is done here rather than by a CLI crate so that every mistake is one
 //! line on stderr and exit code 2, as operators' scripts expect.
+//!
+//! Longer than the other files: the settings, their help text, their parsing and
+//! their validation are one table read together; the tests follow at the end.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The upstream's subscription bookkeeping: what the owner wants, what the server
 //! has confirmed, and the requests that take one to the other, each small enough
 //! for the feed and sent one after another.
+//!
+//! About 380 lines of code; the rest of the file is its tests, which pin the
+//! request texts byte for byte.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
