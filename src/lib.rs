@@ -11,6 +11,8 @@
 //! - [`protocol`]: the feed's vocabulary (`Channel`, `Topic`), requests, error
 //!   texts, hedgehog's own notes, the routing-key scanner.
 //! - [`net`]: plain/TLS streams, request deadlines, TLS configuration.
+//! - [`pacemaker`]: a beat that keeps every executor from sleeping through its
+//!   timers and cross-shard wake-ups (a glommio hazard).
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
@@ -31,6 +33,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod net;
+pub mod pacemaker;
 pub mod protocol;
 pub mod rate;
 pub mod server;

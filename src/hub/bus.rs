@@ -10,11 +10,16 @@
 //!
 //! # Bounds, and why no cycle can wedge two shards
 //! A channel holds `bus_capacity` messages (8,192; see `config`); its backlog
-//! (full at `bus_backlog`, 1,024) is not capped by `post`, which never waits. What bounds it is where work enters the hub:
-//! - shard 0's dispatcher waits for room in every backlog ([`Bus::room`]) before
-//!   each upstream event, so a slow shard slows the upstream reader;
-//! - a client's operation (REST, a WebSocket subscribe, `/livez`) waits for room
-//!   towards the shards it will post to before it starts, under a deadline;
+//! (`bus_backlog`, 1,024) is not capped by `post`, which never waits. What bounds
+//! it is where work enters the hub:
+//! - shard 0's dispatcher waits until every backlog is below its limit
+//!   ([`Bus::room`] with [`Waiter::Feed`]) before each upstream event, so a slow
+//!   shard slows the upstream reader;
+//! - a client's operation (REST, a WebSocket subscribe, `/livez`) waits, under
+//!   a deadline, until the backlogs it will post to are below twice the limit
+//!   ([`Waiter::Client`]): the feed alone never takes that reserve, so a client's
+//!   request is never starved by a feed that refills the backlog each time a
+//!   message leaves it (it was, under load: 503 after 5 s);
 //! - a shard's receive loops never wait: what they post in answer (a reply, a
 //!   join answer, an interest note) is bounded by what they received.
 //!
@@ -42,6 +47,15 @@ use super::msg::{Answer, HubError, ShardMsg};
 
 /// A reply on its way back to the task that asked.
 type Pending = LocalSender<Result<Answer, HubError>>;
+
+/// Who waits for room on the bus, and so how much of the backlog it may fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// Shard 0's dispatcher: up to the backlog's limit.
+    Feed,
+    /// A client's operation: up to twice the limit, a reserve the feed never takes.
+    Client,
+}
 
 /// A shard's sending side of the bus, connected.
 pub struct Bus {
@@ -111,10 +125,15 @@ impl Bus {
         }
     }
 
-    /// Waits until the backlog towards every shard `to` accepts has room.
-    pub async fn room(&self, to: impl Fn(usize) -> bool) {
+    /// Waits until the backlog towards every shard `to` accepts has room for
+    /// `who` (see the module's doc on bounds).
+    pub async fn room(&self, who: Waiter, to: impl Fn(usize) -> bool) {
+        let limit = match who {
+            Waiter::Feed => self.backlog_limit,
+            Waiter::Client => 2 * self.backlog_limit,
+        };
         std::future::poll_fn(|cx| {
-            let full = self.backlogs.iter().enumerate().any(|(i, b)| to(i) && b.borrow().len() >= self.backlog_limit);
+            let full = self.backlogs.iter().enumerate().any(|(i, b)| to(i) && b.borrow().len() >= limit);
             if full {
                 self.waiters.borrow_mut().push(cx.waker().clone());
                 Poll::Pending

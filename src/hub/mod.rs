@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bus::{mesh as bus_mesh, Bus, BusEnds};
+pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
 pub use global::{Admission, Global, IpSlot, UpstreamInfo};
@@ -157,7 +157,7 @@ impl Hub {
         }
         // Its joins and leaves go to shard 0: room for them first.
         if self.id != 0 {
-            let room = self.bus.room(|s| s == 0);
+            let room = self.bus.room(Waiter::Client, |s| s == 0);
             within(REPLY_DEADLINE, room).await.ok_or(unavailable(0, REPLY_DEADLINE))?;
         }
         self.apply(id, op)
@@ -184,7 +184,7 @@ impl Hub {
         let (req, rx) = self.bus.ask();
         let from = self.id;
         let asked = async {
-            self.bus.room(|s| s == to).await;
+            self.bus.room(Waiter::Client, |s| s == to).await;
             self.bus.post(to, ShardMsg::Request { req, from, ask });
             rx.recv().await
         };
@@ -196,7 +196,7 @@ impl Hub {
     /// Waits until the bus towards every shard has room (shard 0's dispatcher,
     /// before each upstream event).
     pub async fn room_for_all(&self) {
-        self.bus.room(|_| true).await
+        self.bus.room(Waiter::Feed, |_| true).await
     }
 
     /// THE way to send anything to shard `to`: handled here and now when `to` is

@@ -356,6 +356,7 @@ struct Shard {
 
 impl Shard {
     async fn run(self) {
+        let _beat = crate::pacemaker::attach();
         #[allow(clippy::panic)]
         if self.cfg.fail_start == Some(self.id) {
             panic!("shard {} was told to fail at start (a test)", self.id);

@@ -51,6 +51,7 @@ pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
         }
     };
     ex.run(async move {
+        let _beat = crate::pacemaker::attach();
         let (listener, tls, feed) = match setup(&cfg, control.clone()) {
             Ok(s) => s,
             Err(e) => {
