@@ -12,6 +12,8 @@
 //!   texts, hedgehog's own notes, the routing-key scanner.
 //! - [`net`]: plain/TLS streams, request deadlines, TLS configuration.
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
+//! - [`record`]: `--record DIR`: every upstream message, timestamped, to rotated
+//!   gzip'd files, by a writer thread that the feed never waits for.
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`config`]: settings from flags and environment, validated.
@@ -33,6 +35,7 @@ pub mod hub;
 pub mod net;
 pub mod protocol;
 pub mod rate;
+pub mod record;
 pub mod server;
 pub mod sim;
 pub mod upstream;
