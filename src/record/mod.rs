@@ -131,10 +131,11 @@ impl Hole {
 
 /// One message on its way to the writer: its arrival time, its bytes
 /// (`frame[start..]`, shared with the frame sent to clients), and the hole
-/// before it, if messages were dropped since the last one queued.
+/// before it, if messages were dropped since the last one queued. No frame:
+/// only the hole (the last one, when the tap goes away).
 pub(crate) struct Entry {
     at: i64,
-    frame: Frame,
+    frame: Option<Frame>,
     start: usize,
     hole: Option<Hole>,
 }
@@ -159,7 +160,7 @@ impl Tap {
         let len = frame.len().saturating_sub(start);
         let mut hole = self.hole.take();
         if self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed) + len <= self.max_queue_bytes {
-            match self.tx.try_send(Entry { at, frame, start, hole }) {
+            match self.tx.try_send(Entry { at, frame: Some(frame), start, hole }) {
                 Ok(()) => return,
                 Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => hole = e.hole,
             }
@@ -167,6 +168,19 @@ impl Tap {
         self.stats.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         self.hole.set(Some(Hole::add(hole, at)));
+    }
+}
+
+impl Drop for Tap {
+    /// The upstream client has ended (a stop): a hole not yet noted is handed
+    /// on alone, waiting a little for room (the feed has stopped).
+    fn drop(&mut self) {
+        if let Some(hole) = self.hole.take() {
+            let entry = Entry { at: hole.to, frame: None, start: 0, hole: Some(hole) };
+            if self.tx.send_timeout(entry, Duration::from_secs(1)).is_err() {
+                log::warn!("record: the note of {} messages dropped at the end could not be queued", hole.count);
+            }
+        }
     }
 }
 

@@ -124,12 +124,13 @@ impl Writer {
 
     /// Writes one message (after the note of the hole before it, if any).
     fn take(&mut self, e: Entry) {
-        let payload = e.frame.get(e.start..).unwrap_or_default();
-        self.stats.dequeued(payload.len());
         if let Some(h) = e.hole {
             let (n, from, to) = (h.count, format_time(h.from), format_time(h.to));
             self.note(e.at, &format!("{n} messages dropped from the recording (queue full) between {from} and {to}"));
         }
+        let Some(frame) = &e.frame else { return };
+        let payload = frame.get(e.start..).unwrap_or_default();
+        self.stats.dequeued(payload.len());
         if payload.iter().any(|&b| b == b'\n' || b == b'\r') {
             let (n, at) = (payload.len(), format_time(e.at));
             return self.note(e.at, &format!("a message of {n} bytes at {at} left out: it holds a line break"));
@@ -288,11 +289,78 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::files::Compressor;
+
+    fn writer(dir: &std::path::Path) -> (Writer, Arc<Stats>) {
+        let cfg = RecordConfig::new(dir.to_path_buf());
+        let stats = Arc::new(Stats::default());
+        let (_compressor, pass) = Compressor::new(&cfg, stats.clone());
+        (Writer::new(&cfg, stats.clone(), Arc::new(AtomicBool::new(false)), pass), stats)
+    }
+
+    fn entry(at: i64) -> Entry {
+        let payload = br#"{"type":"ticker"}"#;
+        let frame = crate::ws::frame::text(payload);
+        Entry { at, start: frame.len() - payload.len(), frame: Some(frame), hole: None }
+    }
+
+    fn texts(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        names.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hedgehog-writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn times_are_seconds_with_six_decimals() {
         assert_eq!(format_time(1_733_011_200_123_456), "1733011200.123456");
         assert_eq!(format_time(5), "0.000005");
         assert_eq!(hour(3_600_000_000 * 5 + 1), 5);
+    }
+
+    #[test]
+    fn a_new_hour_starts_a_new_file() {
+        let dir = temp("hour");
+        let (mut w, _) = writer(&dir);
+        w.open_first().unwrap();
+        let now = crate::clock::now_micros();
+        w.take(entry(now));
+        w.take(entry(now + 3_600_000_000));
+        w.close(true);
+        let texts = texts(&dir);
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert_eq!(texts[1], format!("{}: {{\"type\":\"ticker\"}}\n", format_time(now + 3_600_000_000)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lost_directory_is_counted_and_noted_in_the_next_file() {
+        let dir = temp("lost");
+        let (mut w, stats) = writer(&dir);
+        w.open_first().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let now = crate::clock::now_micros();
+        w.take(entry(now)); // into the open (now unlinked) file
+        w.take(entry(now + 3_600_000_000)); // a new hour: no directory for the new file
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors), (1, 1, 1), "{r:?}");
+        std::fs::create_dir_all(&dir).unwrap();
+        w.take(entry(now + 3_600_000_001)); // too soon: waits for RETRY_EVERY
+        w.retry_at = None;
+        w.take(entry(now + 3_600_000_002));
+        w.close(true);
+        let texts = texts(&dir);
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        let lines: Vec<&str> = texts[0].lines().collect();
+        assert!(lines[0].starts_with("# hedgehog: 2 messages lost to disk errors between "), "{lines:?}");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(stats.report().lost, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

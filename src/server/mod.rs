@@ -213,6 +213,11 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if cfg.port != 0 {
         crate::net::claim_port(addr)?;
     }
+    // First, so that a directory that cannot be written is the only thing said.
+    let (recorder, mut tap) = match &cfg.record {
+        Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
+        None => (None, None),
+    };
     let simulator = if cfg.simulate {
         let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
         cfg.upstream.url = sim.url();
@@ -225,10 +230,6 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if endpoint.tls {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
-    let (recorder, mut tap) = match &cfg.record {
-        Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
-        None => (None, None),
-    };
     let n = cfg.shards;
     let global = Arc::new(Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats)));
     let stop = Arc::new(Stop {
