@@ -116,15 +116,15 @@ impl Compressor {
     }
 
     fn pass_once(&self) {
-        let open = self.open.lock().map(|o| o.clone()).unwrap_or_default();
-        for (name, _) in self.list() {
+        let (files, open) = self.list_with_open();
+        for (name, _) in files {
             if name.ends_with(LOG_SUFFIX) && Some(&name) != open.as_ref() {
                 if let Err(e) = compress(&self.dir.join(&name)) {
                     self.fail(format!("cannot compress {name}: {e}"));
                 }
             }
         }
-        let files = self.list();
+        let (files, open) = self.list_with_open();
         let open_bytes: u64 = files.iter().filter(|(n, _)| Some(n) == open.as_ref()).map(|f| f.1).sum();
         let mut closed: u64 = files.iter().map(|f| f.1).sum::<u64>() - open_bytes;
         let budget = self.max_bytes.saturating_sub(self.max_file_bytes);
@@ -139,6 +139,16 @@ impl Compressor {
             }
         }
         self.stats.set_closed_bytes(closed);
+    }
+
+    /// The files, and the one the writer has open. Asked in this order: a file
+    /// listed was created after the writer named it (see [`Pass::opening`]), so
+    /// it is either the one named now or one already closed (a name is never
+    /// opened twice). Asked the other way round, a file opened in between would
+    /// be taken for a closed one and compressed under the writer.
+    fn list_with_open(&self) -> (Vec<(String, u64)>, Option<String>) {
+        let files = self.list();
+        (files, self.open.lock().map(|o| o.clone()).unwrap_or_default())
     }
 
     /// hedgehog's `.log` and `.log.gz` files in the directory, oldest first, with their sizes.
