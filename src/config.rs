@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::Channel;
+use crate::record::RecordConfig;
 use crate::sim::SimConfig;
 use crate::upstream::UpstreamConfig;
 use crate::ws::SlowPolicy;
@@ -87,6 +88,9 @@ pub struct ServeConfig {
     /// Serve `/echo`, a WebSocket that echoes what it gets (a test aid for the
     /// conformance suite; off by default).
     pub echo: bool,
+    /// `--record DIR`: every upstream message to files there. (Boxed: rarely
+    /// set, and it would make every `Command` larger.)
+    pub record: Option<Box<RecordConfig>>,
 }
 
 impl Default for ServeConfig {
@@ -121,6 +125,7 @@ impl Default for ServeConfig {
             history_age: Duration::from_secs(600),
             history_bytes: 64 << 20,
             echo: false,
+            record: None,
         }
     }
 }
@@ -191,6 +196,12 @@ Relay options (environment variable in brackets):
   --history-age S        drop kept messages older than S seconds (default 600)
   --history-bytes N      bytes the history may hold in all (default 67108864)
   --echo                 serve /echo, a WebSocket echo endpoint (a test aid; off by default)
+  --record DIR           record every upstream message, timestamped, into files in DIR
+                         [HEDGEHOG_RECORD_DIR]
+  --record-max-file-bytes N  start a new file (and gzip the last) past N bytes, and
+                         every UTC hour (default 268435456)
+  --record-max-bytes N   recording files in DIR total at most N bytes, oldest deleted
+                         first (default 4294967296)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -265,6 +276,9 @@ const SERVE_FLAGS: &[&str] = &[
     "history-size",
     "history-age",
     "history-bytes",
+    "record",
+    "record-max-file-bytes",
+    "record-max-bytes",
 ];
 
 /// The simulator's flags that take a value.
@@ -476,6 +490,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         Some("conflate") => SlowPolicy::Conflate,
         Some(other) => return Err(format!("--slow-consumer {other:?}: use disconnect or conflate")),
     };
+    c.record = record(&mut f, env)?;
     f.finish()?;
     validate_serve(c)
 }
@@ -519,6 +534,32 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
         }
     }
     Ok(c)
+}
+
+/// `--record DIR` (or `HEDGEHOG_RECORD_DIR`, ignored when empty) and its sizes.
+/// Whether DIR can be written is found out at start (`record::Recorder::start`).
+fn record(f: &mut Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Box<RecordConfig>>, String> {
+    let dir = f.get("record").map(str::to_string).or_else(|| env(crate::record::ENV_DIR).filter(|d| !d.is_empty()));
+    let (file_bytes, max_bytes) = (f.parsed::<u64>("record-max-file-bytes")?, f.parsed::<u64>("record-max-bytes")?);
+    let Some(dir) = dir else {
+        return match file_bytes.or(max_bytes) {
+            Some(_) => Err("--record-max-file-bytes and --record-max-bytes need --record DIR".into()),
+            None => Ok(None),
+        };
+    };
+    if dir.is_empty() {
+        return Err("--record needs a directory".into());
+    }
+    let mut r = RecordConfig::new(dir.into());
+    r.max_file_bytes = file_bytes.unwrap_or(r.max_file_bytes);
+    r.max_bytes = max_bytes.unwrap_or(r.max_bytes);
+    if r.max_file_bytes < 4096 {
+        return Err(format!("--record-max-file-bytes {} is too small: at least 4096", r.max_file_bytes));
+    }
+    if r.max_bytes < 2 * r.max_file_bytes {
+        return Err(format!("--record-max-bytes {} must be at least twice --record-max-file-bytes", r.max_bytes));
+    }
+    Ok(Some(Box::new(r)))
 }
 
 /// A channel named in `--channels`: one hedgehog relays.
@@ -611,5 +652,26 @@ mod tests {
             assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");
         }
         assert_eq!(run("simulate --help", &[]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn recording_from_flags_or_environment() {
+        assert_eq!(serve_cfg("", &[]).record, None);
+        assert_eq!(serve_cfg("", &[("HEDGEHOG_RECORD_DIR", "")]).record, None);
+        let r = serve_cfg("", &[("HEDGEHOG_RECORD_DIR", "/var/rec")]).record.unwrap();
+        assert_eq!((r.dir, r.max_file_bytes, r.max_bytes), (PathBuf::from("/var/rec"), 256 << 20, 4 << 30));
+        let line = "--record /tmp/r --record-max-file-bytes 8192 --record-max-bytes=65536";
+        let r = serve_cfg(line, &[("HEDGEHOG_RECORD_DIR", "/var/rec")]).record.unwrap();
+        assert_eq!((r.dir, r.max_file_bytes, r.max_bytes), (PathBuf::from("/tmp/r"), 8192, 65536));
+        for (line, want) in [
+            ("--record-max-bytes 100000", "need --record DIR"),
+            ("--record=", "needs a directory"),
+            ("--record /tmp/r --record-max-file-bytes 100", "at least 4096"),
+            ("--record /tmp/r --record-max-file-bytes 8192 --record-max-bytes 10000", "at least twice"),
+            ("--record /tmp/r --record-max-bytes 1G", "--record-max-bytes"),
+        ] {
+            let e = run(line, &[]).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");
+        }
     }
 }

@@ -14,6 +14,8 @@
 //! - [`pacemaker`]: a beat that keeps every executor from sleeping through its
 //!   timers and cross-shard wake-ups (a glommio hazard).
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
+//! - [`record`]: `--record DIR`: every upstream message, timestamped, to rotated
+//!   gzip'd files, by a writer thread that the feed never waits for.
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
 //! - [`config`]: settings from flags and environment, validated.
@@ -36,6 +38,7 @@ pub mod net;
 pub mod pacemaker;
 pub mod protocol;
 pub mod rate;
+pub mod record;
 pub mod server;
 pub mod sim;
 pub mod upstream;

@@ -60,6 +60,8 @@ pub struct Global {
     /// What shard 0 keeps of each topic's recent messages.
     pub history: super::HistoryLimits,
     upstream: Mutex<UpstreamInfo>,
+    /// `--record`'s counters, kept by the recorder's threads.
+    recording: Option<Arc<crate::record::Stats>>,
 }
 
 impl Global {
@@ -105,7 +107,19 @@ impl Global {
                 max_bytes: cfg.history_bytes,
             },
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
+            recording: None,
         }
+    }
+
+    /// With the counters of the recorder (`--record`).
+    pub fn with_recording(mut self, stats: Option<Arc<crate::record::Stats>>) -> Self {
+        self.recording = stats;
+        self
+    }
+
+    /// What the recorder reports; `None` when not recording.
+    pub fn recording(&self) -> Option<crate::record::Report> {
+        self.recording.as_ref().map(|s| s.report())
     }
 
     /// Connected clients, all shards together.

@@ -80,6 +80,7 @@ pub fn report(hub: &Hub) -> Response {
             "refused": up.refused,
             "products": up.products,
         },
+        "recording": g.recording(),
     });
     Response::json(if readiness.is_ok() { 200 } else { 503 }, &body)
 }

@@ -37,6 +37,7 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::ServeConfig;
 use crate::hub::{self, BusEnds, Global, Hub, Owner};
+use crate::record::{Recorder, Tap};
 use crate::sim::{self, SimConfig, SimHandle};
 
 /// How long shards get, once told to stop outright, before the process gives up
@@ -52,6 +53,7 @@ pub struct RelayHandle {
     threads: Vec<(usize, JoinHandle<()>)>,
     ended: mpsc::Receiver<ShardEnd>,
     simulator: Option<SimHandle>,
+    recorder: Option<Recorder>,
 }
 
 /// A shard's thread ended.
@@ -106,13 +108,22 @@ impl RelayHandle {
         self.stop.draining.store(true, Ordering::SeqCst);
         let in_time = self.wait_for_threads(grace);
         self.stop();
-        if !self.wait_for_threads(STOP_GRACE) {
+        let stopped = self.wait_for_threads(STOP_GRACE);
+        self.close_recorder();
+        if !stopped {
             let stuck: Vec<String> = self.threads.iter().map(|(id, _)| id.to_string()).collect();
             let stuck = stuck.join(", ");
             self.threads.clear(); // leaked: joining a wedged thread would block forever
             return Err(format!("shard(s) {stuck} did not stop within {:?}", grace + STOP_GRACE));
         }
         Ok(in_time)
+    }
+
+    /// Once shard 0 has stopped feeding it: the recording is flushed and closed.
+    fn close_recorder(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            recorder.close(crate::record::CLOSE_GRACE);
+        }
     }
 
     /// Joins the threads that end within `limit`; true if all did.
@@ -163,6 +174,7 @@ impl Drop for RelayHandle {
             log::error!("{} shard(s) did not stop; abandoning them", self.threads.len());
             self.threads.clear();
         }
+        self.close_recorder();
     }
 }
 
@@ -201,6 +213,11 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if cfg.port != 0 {
         crate::net::claim_port(addr)?;
     }
+    // First, so that a directory that cannot be written is the only thing said.
+    let (recorder, mut tap) = match &cfg.record {
+        Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
+        None => (None, None),
+    };
     let simulator = if cfg.simulate {
         let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
         cfg.upstream.url = sim.url();
@@ -214,7 +231,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
     let n = cfg.shards;
-    let global = Arc::new(Global::new(&cfg));
+    let global = Arc::new(Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats)));
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),
         now: AtomicBool::new(false),
@@ -235,6 +252,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             cfg: cfg.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
+            tap: tap.take(),
         };
         let placement = placements.remove(0);
         let watch = Watch { shard: id, ended: ended_tx.clone() };
@@ -257,7 +275,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         }
     }
     log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
-    Ok(RelayHandle { addr, global, stop, threads, ended, simulator })
+    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder })
 }
 
 /// How long a shard may take to start listening.
@@ -352,6 +370,8 @@ struct Shard {
     cfg: ServeConfig,
     stop: Arc<Stop>,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
+    /// Shard 0's: where the upstream client hands each message to the recorder.
+    tap: Option<Tap>,
 }
 
 impl Shard {
@@ -377,7 +397,7 @@ impl Shard {
         });
         let Some((bus, receivers)) = connected.await else { return };
         let (owner, events) = match self.id {
-            0 => match crate::upstream::spawn(self.cfg.upstream.clone()) {
+            0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
                 Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
                 Err(e) => {
                     log::error!("upstream: {e}");

@@ -38,6 +38,8 @@ pub(super) struct Client {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub shared: Rc<Shared>,
     pub events: LocalSender<Event>,
+    /// `--record`: each text message, as it arrives, without waiting.
+    pub tap: Option<crate::record::Tap>,
 }
 
 /// Why a connection ended, as logged and shown in `/healthz`.
@@ -287,7 +289,16 @@ impl Client {
                 return self.malformed(&format!("a binary frame of {} bytes", b.len())).await;
             }
         };
-        let Some(message) = FeedMessage::new(&text) else {
+        let message = FeedMessage::new(&text);
+        if let Some(tap) = &self.tap {
+            // Every text message, junk included; a feed message shares its frame's bytes.
+            let at = crate::clock::now_micros();
+            match &message {
+                Some(m) => tap.record(at, m.frame.clone(), m.frame.len() - m.body().len()),
+                None => tap.record(at, text.as_slice().into(), 0),
+            }
+        }
+        let Some(message) = message else {
             return self.malformed(&format!("{:.80}", String::from_utf8_lossy(&text))).await;
         };
         let event = match message.kind() {

@@ -26,6 +26,7 @@ pub use endpoint::Endpoint;
 pub use subs::{parse_subscriptions, request_text, Request, Sub, Subs, MAX_REQUEST_BYTES};
 
 use crate::protocol::Channel;
+use crate::record::Tap;
 use crate::ws::Frame;
 
 /// Where the real feed lives.
@@ -253,6 +254,11 @@ impl Upstream {
 
 /// Starts the client on the current executor. Fails at once on a bad URL or CA file.
 pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), String> {
+    spawn_recorded(cfg, None)
+}
+
+/// As [`spawn`], and every text message the feed sends goes to `tap` too.
+pub fn spawn_recorded(cfg: UpstreamConfig, tap: Option<Tap>) -> Result<(Upstream, LocalReceiver<Event>), String> {
     let endpoint = Endpoint::parse(&cfg.url)?;
     let tls = match endpoint.tls {
         true => Some(crate::net::tls_client_config(cfg.ca_file.as_deref())?),
@@ -276,7 +282,7 @@ pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), St
         retry_backoff: Cell::new(cfg.backoff_initial),
     });
     let (tx, rx) = local_channel::new_bounded(EVENT_QUEUE);
-    let client = client::Client { cfg, endpoint, tls, shared: shared.clone(), events: tx };
+    let client = client::Client { cfg, endpoint, tls, shared: shared.clone(), events: tx, tap };
     glommio::spawn_local(client.run()).detach();
     Ok((Upstream { shared }, rx))
 }

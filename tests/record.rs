@@ -1,0 +1,296 @@
+//! `--record DIR`: every upstream message, with its arrival time, in files that
+//! replay byte for byte; the feed never waits for the disk; files rotate, are
+//! gzip'd, and stay within a total; a stop flushes.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http, relay_client, relay_with, simulator, wait_until, Client, DEADLINE};
+use hedgehog::record::{Hold, RecordConfig, GZ_SUFFIX, LOG_SUFFIX};
+use serde_json::Value;
+
+/// A directory of its own, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("hedgehog-record-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A line of a recording.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// `<seconds>.<micros>: <payload>`: the time in microseconds, the payload.
+    Message(i64, String),
+    /// `# ...`: hedgehog's note.
+    Note(String),
+}
+
+/// Parses one line, failing the test on anything but the two forms.
+fn parse(line: &str) -> Line {
+    if line.starts_with('#') {
+        return Line::Note(line.to_string());
+    }
+    let (time, payload) = line.split_once(": ").unwrap_or_else(|| panic!("no `: ` in {line:?}"));
+    let (secs, micros) = time.split_once('.').unwrap_or_else(|| panic!("no fraction in {line:?}"));
+    assert!(micros.len() == 6 && (secs.len() + micros.len()) == time.len() - 1, "{line:?}");
+    let at = secs.parse::<i64>().unwrap() * 1_000_000 + micros.parse::<i64>().unwrap();
+    assert!(serde_json::from_str::<Value>(payload).is_ok_and(|v| v.is_object()), "not a JSON object: {line:?}");
+    Line::Message(at, payload.to_string())
+}
+
+/// The recording files in `dir`, oldest first: each name and its text
+/// (`.gz` files decompressed).
+fn files(dir: &Path) -> Vec<(String, String)> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            let text = if name.ends_with(GZ_SUFFIX) {
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).expect("valid gzip");
+                text
+            } else {
+                assert!(name.ends_with(LOG_SUFFIX), "an unexpected file: {name}");
+                String::from_utf8(bytes).unwrap()
+            };
+            assert!(text.is_empty() || text.ends_with('\n'), "{name} ends with a whole line");
+            (name, text)
+        })
+        .collect()
+}
+
+/// Every line of every file, in order; times never go back.
+fn lines(dir: &Path) -> Vec<Line> {
+    let all: Vec<Line> = files(dir).iter().flat_map(|(_, text)| text.lines().map(parse).collect::<Vec<_>>()).collect();
+    let times: Vec<i64> =
+        all.iter().filter_map(|l| if let Line::Message(at, _) = l { Some(*at) } else { None }).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "times go back");
+    all
+}
+
+fn recording(dir: &Path, adjust: impl FnOnce(&mut RecordConfig)) -> Option<Box<RecordConfig>> {
+    let mut r = RecordConfig::new(dir.to_path_buf());
+    adjust(&mut r);
+    Some(Box::new(r))
+}
+
+fn subscribe(addr: std::net::SocketAddr, channels: &str) -> Client {
+    let (mut client, id) = relay_client(addr);
+    let path = format!("/api/v1/subscribe/BTC-USD?channels={channels}");
+    assert_eq!(http(addr, "POST", &path, &format!("X-Client-Id: {id}\r\n")).0, 200);
+    client.until("subscribed", |v| v["type"] == "subscribed");
+    client
+}
+
+fn is_trade(v: &Value) -> bool {
+    (v["type"] == "ticker" || v["type"] == "match") && v["product_id"] == "BTC-USD"
+}
+
+#[test]
+fn the_recording_holds_what_clients_got_byte_for_byte_and_in_order() {
+    let dir = TempDir::new("order");
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = 50.0;
+    });
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        c.record = recording(&dir.0, |_| {});
+    });
+    let mut client = subscribe(relay.addr, "ticker,matches");
+    // The first frames of a join (latest ticker, last_match) are skipped: what
+    // follows is the live stream, every message of the topic.
+    let mut got = Vec::new();
+    let mut seen = 0;
+    while got.len() < 100 {
+        let text = client.text();
+        if is_trade(&serde_json::from_str(&text).unwrap()) {
+            seen += 1;
+            if seen > 3 {
+                got.push(text);
+            }
+        }
+    }
+    let global = relay.global.clone();
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    let report = global.recording().expect("recording");
+    assert_eq!((report.dropped, report.lost, report.errors), (0, 0, 0), "{report:?}");
+
+    let lines = lines(&dir.0);
+    assert!(!lines.iter().any(|l| matches!(l, Line::Note(_))), "no notes without holes");
+    let payloads: Vec<&str> =
+        lines.iter().filter_map(|l| if let Line::Message(_, p) = l { Some(&p[..]) } else { None }).collect();
+    assert_eq!(payloads.len() as u64, report.messages);
+    assert!(payloads.iter().any(|p| p.starts_with(r#"{"type":"subscriptions""#)), "replies are recorded too");
+    assert!(payloads.iter().any(|p| p.starts_with(r#"{"type":"status""#)));
+    let trades: Vec<&str> = payloads.iter().copied().filter(|p| is_trade(&serde_json::from_str(p).unwrap())).collect();
+    let start = trades.iter().position(|p| *p == got[0]).expect("the client's first message is recorded");
+    assert!(trades.len() >= start + got.len(), "the recording stops short");
+    assert_eq!(&trades[start..start + got.len()], &got[..], "the same bytes, in the same order");
+}
+
+#[test]
+fn a_blocked_writer_costs_the_recording_not_the_clients() {
+    let dir = TempDir::new("blocked");
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = 100.0;
+    });
+    let hold = Hold::default();
+    hold.close();
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        c.record = recording(&dir.0, |r| {
+            r.queue_messages = 4;
+            r.hold = Some(hold.clone());
+        });
+    });
+    let mut client = subscribe(relay.addr, "matches");
+    let global = relay.global.clone();
+    let dropped = || global.recording().expect("recording").dropped;
+    let (mut last, mut matches) = (None::<u64>, 0);
+    let end = Instant::now() + DEADLINE;
+    while matches < 200 || dropped() < 50 {
+        assert!(Instant::now() < end, "timed out: {matches} matches, {} dropped", dropped());
+        let v = client.json();
+        if v["type"] == "match" {
+            let id = v["trade_id"].as_u64().unwrap();
+            if let Some(prev) = last {
+                assert_eq!(id, prev + 1, "the client missed a trade while the recorder was blocked");
+            }
+            (last, matches) = (Some(id), matches + 1);
+        }
+    }
+    let (_, _, health) = http(relay.addr, "GET", "/healthz", "");
+    assert!(health["recording"]["dropped"].as_u64().unwrap() >= 50, "{health}");
+    assert_eq!(health["recording"]["dir"], dir.0.display().to_string());
+
+    hold.open();
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    let report = global.recording().unwrap();
+    let notes: Vec<String> =
+        lines(&dir.0).into_iter().filter_map(|l| if let Line::Note(n) = l { Some(n) } else { None }).collect();
+    let noted: u64 = notes
+        .iter()
+        .map(|n| {
+            let rest = n.strip_prefix("# hedgehog: ").unwrap_or_else(|| panic!("{n}"));
+            let (count, why) = rest.split_once(' ').unwrap();
+            assert!(why.starts_with("messages dropped from the recording (queue full) between "), "{n}");
+            count.parse::<u64>().unwrap()
+        })
+        .sum();
+    assert!(!notes.is_empty());
+    assert_eq!(noted, report.dropped, "every dropped message is in a note: {notes:?}");
+}
+
+#[test]
+fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
+    let dir = TempDir::new("rotate");
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = 100.0;
+    });
+    let (max_file, max_total) = (4096, 16384);
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = 1;
+        c.record = recording(&dir.0, |r| {
+            r.max_file_bytes = max_file;
+            r.max_bytes = max_total;
+        });
+    });
+    let global = relay.global.clone();
+    let first = global.recording().unwrap().file.expect("the first file is open from the start");
+    let _client = subscribe(relay.addr, "ticker,matches");
+    wait_until("the first file is deleted", || {
+        !dir.0.join(&first).exists() && !dir.0.join(format!("{first}.gz")).exists()
+    });
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    assert_eq!(global.recording().unwrap().dropped, 0);
+
+    let files = files(&dir.0);
+    assert!(files.len() >= 3, "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for (name, text) in &files[..files.len() - 1] {
+        assert!(name.ends_with(GZ_SUFFIX), "a closed file is compressed: {name}");
+        assert!(text.len() as u64 <= max_file, "{name}: {} bytes", text.len());
+    }
+    // The total: closed files are pruned to max_total - max_file, and the open one
+    // (kept uncompressed by the stop) stays within max_file.
+    let on_disk: u64 = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(on_disk <= max_total, "{on_disk} bytes on disk");
+    // Only the oldest went: the trades left run on with no gap across files.
+    let trade_ids: Vec<u64> = lines(&dir.0)
+        .iter()
+        .filter_map(|l| match l {
+            Line::Message(_, p) => serde_json::from_str::<Value>(p).ok(),
+            Line::Note(n) => panic!("no holes here: {n}"),
+        })
+        .filter(|v| v["type"] == "match")
+        .map(|v| v["trade_id"].as_u64().unwrap())
+        .collect();
+    assert!(trade_ids.len() >= 5, "{trade_ids:?}");
+    assert!(trade_ids.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {trade_ids:?}");
+}
+
+#[test]
+fn a_directory_that_cannot_be_made_is_a_one_line_error_and_exit_2() {
+    let dir = TempDir::new("cli");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let bad = file.join("records").display().to_string();
+    for (flag, env) in [(Some(bad.as_str()), None), (None, Some(bad.as_str()))] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
+        cmd.args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", "ws://127.0.0.1:1"]);
+        cmd.args(flag.map(|d| ["--record", d]).iter().flatten());
+        cmd.env("WEB_CONCURRENCY", "1").env_remove("HEDGEHOG_RECORD_DIR");
+        if let Some(d) = env {
+            cmd.env("HEDGEHOG_RECORD_DIR", d);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("hedgehog: --record {bad}: cannot create the directory")), "{stderr}");
+    }
+}
+
+#[test]
+fn sigterm_flushes_and_closes_the_file() {
+    let dir = TempDir::new("sigterm");
+    let (child, addr) = common::start_binary(&["--simulate", "--record", &dir.0.display().to_string()]);
+    let child = common::Running(child);
+    let mut client = subscribe(addr, "ticker,matches");
+    let last = client.until("a trade", is_trade);
+    let ok = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let mut child = child;
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "still running long after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let payloads: Vec<String> =
+        lines(&dir.0).into_iter().filter_map(|l| if let Line::Message(_, p) = l { Some(p) } else { None }).collect();
+    assert!(payloads.contains(&last), "the last trade the client saw was written before the exit");
+}
