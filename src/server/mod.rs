@@ -192,6 +192,28 @@ fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
+/// Offline mode: the simulator in-process, generating a market (`--simulate`)
+/// or replaying a capture (`--replay FILE`), for the upstream to connect to.
+fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
+    let sim = match &cfg.replay {
+        Some(file) => SimConfig {
+            replay: Some(file.clone()),
+            speed: cfg.replay_speed,
+            looping: cfg.replay_loop,
+            port: 0,
+            ..SimConfig::default()
+        },
+        None if cfg.simulate => SimConfig { port: 0, ..SimConfig::default() },
+        None => return Ok(None),
+    };
+    let sim = sim::spawn(sim)?;
+    match &cfg.replay {
+        Some(file) => log::warn!("offline mode: relaying REPLAYED data from {} at {}", file.display(), sim.url()),
+        None => log::warn!("offline mode: relaying SIMULATED data from the built-in simulator at {}", sim.url()),
+    }
+    Ok(Some(sim))
+}
+
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     record_panics();
@@ -201,20 +223,18 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if cfg.port != 0 {
         crate::net::claim_port(addr)?;
     }
-    let simulator = if cfg.simulate {
-        let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
+    let simulator = offline_upstream(&cfg)?;
+    if let Some(sim) = &simulator {
         cfg.upstream.url = sim.url();
-        log::warn!("offline mode: relaying SIMULATED data from the built-in simulator at {}", sim.url());
-        Some(sim)
-    } else {
-        None
-    };
+    }
     let endpoint = crate::upstream::Endpoint::parse(&cfg.upstream.url)?;
     if endpoint.tls {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
     let n = cfg.shards;
-    let global = Arc::new(Global::new(&cfg));
+    let mut global = Global::new(&cfg);
+    global.replay = simulator.as_ref().and_then(SimHandle::replay_progress);
+    let global = Arc::new(global);
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),
         now: AtomicBool::new(false),
