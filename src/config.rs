@@ -18,6 +18,8 @@ use crate::ws::SlowPolicy;
 pub const MAX_SHARDS: usize = 256;
 
 /// What the command line asks for.
+// Made once at start and taken apart at once: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Serve(ServeConfig),

@@ -195,22 +195,19 @@ fn allowed_cpus() -> Vec<usize> {
 /// Offline mode: the simulator in-process, generating a market (`--simulate`)
 /// or replaying a capture (`--replay FILE`), for the upstream to connect to.
 fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
-    let sim = match &cfg.replay {
-        Some(file) => SimConfig {
-            replay: Some(file.clone()),
-            speed: cfg.replay_speed,
-            looping: cfg.replay_loop,
-            port: 0,
-            ..SimConfig::default()
-        },
-        None if cfg.simulate => SimConfig { port: 0, ..SimConfig::default() },
+    let (data, sim) = match &cfg.replay {
+        Some(file) => {
+            let (replay, speed, looping) = (Some(file.clone()), cfg.replay_speed, cfg.replay_loop);
+            (
+                format!("REPLAYED data from {}", file.display()),
+                SimConfig { replay, speed, looping, ..SimConfig::default() },
+            )
+        }
+        None if cfg.simulate => ("SIMULATED data from the built-in simulator".into(), SimConfig::default()),
         None => return Ok(None),
     };
-    let sim = sim::spawn(sim)?;
-    match &cfg.replay {
-        Some(file) => log::warn!("offline mode: relaying REPLAYED data from {} at {}", file.display(), sim.url()),
-        None => log::warn!("offline mode: relaying SIMULATED data from the built-in simulator at {}", sim.url()),
-    }
+    let sim = sim::spawn(SimConfig { port: 0, ..sim })?;
+    log::warn!("offline mode: relaying {data} at {}", sim.url());
     Ok(Some(sim))
 }
 

@@ -15,7 +15,7 @@
 //! Any of them may be gzip-compressed: a `.gz` name or gzip's magic bytes say so.
 //! The message is always kept as the exact bytes on the line (a trailing `\r` aside).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// Which format a line was in.
@@ -134,7 +134,7 @@ pub fn open(path: &Path) -> Result<(Box<dyn BufRead>, bool), String> {
 
 /// Calls `each` with every line of `reader` (without its `\n`); stops at the
 /// first read error, which it returns.
-pub fn for_each_line(mut reader: impl Read + BufRead, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+pub fn for_each_line(mut reader: impl BufRead, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
     let mut line = Vec::with_capacity(4096);
     loop {
         line.clear();

@@ -235,7 +235,7 @@ impl Loader {
         };
         format!(
             "{} messages of {} products ({}{}; {paced}); skipped {} unparseable lines, {} other messages \
-             (subscriptions, status, errors), {} requests, markers and blank lines",
+             (subscriptions, status, errors), {} requests, markers, headers and blank lines",
             self.records.len(),
             self.products.len(),
             if formats.is_empty() { "no format".to_string() } else { formats.join(", ") },

@@ -112,8 +112,16 @@ mod tests {
         let mut s = PlayedState::new(1);
         let (ticker, l2) = (Channel::Ticker, Channel::Level2Batch);
         assert_eq!(s.first_frame(0, "A-B", ticker), None, "nothing played, nothing to repeat");
-        s.take(0, Kind::Snapshot, &frame(r#"{"type":"snapshot","product_id":"A-B","bids":[["1","2"]],"asks":[["3","4"]]}"#));
-        s.take(0, Kind::L2Update, &frame(r#"{"type":"l2update","product_id":"A-B","changes":[["buy","1","0"],["sell","2.5","1"]]}"#));
+        s.take(
+            0,
+            Kind::Snapshot,
+            &frame(r#"{"type":"snapshot","product_id":"A-B","bids":[["1","2"]],"asks":[["3","4"]]}"#),
+        );
+        s.take(
+            0,
+            Kind::L2Update,
+            &frame(r#"{"type":"l2update","product_id":"A-B","changes":[["buy","1","0"],["sell","2.5","1"]]}"#),
+        );
         let t = r#"{"type":"ticker","product_id":"A-B","price":"3"}"#;
         s.take(0, Kind::Ticker, &frame(t));
         s.take(0, Kind::Match, &frame(r#"{"type":"match","trade_id":9,"product_id":"A-B"}"#));
