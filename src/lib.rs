@@ -13,7 +13,8 @@
 //! - [`net`]: plain/TLS streams, request deadlines, TLS configuration.
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
-//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
+//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`), and
+//!   the replay of captures of the real feed (`--replay FILE`).
 //! - [`config`]: settings from flags and environment, validated.
 //! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
 //!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.

@@ -2,7 +2,8 @@
 //! protocol, for tests, benchmarks and offline development.
 //!
 //! One glommio executor runs it all: an accept loop, one session task per client,
-//! and a tick loop that moves the market and sends what each client subscribed to.
+//! and a tick loop that moves the market (or plays a capture of the real feed,
+//! `replay/`) and sends what each client subscribed to.
 
 mod fault;
 mod feed;

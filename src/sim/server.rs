@@ -29,7 +29,8 @@ const L2_BATCH: Duration = Duration::from_millis(50);
 /// Per-connection outbound cap. The relay reads fast; a client that falls this far
 /// behind is dropped, as Coinbase drops slow consumers.
 const OUTBOX_BYTES: usize = 64 << 20;
-/// A replay at full speed waits while any subscriber has this much queued.
+/// A replay waits (its clock too) while any subscriber has this much queued: at
+/// full speed, that is what paces it.
 const REPLAY_BACKLOG: usize = 4 << 20;
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 64 * 1024;
