@@ -9,22 +9,29 @@
 #                            also measure hedgehog as built from git revision REV
 #                            ("hedgehog-baseline"), each run right beside hedgehog's;
 #                            RESULTS.md gains hedgehog/baseline ratios
+#   bash bench.sh --quick --feed FILE       (any mode) the market mix replays FILE, a
+#                            capture of the real feed (README: Record and replay), looped,
+#                            instead of the generated market
 #
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
 # the other core(s). Everything targets loopback only, bounded in time and count.
 set -euo pipefail
+CALLER_DIR=$PWD
 cd "$(dirname "$0")"
 
-usage() { echo "usage: bash bench.sh [--full|--quick|--smoke] [--baseline REV]" >&2; exit 2; }
+usage() { echo "usage: bash bench.sh [--full|--quick|--smoke] [--baseline REV] [--feed FILE]" >&2; exit 2; }
 MODE=--full
 BASELINE=
 BASELINE_COMMIT=
+FEED=
 while [ $# -gt 0 ]; do
   case "$1" in
     --full|--quick|--smoke) MODE=$1 ;;
     --baseline) [ $# -ge 2 ] || usage; BASELINE=$2; shift ;;
     --baseline=*) BASELINE=${1#--baseline=} ;;
+    --feed) [ $# -ge 2 ] || usage; FEED=$2; shift ;;
+    --feed=*) FEED=${1#--feed=} ;;
     *) usage ;;
   esac
   shift
@@ -32,6 +39,25 @@ done
 if [ -n "$BASELINE" ] && ! BASELINE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}"); then
   echo "bench: --baseline $BASELINE is not a commit in this repository" >&2; exit 2
 fi
+# The capture's products, busiest first (the market mix's Zipf popularity then
+# follows real activity), at most 50: read from its product ids, whatever its format.
+FEED_PRODUCTS=
+if [ -n "$FEED" ]; then
+  case "$FEED" in /*) ;; *) FEED=$CALLER_DIR/$FEED ;; esac
+  [ -r "$FEED" ] || { echo "bench: --feed $FEED is not a readable file" >&2; exit 2; }
+  FEED_PRODUCTS=$(python3 - "$FEED" <<'PY'
+import collections, gzip, re, sys
+with open(sys.argv[1], "rb") as f:
+    gz = f.read(2) == b"\x1f\x8b"
+text = (gzip.open if gz or sys.argv[1].endswith(".gz") else open)(sys.argv[1], "rb").read()
+ids = collections.Counter(re.findall(rb'"product_id"\s*:\s*"([A-Za-z0-9]+-[A-Za-z0-9]+)"', text))
+print(",".join(p.decode() for p, _ in ids.most_common(50)))
+PY
+  ) || FEED_PRODUCTS=
+  [ -n "$FEED_PRODUCTS" ] || { echo "bench: --feed $FEED holds no product's messages" >&2; exit 2; }
+fi
+# Set while the market mix runs on the capture.
+REPLAYING=
 
 SERVER_CORE=0
 HOLD=0
@@ -122,8 +148,10 @@ OCTET=0
 next_source() { OCTET=$(( OCTET % 250 + 1 )); echo "127.0.$OCTET"; }
 
 start_sim() { # rate products [hold seconds]
-  taskset -c "$LOAD_CORES" "$BIN/hedgehog" simulate --port "$SIM_PORT" --rate "$1" --products "$2" \
-    --subscribe-timeout 0 --seed 1 --hold "${3:-0}" >"$WORK/sim.log" 2>&1 &
+  local source=(--rate "$1" --products "$2" --seed 1)
+  [ -z "$REPLAYING" ] || source=(--replay "$FEED" --loop)
+  taskset -c "$LOAD_CORES" "$BIN/hedgehog" simulate --port "$SIM_PORT" "${source[@]}" \
+    --subscribe-timeout 0 --hold "${3:-0}" >"$WORK/sim.log" 2>&1 &
   PIDS+=($!)
   wait_port "127.0.0.1:$SIM_PORT"
 }
@@ -221,17 +249,25 @@ fanout() {
 }
 
 market_mix() {
-  local products target
+  local products target targets=("${HEDGEHOGS[@]}" nats ceiling) what="50 products (Zipf), 2,000 msg/s in total"
   products=$(python3 -c 'print(",".join("C%02d-USD" % i for i in range(50)))')
+  if [ -n "$FEED" ]; then
+    # The capture, looped at its own pace; the ceiling program cannot replay one.
+    REPLAYING=1; products=$FEED_PRODUCTS; targets=("${HEDGEHOGS[@]}" nats)
+    what="$(tr ',' '\n' <<<"$products" | wc -l) products of $(basename "$FEED") (Zipf, busiest first)"
+    python3 -c 'import json,sys; print(json.dumps({"scenario": "feed", "target": "-",
+      "result": {"file": sys.argv[1], "products": len(sys.argv[2].split(","))}}))' "$(basename "$FEED")" "$products" >>"$RAW"
+  fi
   # 1.2 million deliveries a second are asked of one core: every server falls
   # behind, and clients subscribing during the flood would wait behind it. So the
   # simulator holds trading until all have subscribed, and the window starts after.
   HOLD=$MIX_HOLD
-  for target in "${HEDGEHOGS[@]}" nats ceiling; do
-    log "market mix: $target, $MIX_CLIENTS clients x 3 of 50 products (Zipf), 2,000 msg/s in total"
+  for target in "${targets[@]}"; do
+    log "market mix: $target, $MIX_CLIENTS clients x 3 of $what"
     run mix "$target" "$MIX_CLIENTS" 40 "$products" 3 --zipf 1.0 --warmup "$MIX_HOLD"
   done
   HOLD=0
+  REPLAYING=
 }
 
 # Connections that only connect and get greeted: idle capacity (RSS per connection)

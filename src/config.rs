@@ -19,6 +19,8 @@ use crate::ws::SlowPolicy;
 pub const MAX_SHARDS: usize = 256;
 
 /// What the command line asks for.
+// Made once at start and taken apart at once: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Serve(ServeConfig),
@@ -39,6 +41,12 @@ pub struct ServeConfig {
     pub channels: Vec<Channel>,
     /// Run the built-in simulator and relay it instead of Coinbase.
     pub simulate: bool,
+    /// Replay this capture in-process and relay it instead of Coinbase, at
+    /// `replay_speed` (0: as fast as possible), from the top again at its end
+    /// with `replay_loop`.
+    pub replay: Option<PathBuf>,
+    pub replay_speed: f64,
+    pub replay_loop: bool,
     /// Bytes a client's outbound queue may hold.
     pub client_queue_bytes: usize,
     /// What happens to a client whose queue is full.
@@ -102,6 +110,9 @@ impl Default for ServeConfig {
             upstream: UpstreamConfig::default(),
             channels: vec![Channel::Ticker, Channel::Matches],
             simulate: false,
+            replay: None,
+            replay_speed: 1.0,
+            replay_loop: false,
             client_queue_bytes: 4 << 20,
             slow_consumer: SlowPolicy::Disconnect,
             max_message_bytes: 64 * 1024,
@@ -175,6 +186,9 @@ Relay options (environment variable in brackets):
   --channels LIST        default channels [COINBASE_CHANNELS] (default ticker,matches)
   --stall-timeout SECS   reconnect after this long without a message (default 5)
   --simulate             relay the built-in simulator (offline mode; data is simulated)
+  --replay FILE          relay a capture of the feed, replayed in-process (formats: README)
+  --speed X              replay speed-up; 0 = as fast as possible (default 1; with --replay)
+  --loop                 start the capture again at its end (with --replay)
   --client-queue-bytes N a client's outbound queue limit (default 4194304)
   --slow-consumer P      disconnect (default) or conflate, when a client's queue is full
   --max-message-bytes N  largest message a client may send (default 65536)
@@ -212,8 +226,10 @@ Simulator options:
   --products LIST        product ids (default: 20 real pairs)
   --rate N               trades per second per product (default 3)
   --seed N               make the run reproducible
-  --replay FILE          replay recorded messages (one JSON message per line)
+  --replay FILE          replay a capture of the feed (JSON lines, `<unix time>: <json>`,
+                         `<ISO time> <json>`; gzip too) instead of the market
   --speed X              replay speed-up; 0 = as fast as possible (default 1)
+  --loop                 start the capture again at its end
   --subscribe-timeout S  close connections that do not subscribe within S seconds; 0 = never (default 5)
   --hold S               no trades for the first S seconds (let subscribers join first)
   --fault LIST           inject faults in turn: drop, reset, stall, garbage, binary, oversized,
@@ -244,7 +260,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         args.remove(0);
     }
     let known = if command == "simulate" { SIMULATE_FLAGS } else { SERVE_FLAGS };
-    let flags = Flags::parse(&args, &["tls", "simulate", "echo"], known)?;
+    let flags = Flags::parse(&args, &["tls", "simulate", "echo", "loop"], known)?;
     match command {
         "simulate" => simulate(flags).map(Command::Simulate),
         _ => serve(flags, env).map(Command::Serve),
@@ -259,6 +275,8 @@ const SERVE_FLAGS: &[&str] = &[
     "upstream-ca",
     "channels",
     "stall-timeout",
+    "replay",
+    "speed",
     "client-queue-bytes",
     "slow-consumer",
     "max-message-bytes",
@@ -376,6 +394,7 @@ fn simulate(mut f: Flags) -> Result<SimConfig, String> {
     c.seed = f.parsed("seed")?;
     c.replay = f.get("replay").map(PathBuf::from);
     c.speed = f.parsed("speed")?.unwrap_or(c.speed);
+    c.looping = f.flag("loop");
     if let Some(s) = f.parsed::<f64>("subscribe-timeout")? {
         c.subscribe_timeout = seconds("subscribe-timeout", s)?;
     }
@@ -399,8 +418,9 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     if !(c.rate.is_finite() && (0.0..=1_000_000.0).contains(&c.rate)) {
         return Err(format!("--rate {} must be between 0 and 1000000", c.rate));
     }
-    if !(c.speed.is_finite() && c.speed >= 0.0) {
-        return Err(format!("--speed {} must be 0 or more", c.speed));
+    check_speed(c.speed)?;
+    if c.looping && c.replay.is_none() {
+        return Err("--loop needs --replay".into());
     }
     if c.products.is_empty() && c.replay.is_none() {
         return Err("--products is empty".into());
@@ -440,6 +460,13 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.upstream.stall_timeout = seconds("stall-timeout", s)?;
     }
     c.simulate = f.flag("simulate");
+    c.replay = f.get("replay").map(PathBuf::from);
+    let speed = f.parsed::<f64>("speed")?;
+    c.replay_loop = f.flag("loop");
+    if (speed.is_some() || c.replay_loop) && c.replay.is_none() {
+        return Err(format!("--{} needs --replay", if c.replay_loop { "loop" } else { "speed" }));
+    }
+    c.replay_speed = speed.unwrap_or(c.replay_speed);
     if let Some(n) = f.parsed::<usize>("client-queue-bytes")? {
         c.client_queue_bytes = n;
     }
@@ -510,6 +537,10 @@ fn default_shards() -> usize {
 
 fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     crate::upstream::Endpoint::parse(&c.upstream.url)?;
+    check_speed(c.replay_speed)?;
+    if c.simulate && c.replay.is_some() {
+        return Err("--simulate and --replay: choose one".into());
+    }
     if c.channels.is_empty() {
         return Err("--channels is empty".into());
     }
@@ -560,6 +591,13 @@ fn record(f: &mut Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<
         return Err(format!("--record-max-bytes {} must be at least twice --record-max-file-bytes", r.max_bytes));
     }
     Ok(Some(Box::new(r)))
+}
+
+fn check_speed(speed: f64) -> Result<(), String> {
+    match speed.is_finite() && speed >= 0.0 {
+        true => Ok(()),
+        false => Err(format!("--speed {speed} must be 0 or more")),
+    }
 }
 
 /// A channel named in `--channels`: one hedgehog relays.
@@ -630,6 +668,16 @@ mod tests {
         };
         assert_eq!((c.port, c.tls, c.rate, c.seed), (0, true, 100.0, Some(7)));
         assert_eq!(c.products, ["btc-usd", "ETH-EUR"]);
+        let Command::Simulate(c) = run("simulate --replay cap.gz --speed 0 --loop", &[]).unwrap() else { panic!() };
+        assert_eq!((c.replay, c.speed, c.looping), (Some(PathBuf::from("cap.gz")), 0.0, true));
+    }
+
+    #[test]
+    fn replay_flags_of_the_relay() {
+        let c = serve_cfg("--replay /tmp/cap.jsonl --speed 2.5 --loop", &[]);
+        assert_eq!((c.replay, c.replay_speed, c.replay_loop), (Some(PathBuf::from("/tmp/cap.jsonl")), 2.5, true));
+        let c = serve_cfg("--replay=cap", &[]);
+        assert_eq!((c.replay_speed, c.replay_loop, c.simulate), (1.0, false, false));
     }
 
     #[test]
@@ -647,6 +695,12 @@ mod tests {
             ("--port", "needs a value"),
             ("--upstream-url http://x", "ws:// or wss://"),
             ("--channels full", "not a channel"),
+            ("--speed 2", "--speed needs --replay"),
+            ("--loop", "--loop needs --replay"),
+            ("--replay x --speed -1", "--speed -1 must be 0 or more"),
+            ("--replay x --simulate", "choose one"),
+            ("simulate --loop", "--loop needs --replay"),
+            ("simulate --replay x --speed nan", "must be 0 or more"),
         ] {
             let e = run(line, &[]).unwrap_err();
             assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");

@@ -17,7 +17,8 @@
 //! - [`record`]: `--record DIR`: every upstream message, timestamped, to rotated
 //!   gzip'd files, by a writer thread that the feed never waits for.
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
-//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`).
+//! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`), and
+//!   the replay of captures of the real feed (`--replay FILE`).
 //! - [`config`]: settings from flags and environment, validated.
 //! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
 //!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.

@@ -27,7 +27,9 @@ fn main() -> ExitCode {
             println!("hedgehog {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Simulate(cfg) => simulate(cfg).map_err(|message| Failure { status: 1, message }),
+        // The simulator fails only while starting (a port in use, a capture with
+        // nothing to replay): a start-up error, as for the relay.
+        Command::Simulate(cfg) => simulate(cfg).map_err(|message| Failure { status: 2, message }),
         Command::Serve(cfg) => serve(cfg),
     };
     match result {
@@ -84,10 +86,10 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
 
 fn simulate(cfg: hedgehog::sim::SimConfig) -> Result<(), String> {
     let products = cfg.products.len();
-    let (rate, replay) = (cfg.rate, cfg.replay.clone());
+    let (rate, replay, speed) = (cfg.rate, cfg.replay.clone(), cfg.speed);
     let sim = hedgehog::sim::spawn(cfg)?;
     match replay {
-        Some(file) => log::info!("simulator listening on {}, replaying {}", sim.url(), file.display()),
+        Some(file) => log::info!("simulator listening on {}, replaying {} at speed {speed}", sim.url(), file.display()),
         None => log::info!("simulator listening on {} ({products} products, {rate} trades/s each)", sim.url()),
     }
     sim.join();

@@ -25,7 +25,10 @@ pub struct UpstreamInfo {
 /// Process-wide facts and counters, shared by all shards.
 pub struct Global {
     pub shards: usize,
+    /// Offline mode: the data is the simulator's, generated or replayed.
     pub simulated: bool,
+    /// How far the in-process replay has got (`--replay FILE`).
+    pub replay: Option<Arc<crate::sim::ReplayProgress>>,
     pub upstream_url: String,
     pub default_channels: Vec<Channel>,
     /// Each client's outbound queue limit and what happens past it.
@@ -69,7 +72,8 @@ impl Global {
         let shards = cfg.shards;
         Global {
             shards,
-            simulated: cfg.simulate,
+            simulated: cfg.simulate || cfg.replay.is_some(),
+            replay: None,
             upstream_url: cfg.upstream.url.clone(),
             default_channels: cfg.channels.clone(),
             queue_bytes: cfg.client_queue_bytes,

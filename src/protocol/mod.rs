@@ -1,6 +1,8 @@
 //! The Coinbase Exchange feed protocol: channels and topics, product ids, subscribe
-//! requests and the exact error texts, shared by the simulator and the relay.
+//! requests and the exact error texts, the level2 book, shared by the simulator and
+//! the relay.
 
+mod book;
 mod channel;
 pub mod notes;
 mod request;
@@ -8,6 +10,7 @@ mod scan;
 
 use std::borrow::Cow;
 
+pub use book::Book;
 pub use channel::{Channel, Topic};
 pub use request::{parse_request, subscriptions_message, Classified, Request, RequestKind};
 pub use scan::{scan, RoutingKey};

@@ -55,6 +55,7 @@ pub fn report(hub: &Hub) -> Response {
         "status": if readiness.is_ok() { "ok" } else { "not_ready" },
         "not_ready_reason": readiness.as_ref().err(),
         "simulated": g.simulated,
+        "replay": g.replay.as_ref().map(|r| r.report()),
         "shards": g.shards,
         "shard": hub.id,
         "clients": g.clients(),

@@ -3,6 +3,7 @@
 //! owning the connections it accepts. Shard 0 also owns the upstream client.
 //!
 //! - this file: start-up, the shards' threads, stop and fail-fast.
+//! - [`shard`]: one shard's life (bus connect, serve, drain) and the stop signal.
 //! - [`task`]: task queues, and panics contained to one connection.
 //! - [`conn`]: the accept loop, admission, the HTTP keep-alive loop.
 //! - [`websocket`]: upgrades, relay sessions (Coinbase in-band), `/echo`.
@@ -17,6 +18,7 @@
 mod api;
 mod conn;
 mod health;
+mod shard;
 mod stream;
 mod task;
 mod websocket;
@@ -32,13 +34,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
-use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::ServeConfig;
-use crate::hub::{self, BusEnds, Global, Hub, Owner};
-use crate::record::{Recorder, Tap};
+use crate::hub::{self, Global};
+use crate::record::Recorder;
 use crate::sim::{self, SimConfig, SimHandle};
+use shard::{Shard, Stop};
 
 /// How long shards get, once told to stop outright, before the process gives up
 /// on them (a shard that does not end by then is wedged).
@@ -154,19 +156,6 @@ impl RelayHandle {
     }
 }
 
-/// How shards are told to end.
-struct Stop {
-    /// Stop accepting, say goodbye, end when the clients are gone.
-    draining: AtomicBool,
-    /// End now.
-    now: AtomicBool,
-    /// How often the flags are looked at (zero: at every turn of the executor,
-    /// for the tests).
-    poll: Duration,
-    /// Times the flags were looked at, all shards together.
-    polls: AtomicU64,
-}
-
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.stop();
@@ -204,6 +193,25 @@ fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }
 
+/// Offline mode: the simulator in-process, generating a market (`--simulate`)
+/// or replaying a capture (`--replay FILE`), for the upstream to connect to.
+fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
+    let (data, sim) = match &cfg.replay {
+        Some(file) => {
+            let (replay, speed, looping) = (Some(file.clone()), cfg.replay_speed, cfg.replay_loop);
+            (
+                format!("REPLAYED data from {}", file.display()),
+                SimConfig { replay, speed, looping, ..SimConfig::default() },
+            )
+        }
+        None if cfg.simulate => ("SIMULATED data from the built-in simulator".into(), SimConfig::default()),
+        None => return Ok(None),
+    };
+    let sim = sim::spawn(SimConfig { port: 0, ..sim })?;
+    log::warn!("offline mode: relaying {data} at {}", sim.url());
+    Ok(Some(sim))
+}
+
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     record_panics();
@@ -218,20 +226,18 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
         None => (None, None),
     };
-    let simulator = if cfg.simulate {
-        let sim = sim::spawn(SimConfig { port: 0, ..SimConfig::default() })?;
+    let simulator = offline_upstream(&cfg)?;
+    if let Some(sim) = &simulator {
         cfg.upstream.url = sim.url();
-        log::warn!("offline mode: relaying SIMULATED data from the built-in simulator at {}", sim.url());
-        Some(sim)
-    } else {
-        None
-    };
+    }
     let endpoint = crate::upstream::Endpoint::parse(&cfg.upstream.url)?;
     if endpoint.tls {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
     let n = cfg.shards;
-    let global = Arc::new(Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats)));
+    let mut global = Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats));
+    global.replay = simulator.as_ref().and_then(SimHandle::replay_progress);
+    let global = Arc::new(global);
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),
         now: AtomicBool::new(false),
@@ -359,109 +365,4 @@ fn record_panics() {
             previous(info);
         }));
     });
-}
-
-/// What one shard's thread is given.
-struct Shard {
-    id: usize,
-    addr: SocketAddr,
-    bus: BusEnds,
-    global: Arc<Global>,
-    cfg: ServeConfig,
-    stop: Arc<Stop>,
-    ready: mpsc::Sender<Result<SocketAddr, String>>,
-    /// Shard 0's: where the upstream client hands each message to the recorder.
-    tap: Option<Tap>,
-}
-
-impl Shard {
-    async fn run(self) {
-        let _beat = crate::pacemaker::attach();
-        #[allow(clippy::panic)]
-        if self.cfg.fail_start == Some(self.id) {
-            panic!("shard {} was told to fail at start (a test)", self.id);
-        }
-        let listener = match TcpListener::bind(self.addr) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = self.ready.send(Err(format!("cannot listen on {}: {e}", self.addr)));
-                return;
-            }
-        };
-        let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
-        // Every peer must connect; one that failed to start never will, and then
-        // the stop signal ends the wait (start() raises it on any failure).
-        let connected = futures_lite::future::or(async { Some(self.bus.connect().await) }, async {
-            self.stop.wait(true).await;
-            None
-        });
-        let Some((bus, receivers)) = connected.await else { return };
-        let (owner, events) = match self.id {
-            0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
-                Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
-                Err(e) => {
-                    log::error!("upstream: {e}");
-                    return;
-                }
-            },
-            _ => (None, None),
-        };
-        let hub = Hub::new(self.global.clone(), bus, owner);
-        // Cross-shard traffic is latency-critical: a wake from another thread into a
-        // latency-matters queue is served promptly, not at the next preemption tick.
-        let queue =
-            glommio::executor().create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(1)), "bus");
-        for rx in receivers {
-            let hub = hub.clone();
-            let task = async move {
-                while let Some(msg) = rx.recv().await {
-                    hub.handle(msg);
-                    glommio::yield_if_needed().await;
-                }
-            };
-            glommio::spawn_local_into(task, queue).map(|t| t.detach()).ok();
-        }
-        if let Some(events) = events {
-            glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
-        }
-        let queues = task::Queues::new();
-        // The accept loop is a task of its own, and nothing but its own waker ever
-        // polls it: glommio 0.9's accept (like connect) adds a clone of the task's
-        // waker to its source on EVERY poll while pending, and the task's reference
-        // count is an i16. Raced in one future against the 20 ms stop poll below, a
-        // shard that accepted nothing for ~655 s died ("Waker invariant broken").
-        // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
-        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues));
-        let stop = self.stop;
-        stop.wait(true).await;
-        acceptor.cancel().await; // drops the listener: this shard takes no new connection
-                                 // Draining: tell everyone and let them go.
-        hub.close_all(crate::ws::close::GOING_AWAY, "server shutting down");
-        if let Some(owner) = hub.owner() {
-            owner.upstream.stop();
-        }
-        let gone = async {
-            while hub.local_clients() > 0 {
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        futures_lite::future::or(gone, stop.wait(false)).await;
-    }
-}
-
-impl Stop {
-    /// Resolves once `now` is set, or `draining` too if `or_draining`.
-    async fn wait(&self, or_draining: bool) {
-        loop {
-            self.polls.fetch_add(1, Ordering::Relaxed);
-            if self.now.load(Ordering::SeqCst) || (or_draining && self.draining.load(Ordering::SeqCst)) {
-                return;
-            }
-            if self.poll.is_zero() {
-                futures_lite::future::yield_now().await;
-            } else {
-                glommio::timer::sleep(self.poll).await;
-            }
-        }
-    }
 }

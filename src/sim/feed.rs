@@ -200,10 +200,13 @@ impl Feed {
 
 /// What a fresh subscriber to (`channel`, `product`) gets before the stream.
 fn first_frames(source: &Source, status: &Frame, channel: Channel, product: &str) -> Vec<Frame> {
-    let Source::Market { products, .. } = source else { return Vec::new() };
     if channel == Channel::Status {
         return vec![status.clone()];
     }
+    let products = match source {
+        Source::Market { products, .. } => products,
+        Source::Replay(replay) => return replay.first_frame(product, channel).into_iter().collect(),
+    };
     let Some(p) = products.iter().find(|p| p.book.spec.id == product) else { return Vec::new() };
     let frame = match channel {
         Channel::Ticker => p.last_ticker.clone(),

@@ -2,7 +2,8 @@
 //! protocol, for tests, benchmarks and offline development.
 //!
 //! One glommio executor runs it all: an accept loop, one session task per client,
-//! and a tick loop that moves the market and sends what each client subscribed to.
+//! and a tick loop that moves the market (or plays a capture of the real feed,
+//! `replay/`) and sends what each client subscribed to.
 
 mod fault;
 mod feed;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use fault::Fault;
 pub use market::{Spec, DEFAULT_PRODUCTS};
+pub use replay::ReplayProgress;
 
 /// The simulator's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,9 +35,12 @@ pub struct SimConfig {
     /// Trades per second per product.
     pub rate: f64,
     pub seed: Option<u64>,
+    /// A capture of the feed to replay instead of the market (`sim/replay/`).
     pub replay: Option<PathBuf>,
     /// Replay speed-up; 0 replays as fast as possible.
     pub speed: f64,
+    /// At the end of the capture, start again from the top.
+    pub looping: bool,
     /// Connections that send no subscribe within this are closed; zero disables.
     pub subscribe_timeout: Duration,
     /// No trades for this long after start (subscribers can all join first).
@@ -62,6 +67,7 @@ impl Default for SimConfig {
             seed: None,
             replay: None,
             speed: 1.0,
+            looping: false,
             subscribe_timeout: Duration::from_secs(5),
             hold: Duration::ZERO,
             faults: Vec::new(),
@@ -98,6 +104,8 @@ pub struct Control {
     events: Mutex<Vec<SimEvent>>,
     /// Faults asked for and not yet applied.
     faults: Mutex<Vec<Fault>>,
+    /// How far the replay has got, when replaying.
+    replay: std::sync::OnceLock<Arc<ReplayProgress>>,
 }
 
 impl Control {
@@ -166,7 +174,8 @@ impl SimHandle {
     }
 
     /// While paused, the market stands still: no trades, so no tickers, matches
-    /// or book changes; heartbeats and requests go on.
+    /// or book changes; heartbeats and requests go on. A replay plays nothing
+    /// while paused (and its clock does not run).
     pub fn set_paused(&self, paused: bool) {
         self.control.paused.store(paused, Ordering::SeqCst);
     }
@@ -185,6 +194,11 @@ impl SimHandle {
     /// `refuse` fault, for as long as the test wants): the feed is unreachable.
     pub fn set_refusing(&self, refusing: bool) {
         self.control.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// How far the replay has got, when the simulator replays a capture.
+    pub fn replay_progress(&self) -> Option<Arc<ReplayProgress>> {
+        self.control.replay.get().cloned()
     }
 
     /// Waits until the simulator stops (for the CLI).

@@ -29,7 +29,8 @@ const L2_BATCH: Duration = Duration::from_millis(50);
 /// Per-connection outbound cap. The relay reads fast; a client that falls this far
 /// behind is dropped, as Coinbase drops slow consumers.
 const OUTBOX_BYTES: usize = 64 << 20;
-/// A replay at full speed waits while any subscriber has this much queued.
+/// A replay waits (its clock too) while any subscriber has this much queued: at
+/// full speed, that is what paces it.
 const REPLAY_BACKLOG: usize = 4 << 20;
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -88,7 +89,8 @@ type Setup = (TcpListener, Option<(Arc<rustls::ServerConfig>, String)>, Feed);
 fn setup(cfg: &SimConfig, control: Arc<Control>) -> Result<Setup, String> {
     let (source, specs) = match &cfg.replay {
         Some(path) => {
-            let replay = Replay::load(path, cfg.speed)?;
+            let replay = Replay::load(path, cfg.speed, cfg.looping)?;
+            let _ = control.replay.set(replay.progress());
             let specs = replay.products().iter().filter_map(|p| Spec::for_id(p)).collect();
             (Source::Replay(replay), specs)
         }
@@ -284,10 +286,12 @@ fn tick(f: &mut Feed, clock: &mut Clock, cfg: &SimConfig) -> bool {
         }
     }
     close_silent(f, now, subscribe_timeout);
+    let trading = now >= clock.trading_from && !f.control.is_paused();
+    let elapsed = now.duration_since(clock.last);
     let busy = match &f.source {
         Source::Market { .. } => {
-            if now >= clock.trading_from && !f.control.is_paused() {
-                trade(f, rate * now.duration_since(clock.last).as_secs_f64());
+            if trading {
+                trade(f, rate * elapsed.as_secs_f64());
             }
             if now.duration_since(clock.last_l2) >= L2_BATCH {
                 clock.last_l2 = now;
@@ -299,7 +303,7 @@ fn tick(f: &mut Feed, clock: &mut Clock, cfg: &SimConfig) -> bool {
             }
             false
         }
-        Source::Replay(_) => replay(f, now),
+        Source::Replay(_) => replay(f, trading.then_some(elapsed)),
     };
     clock.last = now;
     busy
@@ -360,29 +364,26 @@ fn send_heartbeats(f: &Feed) {
     }
 }
 
-/// Sends the due records; true when it stopped early with more due (full speed).
-fn replay(f: &mut Feed, now: Instant) -> bool {
-    let subscribed = f.conns.values().any(|c| !c.subs.is_empty());
+/// Plays the replay on by `elapsed` (`None`: held, by `--hold` or a pause) and
+/// sends what is due; true when more is due at once (full speed).
+fn replay(f: &mut Feed, elapsed: Option<Duration>) -> bool {
+    // The clock starts at the first subscription to a product: a relay's
+    // `status`-only subscribe, made to learn the products, does not start it.
+    let subscribed = f.conns.values().any(|c| c.subs.iter().any(|(ch, ps)| ch.takes_products() && !ps.is_empty()));
     let backlog = f.conns.values().any(|c| c.outbox.queued_bytes() > REPLAY_BACKLOG);
     let Source::Replay(r) = &mut f.source else { return false };
-    if r.started.is_none() && subscribed {
-        r.started = Some(now);
+    if subscribed {
+        r.start();
     }
+    let Some(elapsed) = elapsed else { return false };
     if backlog {
-        return false;
+        return false; // the clock waits with it, so nothing is skipped
     }
-    let mut sent = 0;
-    let mut due = Vec::new();
-    while r.next < r.records.len() && r.due(r.next, now) && sent < 1024 {
-        due.push(r.next);
-        r.next += 1;
-        sent += 1;
+    let turn = r.play(elapsed, 1024);
+    let Source::Replay(r) = &f.source else { return false };
+    for i in turn.due {
+        let (rec, product) = r.record(i);
+        f.deliver(rec.channel, product, &rec.frame);
     }
-    let more = r.next < r.records.len() && r.speed <= 0.0 && r.started.is_some();
-    for i in due {
-        let Source::Replay(r) = &f.source else { break };
-        let rec = &r.records[i];
-        f.deliver(rec.channel, &rec.product, &rec.frame);
-    }
-    more
+    turn.more
 }

@@ -10,9 +10,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::book::Book;
 use super::history::{HistoryLimits, HistoryQuery, TopicHistory, Totals};
-use crate::protocol::{self, Channel};
+use crate::protocol::{self, Book, Channel};
 use crate::upstream::FeedMessage;
 use crate::ws::Frame;
 

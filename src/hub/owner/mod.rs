@@ -7,7 +7,6 @@
 //! It is plain state: it never sends anything itself. The hub asks it (`join`,
 //! `interest`, `history_json`) and the fan-out reads it.
 
-mod book;
 mod fanout;
 mod feed;
 mod history;
@@ -15,7 +14,7 @@ mod history;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-pub use book::Book;
+pub use crate::protocol::Book;
 pub use fanout::run;
 pub use feed::{FeedState, Gap};
 pub use history::{HistoryLimits, HistoryQuery, Since};

@@ -1,5 +1,7 @@
 //! An aggregated order book for `level2_batch`: rebuilt from a `snapshot`, kept
-//! by `l2update`s, and written back out as a snapshot for a late joiner.
+//! by `l2update`s, and written back out as a snapshot for a late joiner. The
+//! relay's feed state and the simulator's replay keep it alike, so both tell a
+//! late joiner the same book.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -111,21 +113,24 @@ impl Book {
 
 #[cfg(test)]
 mod tests {
-    use super::super::feed::tests::{msg, state};
     use super::*;
-    use crate::protocol::Channel;
 
     #[test]
     fn keeps_the_book_from_snapshot_and_updates() {
-        let mut s = state(10);
-        let l2 = Channel::Level2Batch;
-        s.on_message(&msg(r#"{"type":"snapshot","product_id":"A-B","asks":[["10.5","1"],["11","2"]],"bids":[["10","3"],["9.5","1"]]}"#), l2, false, 0);
-        s.on_message(&msg(r#"{"type":"l2update","product_id":"A-B","changes":[["buy","10","0"],["sell","10.25","4"],["buy","9.75","5"]]}"#), l2, false, 0);
-        let snap = s.book("A-B").unwrap().snapshot("A-B");
+        let snapshot = br#"{"type":"snapshot","product_id":"A-B","asks":[["10.5","1"],["11","2"]],"bids":[["10","3"],["9.5","1"]]}"#;
+        let mut book = Book::from_snapshot(snapshot).unwrap();
+        assert!(book.apply(br#"{"type":"l2update","product_id":"A-B","changes":[["buy","10","0"],["sell","10.25","4"],["buy","9.75","5"]]}"#));
+        let snap = book.snapshot("A-B");
         assert_eq!(
             snap,
             r#"{"type":"snapshot","product_id":"A-B","asks":[["10.25","4"],["10.5","1"],["11","2"]],"bids":[["9.75","5"],["9.5","1"]]}"#
         );
-        assert_eq!(Book::from_snapshot(snap.as_bytes()).as_ref(), s.book("A-B"));
+        assert_eq!(Book::from_snapshot(snap.as_bytes()), Some(book));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_book_message() {
+        assert_eq!(Book::from_snapshot(br#"{"type":"ticker"}"#), None);
+        assert!(!Book::default().apply(b"not json"));
     }
 }

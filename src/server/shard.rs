@@ -1,0 +1,133 @@
+//! One shard's life: start, connect the bus, serve until told to stop, drain.
+//! And the stop signal every shard watches.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::{Latency, Shares};
+
+use super::{conn, task};
+use crate::config::ServeConfig;
+use crate::hub::{self, BusEnds, Global, Hub, Owner};
+use crate::record::Tap;
+
+/// How shards are told to end.
+pub(super) struct Stop {
+    /// Stop accepting, say goodbye, end when the clients are gone.
+    pub(super) draining: AtomicBool,
+    /// End now.
+    pub(super) now: AtomicBool,
+    /// How often the flags are looked at (zero: at every turn of the executor,
+    /// for the tests).
+    pub(super) poll: Duration,
+    /// Times the flags were looked at, all shards together.
+    pub(super) polls: AtomicU64,
+}
+
+/// What one shard's thread is given.
+pub(super) struct Shard {
+    pub(super) id: usize,
+    pub(super) addr: SocketAddr,
+    pub(super) bus: BusEnds,
+    pub(super) global: Arc<Global>,
+    pub(super) cfg: ServeConfig,
+    pub(super) stop: Arc<Stop>,
+    pub(super) ready: mpsc::Sender<Result<SocketAddr, String>>,
+    /// Shard 0's: where the upstream client hands each message to the recorder.
+    pub(super) tap: Option<Tap>,
+}
+
+impl Shard {
+    pub(super) async fn run(self) {
+        let _beat = crate::pacemaker::attach();
+        #[allow(clippy::panic)]
+        if self.cfg.fail_start == Some(self.id) {
+            panic!("shard {} was told to fail at start (a test)", self.id);
+        }
+        let listener = match TcpListener::bind(self.addr) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.ready.send(Err(format!("cannot listen on {}: {e}", self.addr)));
+                return;
+            }
+        };
+        let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
+        // Every peer must connect; one that failed to start never will, and then
+        // the stop signal ends the wait (start() raises it on any failure).
+        let connected = futures_lite::future::or(async { Some(self.bus.connect().await) }, async {
+            self.stop.wait(true).await;
+            None
+        });
+        let Some((bus, receivers)) = connected.await else { return };
+        let (owner, events) = match self.id {
+            0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
+                Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
+                Err(e) => {
+                    log::error!("upstream: {e}");
+                    return;
+                }
+            },
+            _ => (None, None),
+        };
+        let hub = Hub::new(self.global.clone(), bus, owner);
+        // Cross-shard traffic is latency-critical: a wake from another thread into a
+        // latency-matters queue is served promptly, not at the next preemption tick.
+        let queue =
+            glommio::executor().create_task_queue(Shares::default(), Latency::Matters(Duration::from_millis(1)), "bus");
+        for rx in receivers {
+            let hub = hub.clone();
+            let task = async move {
+                while let Some(msg) = rx.recv().await {
+                    hub.handle(msg);
+                    glommio::yield_if_needed().await;
+                }
+            };
+            glommio::spawn_local_into(task, queue).map(|t| t.detach()).ok();
+        }
+        if let Some(events) = events {
+            glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
+        }
+        let queues = task::Queues::new();
+        // The accept loop is a task of its own, and nothing but its own waker ever
+        // polls it: glommio 0.9's accept (like connect) adds a clone of the task's
+        // waker to its source on EVERY poll while pending, and the task's reference
+        // count is an i16. Raced in one future against the 20 ms stop poll below, a
+        // shard that accepted nothing for ~655 s died ("Waker invariant broken").
+        // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
+        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues));
+        let stop = self.stop;
+        stop.wait(true).await;
+        acceptor.cancel().await; // drops the listener: this shard takes no new connection
+                                 // Draining: tell everyone and let them go.
+        hub.close_all(crate::ws::close::GOING_AWAY, "server shutting down");
+        if let Some(owner) = hub.owner() {
+            owner.upstream.stop();
+        }
+        let gone = async {
+            while hub.local_clients() > 0 {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        futures_lite::future::or(gone, stop.wait(false)).await;
+    }
+}
+
+impl Stop {
+    /// Resolves once `now` is set, or `draining` too if `or_draining`.
+    pub(super) async fn wait(&self, or_draining: bool) {
+        loop {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.now.load(Ordering::SeqCst) || (or_draining && self.draining.load(Ordering::SeqCst)) {
+                return;
+            }
+            if self.poll.is_zero() {
+                futures_lite::future::yield_now().await;
+            } else {
+                glommio::timer::sleep(self.poll).await;
+            }
+        }
+    }
+}
