@@ -19,7 +19,9 @@
 //! - [`upstream`]: the one client of the exchange feed: subscriptions, reconnects, liveness.
 //! - [`sim`]: the Coinbase-compatible feed simulator (`hedgehog simulate`), and
 //!   the replay of captures of the real feed (`--replay FILE`).
-//! - [`config`]: settings from flags and environment, validated.
+//! - [`access`]: access control: classes, pair and channel rules, API keys, signed
+//!   tokens; `Access::authenticate` -> `Principal::may_subscribe`.
+//! - [`config`]: settings from flags, environment and the `--config` file, validated.
 //! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
 //!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.
 //! - [`server`]: the shards' threads, accept loops, HTTP, WebSocket and stream
@@ -30,6 +32,7 @@
 // (Tests may unwrap; indexing is left to the fuzz targets, see fuzz/.)
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;

@@ -1,0 +1,232 @@
+//! Access control: who a connection is (a [`Principal`]) and what its [`Class`]
+//! lets it do.
+//!
+//! The rules come from the `--config` file (`[classes.NAME]`, `[[keys]]`,
+//! `[tokens]`; loaded by [`AccessFile::build`]) and are immutable once loaded:
+//! one [`Access`] behind an `Arc`, shared by every shard; a reload makes a new
+//! one and swaps the `Arc`. Without classes in the file there is no `Access` and
+//! everything is open, as before access control existed.
+//!
+//! What the entry points call:
+//! 1. [`Access::authenticate`] with the connection's [`Credential`] (the bearer
+//!    string from `Authorization: Bearer`, `?token=` or a Coinbase `subscribe`'s
+//!    own fields; [`Credential::None`] without one) -> a [`Principal`], or an
+//!    [`AuthError`] for a 401.
+//! 2. [`Principal::may_subscribe`] for every (pair, channel) named, and
+//!    [`Principal::may_read_history`] -> a [`Refusal`] for a 403 naming the rule.
+//! 3. [`Principal::class`]'s [`Class::limits`], [`Class::tier`], [`Class::is_admin`],
+//!    and [`Principal::expires`] for a token's session.
+//!
+//! # Layout
+//! - `pattern.rs`: pair and channel patterns, allow and deny lists (deny wins).
+//! - `class.rs`: `Class`, its limits, history rights and delivery tier; `Refusal`.
+//! - `key.rs`: API keys: making them, their SHA-256 hashes, constant-time compare.
+//! - `token.rs`: JWT verification (HS256, RS256, EdDSA by `kid`).
+//! - `file.rs`: the file's tables, checked and built into an `Access`; lines named.
+
+mod class;
+mod file;
+mod key;
+mod pattern;
+#[cfg(test)]
+mod tests;
+mod token;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use class::{Class, History, Limits, Refusal, Tier, ANONYMOUS};
+pub use file::{AccessFile, ClassFile, FileText, KeyFile, TokensFile};
+pub use key::{hash_key_text, new_key, KeyHash, KEY_PREFIX};
+pub use pattern::{ChannelPattern, PairPattern};
+pub use token::{TokenError, NBF_SKEW};
+
+use crate::protocol::Channel;
+
+/// The loaded rules. Immutable; compare two by identity (a reload is a new one).
+#[derive(Debug)]
+pub struct Access {
+    source: PathBuf,
+    classes: BTreeMap<String, Arc<Class>>,
+    keys: Vec<ApiKey>,
+    tokens: token::Verifier,
+}
+
+impl PartialEq for Access {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+/// One `[[keys]]` entry.
+#[derive(Debug)]
+struct ApiKey {
+    hash: KeyHash,
+    principal: String,
+    class: Arc<Class>,
+}
+
+/// What a connection presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// Nothing: the `anonymous` class, if there is one.
+    None,
+    /// An API key (it starts with [`KEY_PREFIX`]) or a JWT (three dot-separated
+    /// parts), told apart by shape.
+    Bearer(&'a str),
+}
+
+/// Why a credential was not taken: answer 401 (never quoting the credential).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential, and no `anonymous` class: the client must present one.
+    #[error("credentials required")]
+    Required,
+    /// Neither an API key nor a JWT by its shape.
+    #[error("not an API key or a token")]
+    Malformed,
+    /// An API key whose hash is not configured (revoked, or mistyped).
+    #[error("unknown API key")]
+    UnknownKey,
+    /// A token refused: the client should get a fresh one.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// A valid token naming a class that the configuration does not have.
+    #[error("token names class `{0}`, which is not configured")]
+    UnknownClass(String),
+}
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Anonymous,
+    Key,
+    Token,
+}
+
+/// Who a connection is: a name (a key's `principal`, a token's `sub`, or
+/// `anonymous`), its class, and for a token when it expires and the pairs it
+/// narrows the class to. Cheap to clone (the class is shared).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    name: String,
+    class: Arc<Class>,
+    via: Via,
+    expires: Option<SystemTime>,
+    narrowed: Option<Vec<PairPattern>>,
+}
+
+impl Access {
+    /// The file the rules came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn class(&self, name: &str) -> Option<&Arc<Class>> {
+        self.classes.get(name)
+    }
+
+    /// Every class, by name.
+    pub fn classes(&self) -> impl Iterator<Item = &Class> {
+        self.classes.values().map(Arc::as_ref)
+    }
+
+    /// The configured keys' principals and classes (never their hashes).
+    pub fn key_principals(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.keys.iter().map(|k| (k.principal.as_str(), k.class.name()))
+    }
+
+    /// Who presents `credential`. Every configured key hash is compared, in
+    /// constant time each, whichever matches.
+    pub fn authenticate(&self, credential: Credential<'_>) -> Result<Principal, AuthError> {
+        match credential {
+            Credential::None => {
+                let class = self.classes.get(ANONYMOUS).ok_or(AuthError::Required)?;
+                Ok(Principal::new(ANONYMOUS.into(), class.clone(), Via::Anonymous))
+            }
+            Credential::Bearer(key) if key.starts_with(KEY_PREFIX) => self.by_key(key),
+            Credential::Bearer(token) if token.split('.').count() == 3 => self.by_token(token),
+            Credential::Bearer(_) => Err(AuthError::Malformed),
+        }
+    }
+
+    fn by_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let hash = KeyHash::of(key);
+        let found = self.keys.iter().fold(None, |found, k| if k.hash.ct_eq(&hash) { Some(k) } else { found });
+        let k = found.ok_or(AuthError::UnknownKey)?;
+        Ok(Principal::new(k.principal.clone(), k.class.clone(), Via::Key))
+    }
+
+    fn by_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let grant = self.tokens.verify(token)?;
+        let class = self.classes.get(&grant.class).ok_or_else(|| AuthError::UnknownClass(grant.class.clone()))?;
+        let mut p = Principal::new(grant.sub, class.clone(), Via::Token);
+        p.expires = Some(grant.expires);
+        p.narrowed = grant.allow;
+        Ok(p)
+    }
+
+    /// What `hedgehog check-config` prints: each class, then the keys.
+    pub fn describe(&self) -> String {
+        let mut out = format!("access control: on ({} classes, {} keys)\n", self.classes.len(), self.keys.len());
+        if !self.classes.contains_key(ANONYMOUS) {
+            out.push_str("connections without credentials: refused (401; no `anonymous` class)\n");
+        }
+        self.classes().for_each(|c| out.push_str(&c.describe()));
+        self.key_principals().for_each(|(p, c)| out.push_str(&format!("key of `{p}`: class `{c}`\n")));
+        out.push_str(&format!("tokens: {}\n", self.tokens.describe()));
+        out
+    }
+}
+
+impl Principal {
+    fn new(name: String, class: Arc<Class>, via: Via) -> Principal {
+        Principal { name, class, via, expires: None, narrowed: None }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn class(&self) -> &Class {
+        &self.class
+    }
+
+    pub fn via(&self) -> Via {
+        self.via
+    }
+
+    /// When its token expires (`None`: a key, or anonymous, never does).
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
+    }
+
+    /// The token's `allow` claim, if it narrows the class.
+    pub fn narrowed_to(&self) -> Option<&[PairPattern]> {
+        self.narrowed.as_deref()
+    }
+
+    /// The class's rules, then the token's narrowing.
+    pub fn may_subscribe(&self, pair: &str, channel: Channel) -> Result<(), Refusal> {
+        self.class.may_subscribe(pair, channel)?;
+        self.narrowing(pair)
+    }
+
+    /// The class's history rules, then the token's narrowing.
+    pub fn may_read_history(&self, pair: &str, channel: Channel, limit: usize) -> Result<(), Refusal> {
+        self.class.may_read_history(pair, channel, limit)?;
+        self.narrowing(pair)
+    }
+
+    fn narrowing(&self, pair: &str) -> Result<(), Refusal> {
+        let pair = pair.to_ascii_uppercase();
+        match &self.narrowed {
+            Some(list) if !list.iter().any(|p| p.matches(&pair)) => {
+                Err(Refusal::TokenNarrows { principal: self.name.clone(), pair })
+            }
+            _ => Ok(()),
+        }
+    }
+}
