@@ -1,13 +1,21 @@
-//! Settings: defaults, then environment, then flags; parsed, then validated.
+//! Settings: defaults, then the `--config` file, then environment, then flags;
+//! parsed, then validated.
 //!
 //! Parsing is done here rather than by a CLI crate so that every mistake is one
-//! line on stderr and exit code 2, as operators' scripts expect.
+//! line on stderr and exit code 2, as operators' scripts expect. The file's own
+//! reading is in `config/file.rs`; its access rules are `access`'s.
 //!
 //! Longer than the other files: the settings, their help text, their parsing and
 //! their validation are one table read together; the tests follow at the end.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+mod file;
+pub use file::ConfigFile;
+
+use crate::access::Access;
 
 use crate::protocol::Channel;
 use crate::record::RecordConfig;
@@ -25,6 +33,10 @@ pub const MAX_SHARDS: usize = 256;
 pub enum Command {
     Serve(ServeConfig),
     Simulate(SimConfig),
+    /// `hedgehog check-config FILE`: check the file, say what each class may do.
+    CheckConfig(PathBuf),
+    /// `hedgehog hash-key`: a new API key and its hash.
+    HashKey,
     Help,
     Version,
 }
@@ -99,6 +111,11 @@ pub struct ServeConfig {
     /// `--record DIR`: every upstream message to files there. (Boxed: rarely
     /// set, and it would make every `Command` larger.)
     pub record: Option<Box<RecordConfig>>,
+    /// `--config FILE` (or `HEDGEHOG_CONFIG`), for a reload to read again.
+    pub config_file: Option<PathBuf>,
+    /// The file's access rules; `None`: access control is off, everything open.
+    /// (Loaded and checked here; the entry points do not enforce them yet.)
+    pub access: Option<Arc<Access>>,
 }
 
 impl Default for ServeConfig {
@@ -137,6 +154,8 @@ impl Default for ServeConfig {
             history_bytes: 64 << 20,
             echo: false,
             record: None,
+            config_file: None,
+            access: None,
         }
     }
 }
@@ -177,8 +196,12 @@ hedgehog: relays the Coinbase Exchange feed to many WebSocket clients
 Usage:
   hedgehog [serve] [OPTIONS]     run the relay (the default command)
   hedgehog simulate [OPTIONS]    run the Coinbase-compatible feed simulator
+  hedgehog check-config FILE     check a config file; say what each access class may do
+  hedgehog hash-key              make a new API key; print it, its hash, and the entry
 
 Relay options (environment variable in brackets):
+  --config FILE          settings ([server]) and access rules, TOML [HEDGEHOG_CONFIG];
+                         flags > environment > file > defaults (README: Access control)
   --host HOST            listen address [HOST] (default 0.0.0.0)
   --port PORT            listen port [PORT] (default 8080)
   --upstream-url URL     feed URL [COINBASE_WS_URL] (default wss://ws-feed.exchange.coinbase.com)
@@ -251,6 +274,9 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         return Ok(Command::Version);
     }
     let command = match args.first() {
+        Some(&"check-config") => return check_config_args(&args[1..]),
+        Some(&"hash-key") if args.len() == 1 => return Ok(Command::HashKey),
+        Some(&"hash-key") => return Err("hash-key takes no arguments".into()),
         Some(&"simulate") => "simulate",
         Some(&"serve") => "serve",
         Some(a) if !a.starts_with('-') => return Err(format!("unknown command {a:?} (try --help)")),
@@ -267,8 +293,32 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     }
 }
 
+fn check_config_args(args: &[&str]) -> Result<Command, String> {
+    match args {
+        [file] if !file.starts_with('-') => Ok(Command::CheckConfig(PathBuf::from(file))),
+        _ => Err("usage: hedgehog check-config FILE".into()),
+    }
+}
+
+/// `hedgehog check-config FILE`: the file read, its settings taken as the relay
+/// would take them (without flags or environment), and a report of its rules.
+pub fn check_config(path: &std::path::Path) -> Result<String, String> {
+    let file = ConfigFile::load(path)?;
+    let mut c = ServeConfig::default();
+    file.apply(&mut c)?;
+    c.record = record_of(None, None, None, &file.server)?;
+    validate_serve(c)?;
+    Ok(match &file.access {
+        Some(access) => format!("{}: ok\n{}", path.display(), access.describe()),
+        None => {
+            format!("{}: ok\naccess control: off (no [classes.NAME]): every client may do everything\n", path.display())
+        }
+    })
+}
+
 /// The relay's flags that take a value.
-const SERVE_FLAGS: &[&str] = &[
+pub(crate) const SERVE_FLAGS: &[&str] = &[
+    "config",
     "host",
     "port",
     "upstream-url",
@@ -358,6 +408,17 @@ impl<'a> Flags<'a> {
         self.get(name).is_some()
     }
 
+    /// A switch: `--name` or `--name=true` is on, `--name=false` off (to turn
+    /// off what the config file turned on), absent is `None`.
+    fn switch(&mut self, name: &str) -> Result<Option<bool>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some("" | "true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(v) => Err(format!("--{name}={v}: use --{name}, --{name}=true or --{name}=false")),
+        }
+    }
+
     fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, String> {
         self.get(name).map(|v| v.parse().map_err(|_| format!("--{name}: {v:?} is not valid"))).transpose()
     }
@@ -439,6 +500,13 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
 
 fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
     let mut c = ServeConfig::default();
+    let path = f.get("config").map(str::to_string).or_else(|| env("HEDGEHOG_CONFIG").filter(|p| !p.is_empty()));
+    let file = path.map(|p| ConfigFile::load(p.as_ref())).transpose()?;
+    if let Some(file) = &file {
+        file.apply(&mut c)?;
+        c.config_file = Some(file.path().to_path_buf());
+        c.access = file.access.clone();
+    }
     if let Some(h) = f.get("host").map(str::to_string).or_else(|| env("HOST")) {
         c.host = h;
     }
@@ -451,19 +519,23 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(u) = f.get("upstream-url").map(str::to_string).or_else(|| env("COINBASE_WS_URL")) {
         c.upstream.url = u;
     }
-    c.upstream.ca_file =
-        f.get("upstream-ca").map(str::to_string).or_else(|| env("COINBASE_CA_FILE")).map(PathBuf::from);
+    if let Some(ca) = f.get("upstream-ca").map(str::to_string).or_else(|| env("COINBASE_CA_FILE")) {
+        c.upstream.ca_file = Some(PathBuf::from(ca));
+    }
     if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
         c.channels = list(&ch).iter().map(|name| relayed_channel(name)).collect::<Result<_, _>>()?;
     }
     if let Some(s) = f.parsed::<f64>("stall-timeout")? {
         c.upstream.stall_timeout = seconds("stall-timeout", s)?;
     }
-    c.simulate = f.flag("simulate");
-    c.replay = f.get("replay").map(PathBuf::from);
+    c.simulate = f.switch("simulate")?.unwrap_or(c.simulate);
+    if let Some(r) = f.get("replay") {
+        c.replay = Some(PathBuf::from(r));
+    }
     let speed = f.parsed::<f64>("speed")?;
-    c.replay_loop = f.flag("loop");
-    if (speed.is_some() || c.replay_loop) && c.replay.is_none() {
+    c.replay_loop = f.switch("loop")?.unwrap_or(c.replay_loop);
+    let paced = speed.is_some() || file.as_ref().is_some_and(ConfigFile::sets_replay_pacing);
+    if (paced || c.replay_loop) && c.replay.is_none() {
         return Err(format!("--{} needs --replay", if c.replay_loop { "loop" } else { "speed" }));
     }
     c.replay_speed = speed.unwrap_or(c.replay_speed);
@@ -502,7 +574,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(n) = f.parsed::<u32>("max-request-rate")? {
         c.max_request_rate = n;
     }
-    c.echo = f.flag("echo");
+    c.echo = f.switch("echo")?.unwrap_or(c.echo);
     if let Some(n) = f.parsed::<usize>("history-size")? {
         c.history_size = n;
     }
@@ -512,14 +584,20 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(n) = f.parsed::<usize>("history-bytes")? {
         c.history_bytes = n;
     }
-    c.slow_consumer = match f.get("slow-consumer") {
-        None | Some("disconnect") => SlowPolicy::Disconnect,
-        Some("conflate") => SlowPolicy::Conflate,
-        Some(other) => return Err(format!("--slow-consumer {other:?}: use disconnect or conflate")),
-    };
-    c.record = record(&mut f, env)?;
+    if let Some(p) = f.get("slow-consumer") {
+        c.slow_consumer = slow_policy(p)?;
+    }
+    c.record = record(&mut f, env, file.as_ref())?;
     f.finish()?;
     validate_serve(c)
+}
+
+fn slow_policy(p: &str) -> Result<SlowPolicy, String> {
+    match p {
+        "disconnect" => Ok(SlowPolicy::Disconnect),
+        "conflate" => Ok(SlowPolicy::Conflate),
+        other => Err(format!("--slow-consumer {other:?}: use disconnect or conflate")),
+    }
 }
 
 /// Reads `WEB_CONCURRENCY`: a whole number from 1 to [`MAX_SHARDS`].
@@ -567,11 +645,30 @@ fn validate_serve(c: ServeConfig) -> Result<ServeConfig, String> {
     Ok(c)
 }
 
-/// `--record DIR` (or `HEDGEHOG_RECORD_DIR`, ignored when empty) and its sizes.
-/// Whether DIR can be written is found out at start (`record::Recorder::start`).
-fn record(f: &mut Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Box<RecordConfig>>, String> {
+/// `--record DIR` (or `HEDGEHOG_RECORD_DIR`, ignored when empty, or the file's
+/// `record`) and its sizes. Whether DIR can be written is found out at start
+/// (`record::Recorder::start`).
+fn record(
+    f: &mut Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<&ConfigFile>,
+) -> Result<Option<Box<RecordConfig>>, String> {
     let dir = f.get("record").map(str::to_string).or_else(|| env(crate::record::ENV_DIR).filter(|d| !d.is_empty()));
     let (file_bytes, max_bytes) = (f.parsed::<u64>("record-max-file-bytes")?, f.parsed::<u64>("record-max-bytes")?);
+    let none = file::ServerFile::default();
+    record_of(dir, file_bytes, max_bytes, file.map_or(&none, |f| &f.server))
+}
+
+/// The recording settings: those given (flags, environment) over the file's.
+fn record_of(
+    dir: Option<String>,
+    file_bytes: Option<u64>,
+    max_bytes: Option<u64>,
+    from_file: &file::ServerFile,
+) -> Result<Option<Box<RecordConfig>>, String> {
+    let dir = dir.or_else(|| from_file.record.as_ref().map(|d| d.display().to_string()));
+    let file_bytes = file_bytes.or(from_file.record_max_file_bytes);
+    let max_bytes = max_bytes.or(from_file.record_max_bytes);
     let Some(dir) = dir else {
         return match file_bytes.or(max_bytes) {
             Some(_) => Err("--record-max-file-bytes and --record-max-bytes need --record DIR".into()),
@@ -706,6 +803,103 @@ mod tests {
             assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");
         }
         assert_eq!(run("simulate --help", &[]), Ok(Command::Help));
+    }
+
+    /// Writes `text` to a fresh file and returns its path.
+    fn config_file(text: &str) -> String {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hedgehog-config-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn flags_then_env_then_file_then_defaults() {
+        let file = config_file(
+            "[server]\nport = 7000\nshards = 2\nchannels = [\"matches\"]\nstall_timeout = 2\nheader_timeout = 1.5\n",
+        );
+        let flag = format!("--config {file}");
+        let c = serve_cfg(&format!("{flag} --port 6000"), &[("PORT", "9000")]);
+        assert_eq!(c.port, 6000, "a flag beats the environment and the file");
+        let c = serve_cfg(&flag, &[("PORT", "9000"), ("WEB_CONCURRENCY", "3")]);
+        assert_eq!((c.port, c.shards), (9000, 3), "the environment beats the file");
+        let c = serve_cfg(&flag, &[]);
+        assert_eq!(
+            (c.port, c.shards, c.channels.as_slice()),
+            (7000, 2, &[Channel::Matches][..]),
+            "the file beats defaults"
+        );
+        assert_eq!((c.upstream.stall_timeout, c.header_timeout), (Duration::from_secs(2), Duration::from_millis(1500)));
+        assert_eq!(
+            (c.host.as_str(), c.max_request_rate),
+            ("0.0.0.0", 20_000),
+            "what the file leaves out keeps its default"
+        );
+        assert_eq!(c.config_file, Some(PathBuf::from(&file)));
+        assert_eq!(c.access, None, "no classes: access control off");
+        let c = serve_cfg("", &[("HEDGEHOG_CONFIG", &file), ("COINBASE_CHANNELS", "ticker")]);
+        assert_eq!((c.port, c.channels.as_slice()), (7000, &[Channel::Ticker][..]), "HEDGEHOG_CONFIG names the file");
+        let other = config_file("[server]\nport = 7001\n");
+        assert_eq!(serve_cfg(&format!("--config {other}"), &[("HEDGEHOG_CONFIG", &file)]).port, 7001);
+        assert_eq!(serve_cfg("", &[("HEDGEHOG_CONFIG", "")]).config_file, None);
+    }
+
+    #[test]
+    fn switches_and_recording_from_the_file() {
+        let file = config_file(
+            "[server]\nsimulate = true\necho = true\nslow_consumer = \"conflate\"\nrecord = \"/tmp/r\"\nrecord_max_file_bytes = 8192\n",
+        );
+        let c = serve_cfg(&format!("--config {file}"), &[]);
+        assert_eq!((c.simulate, c.echo, c.slow_consumer), (true, true, SlowPolicy::Conflate));
+        let r = c.record.unwrap();
+        assert_eq!((r.dir, r.max_file_bytes), (PathBuf::from("/tmp/r"), 8192));
+        let c = serve_cfg(&format!("--config {file} --simulate=false --slow-consumer disconnect --record /tmp/s"), &[]);
+        assert_eq!((c.simulate, c.echo, c.slow_consumer), (false, true, SlowPolicy::Disconnect));
+        assert_eq!(c.record.unwrap().dir, PathBuf::from("/tmp/s"));
+        let rules = config_file("[classes.anonymous]\nallow = [\"BTC-USD\"]\n");
+        let c = serve_cfg(&format!("--config {rules}"), &[]);
+        assert_eq!(c.access.unwrap().classes().map(|c| c.name().to_string()).collect::<Vec<_>>(), ["anonymous"]);
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_its_line() {
+        for (text, want) in [
+            ("[server]\nport = 1\nbogus = 2\n", ":3: unknown key `bogus`"),
+            ("[server]\nmax-connections = 2\n", ":2: unknown key `max-connections` (write `max_connections`)"),
+            ("port = 8080\n", ":1: unknown key `port` (settings go under [server])"),
+            ("[server]\n\nport = \"http\"\n", ":3: invalid type: string \"http\", expected u16"),
+            ("[server]\nport = 70000\n", ":2: "),
+            ("[server]\nchannels = [\n\"ticker\",\n\"full\"]\n", ":4: channels: \"full\" is not a channel"),
+            ("[server]\nslow_consumer = \"drop\"\n", ":2: slow-consumer \"drop\": use disconnect or conflate"),
+            ("[server]\nshards = 0\n", ":2: shards=0 is out of range"),
+            ("[server]\nidle_timeout = -1\n", ":2: idle_timeout: -1 is not a duration"),
+            ("[server]\nport = 1\n[server]\n", ":3: "),
+        ] {
+            let file = config_file(text);
+            let e = run(&format!("--config {file}"), &[]).unwrap_err();
+            assert!(e.starts_with(&file) && e.contains(want) && !e.contains('\n'), "{text:?}: {e}");
+        }
+        let e = run("--config /nonexistent/hh.toml", &[]).unwrap_err();
+        assert!(e.starts_with("--config /nonexistent/hh.toml: ") && !e.contains('\n'), "{e}");
+        let e = run(&format!("--config {}", config_file("[server]\nloop = true\n")), &[]).unwrap_err();
+        assert_eq!(e, "--loop needs --replay");
+        assert_eq!(
+            run("--simulate=maybe", &[]).unwrap_err(),
+            "--simulate=maybe: use --simulate, --simulate=true or --simulate=false"
+        );
+    }
+
+    #[test]
+    fn the_commands_of_access_control() {
+        assert_eq!(run("hash-key", &[]), Ok(Command::HashKey));
+        assert!(run("hash-key now", &[]).is_err());
+        assert_eq!(run("check-config x.toml", &[]), Ok(Command::CheckConfig(PathBuf::from("x.toml"))));
+        assert_eq!(run("check-config", &[]).unwrap_err(), "usage: hedgehog check-config FILE");
+        let report = check_config(config_file("[server]\nport = 1\n").as_ref()).unwrap();
+        assert!(report.contains("access control: off"), "{report}");
+        let e = check_config(config_file("[server]\nclient_queue_bytes = 10\n").as_ref()).unwrap_err();
+        assert!(e.contains("--client-queue-bytes 10 is too small"), "{e}");
     }
 
     #[test]

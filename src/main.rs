@@ -27,6 +27,18 @@ fn main() -> ExitCode {
             println!("hedgehog {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::HashKey => {
+            print!("{}", hedgehog::access::hash_key_text());
+            Ok(())
+        }
+        // A bad file is a bad value: one line, exit 2.
+        Command::CheckConfig(file) => match config::check_config(&file) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(())
+            }
+            Err(message) => Err(Failure { status: 2, message }),
+        },
         // The simulator fails only while starting (a port in use, a capture with
         // nothing to replay): a start-up error, as for the relay.
         Command::Simulate(cfg) => simulate(cfg).map_err(|message| Failure { status: 2, message }),

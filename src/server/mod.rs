@@ -212,9 +212,26 @@ fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
     Ok(Some(sim))
 }
 
+/// Says, loudly, whether access control is on: an operator who forgot
+/// `--config` must not believe the relay is closed.
+fn announce_access(cfg: &ServeConfig) {
+    match (&cfg.access, &cfg.config_file) {
+        (None, None) => log::warn!("access control is OFF (no --config file): every client may do everything"),
+        (None, Some(file)) => {
+            log::warn!("access control is OFF ({} has no [classes]): every client may do everything", file.display())
+        }
+        (Some(access), _) => log::warn!(
+            "access rules loaded from {} ({} classes), but NOT ENFORCED by this build: every client may do everything",
+            access.source().display(),
+            access.classes().count()
+        ),
+    }
+}
+
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     record_panics();
+    announce_access(&cfg);
     let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
         .parse()
         .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;
