@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod file;
-pub use file::ConfigFile;
+pub use file::{check_config, ConfigFile};
 
 use crate::access::Access;
 
@@ -298,22 +298,6 @@ fn check_config_args(args: &[&str]) -> Result<Command, String> {
         [file] if !file.starts_with('-') => Ok(Command::CheckConfig(PathBuf::from(file))),
         _ => Err("usage: hedgehog check-config FILE".into()),
     }
-}
-
-/// `hedgehog check-config FILE`: the file read, its settings taken as the relay
-/// would take them (without flags or environment), and a report of its rules.
-pub fn check_config(path: &std::path::Path) -> Result<String, String> {
-    let file = ConfigFile::load(path)?;
-    let mut c = ServeConfig::default();
-    file.apply(&mut c)?;
-    c.record = record_of(None, None, None, &file.server)?;
-    validate_serve(c)?;
-    Ok(match &file.access {
-        Some(access) => format!("{}: ok\n{}", path.display(), access.describe()),
-        None => {
-            format!("{}: ok\naccess control: off (no [classes.NAME]): every client may do everything\n", path.display())
-        }
-    })
 }
 
 /// The relay's flags that take a value.

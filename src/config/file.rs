@@ -152,6 +152,22 @@ impl ConfigFile {
     }
 }
 
+/// `hedgehog check-config FILE`: the file read, its settings taken as the relay
+/// would take them (without flags or environment), and a report of its rules.
+pub fn check_config(path: &std::path::Path) -> Result<String, String> {
+    let file = ConfigFile::load(path)?;
+    let mut c = ServeConfig::default();
+    file.apply(&mut c)?;
+    c.record = super::record_of(None, None, None, &file.server)?;
+    super::validate_serve(c)?;
+    Ok(match &file.access {
+        Some(access) => format!("{}: ok\n{}", path.display(), access.describe()),
+        None => {
+            format!("{}: ok\naccess control: off (no [classes.NAME]): every client may do everything\n", path.display())
+        }
+    })
+}
+
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *field = v;
