@@ -179,7 +179,8 @@ fn settings_hint(e: String) -> String {
     let Some((_, rest)) = e.split_once("unknown key `") else { return e };
     let key = rest.split('`').next().unwrap_or("");
     let flag = key.replace('_', "-");
-    match super::SERVE_FLAGS.contains(&flag.as_str()) || ["simulate", "loop", "echo", "shards"].contains(&key) {
+    let setting = flag != "config" && super::SERVE_FLAGS.contains(&flag.as_str());
+    match setting || ["simulate", "loop", "echo", "shards"].contains(&key) {
         true if !e.contains("(write") => format!("{e} (settings go under [server])"),
         _ => e,
     }
