@@ -1,4 +1,5 @@
-//! A per-connection request-rate limit: a token bucket refilled continuously.
+//! A per-connection request-rate limit: a token bucket refilled continuously;
+//! and a log budget, so that what clients can cause cannot flood the log.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,19 @@ impl RateLimit {
     /// A full bucket; `per_second` of zero allows everything.
     pub fn new(per_second: u32) -> Self {
         RateLimit { per_second: f64::from(per_second), tokens: f64::from(per_second), last: Instant::now() }
+    }
+
+    /// The requests allowed per second (zero: no limit).
+    pub fn per_second(&self) -> u32 {
+        self.per_second as u32
+    }
+
+    /// From now on, `per_second` (a full bucket when it changes): a connection
+    /// takes its class's rate once it is known who it is.
+    pub fn set_rate(&mut self, per_second: u32) {
+        if per_second != self.per_second() {
+            *self = RateLimit::new(per_second);
+        }
     }
 
     /// Takes one request's token: false when the connection is over its rate.
@@ -52,6 +66,48 @@ impl RateLimit {
     }
 }
 
+/// At most `per_second` log lines in each second; the first line allowed after
+/// some were held back says how many.
+#[derive(Debug, Clone)]
+pub struct LogBudget {
+    per_second: u32,
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+/// What [`LogBudget::take`] decides for one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTurn {
+    /// Write it; `suppressed` lines were held back since the last one written.
+    Write { suppressed: u64 },
+    /// Hold it back (counted).
+    Suppress,
+}
+
+impl LogBudget {
+    pub fn new(per_second: u32) -> Self {
+        LogBudget { per_second, window: Instant::now(), used: 0, suppressed: 0 }
+    }
+
+    /// Whether one more line may be written now.
+    pub fn take(&mut self) -> LogTurn {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&mut self, now: Instant) -> LogTurn {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            (self.window, self.used) = (now, 0);
+        }
+        if self.used >= self.per_second {
+            self.suppressed += 1;
+            return LogTurn::Suppress;
+        }
+        self.used += 1;
+        LogTurn::Write { suppressed: std::mem::take(&mut self.suppressed) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +133,18 @@ mod tests {
     fn zero_means_no_limit() {
         let mut r = RateLimit::new(0);
         assert!((0..1_000_000).all(|_| r.allow()));
+    }
+
+    #[test]
+    fn the_log_budget_holds_back_and_counts() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(2);
+        b.window = t0;
+        assert_eq!(b.take_at(t0), LogTurn::Write { suppressed: 0 });
+        assert_eq!(b.take_at(t0), LogTurn::Write { suppressed: 0 });
+        assert_eq!(b.take_at(t0), LogTurn::Suppress);
+        assert_eq!(b.take_at(t0 + Duration::from_millis(999)), LogTurn::Suppress);
+        assert_eq!(b.take_at(t0 + Duration::from_secs(1)), LogTurn::Write { suppressed: 2 });
+        assert_eq!(b.take_at(t0 + Duration::from_secs(1)), LogTurn::Write { suppressed: 0 });
     }
 }

@@ -127,13 +127,13 @@ fn hash_key_prints_a_key_and_its_hash() {
 }
 
 /// `serve` says at start, at warn level, whether access control is off or its
-/// rules are loaded but not enforced yet.
+/// rules are enforced, and what is not yet.
 #[test]
 fn serve_says_whether_access_control_is_on() {
     let path = config("serve", GOOD);
     for (args, want) in [
         (vec!["--simulate", "--port", "0"], "access control is OFF (no --config file)"),
-        (vec!["--simulate", "--config", path.to_str().unwrap()], "NOT ENFORCED"),
+        (vec!["--simulate", "--config", path.to_str().unwrap()], "access control is ON"),
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hedgehog"))
             .args(&args)

@@ -98,6 +98,18 @@ pub enum AuthError {
     UnknownClass(String),
 }
 
+/// A [`Refusal`] with who was refused and what they asked for: a 403's message
+/// (`what` and the rule; never a credential) and a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {refusal}")]
+pub struct Denied {
+    pub principal: String,
+    pub class: String,
+    /// The pair and channel (`BTC-USD ticker`), or what else was asked for.
+    pub what: String,
+    pub refusal: Refusal,
+}
+
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -218,6 +230,25 @@ impl Principal {
     pub fn may_read_history(&self, pair: &str, channel: Channel, limit: usize) -> Result<(), Refusal> {
         self.class.may_read_history(pair, channel, limit)?;
         self.narrowing(pair)
+    }
+
+    /// Whether this principal may subscribe to `pair` on every one of `channels`
+    /// and, with `replay`, read that much history of each: the first refusal, as
+    /// a [`Denied`] naming the pair and channel.
+    pub fn may_join(&self, pair: &str, channels: &[Channel], replay: Option<usize>) -> Result<(), Box<Denied>> {
+        for &channel in channels {
+            let checked = match replay {
+                Some(n) if n > 0 => self.may_read_history(pair, channel, n),
+                _ => self.may_subscribe(pair, channel),
+            };
+            checked.map_err(|refusal| self.denied(format!("{pair} {channel}"), refusal))?;
+        }
+        Ok(())
+    }
+
+    /// `refusal` of `what`, with who was refused.
+    pub fn denied(&self, what: String, refusal: Refusal) -> Box<Denied> {
+        Box::new(Denied { principal: self.name.clone(), class: self.class.name().to_string(), what, refusal })
     }
 
     fn narrowing(&self, pair: &str) -> Result<(), Refusal> {

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::protocol::Channel;
 
+/// Log lines about refused clients per second, the whole process together;
+/// past it they are counted, and the next line written says how many were not.
+pub const REFUSALS_LOGGED_PER_SECOND: u32 = 20;
+
 /// The upstream's state as every shard may report it.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamInfo {
@@ -52,6 +56,10 @@ pub struct Global {
     pub max_request_rate: u32,
     /// Whether `/echo` is served (`--echo`).
     pub echo: bool,
+    /// The access rules; `None`: access control is off, everything open.
+    pub access: Option<Arc<crate::access::Access>>,
+    seats: Arc<super::seats::Seats>,
+    refusals_logged: Mutex<crate::rate::LogBudget>,
     per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     clients: Vec<AtomicUsize>,
     messages: AtomicU64,
@@ -97,6 +105,9 @@ impl Global {
             open: AtomicUsize::new(0),
             max_request_rate: cfg.max_request_rate,
             echo: cfg.echo,
+            access: cfg.access.clone(),
+            seats: Arc::default(),
+            refusals_logged: Mutex::new(crate::rate::LogBudget::new(REFUSALS_LOGGED_PER_SECOND)),
             per_ip: Mutex::new(HashMap::new()),
             clients: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             messages: AtomicU64::new(0),
@@ -146,6 +157,21 @@ impl Global {
         } else {
             Admission::Open(slot)
         }
+    }
+
+    /// A seat for one session of `p` (its class's connection limits), or why not.
+    pub fn take_seat(&self, p: &crate::access::Principal) -> Result<super::Seat, super::SeatRefused> {
+        self.seats.take(p)
+    }
+
+    /// Open sessions of principal `name` of class `class`, all shards together.
+    pub fn sessions_of(&self, class: &str, name: &str) -> usize {
+        self.seats.of_principal(class, name)
+    }
+
+    /// Whether a line about a refused client may be written now.
+    pub fn refusal_log_turn(&self) -> crate::rate::LogTurn {
+        self.refusals_logged.lock().map(|mut b| b.take()).unwrap_or(crate::rate::LogTurn::Suppress)
     }
 
     /// Open client connections, all shards together.

@@ -15,6 +15,7 @@
 //! - [`msg`]: what shards tell each other; operations, outcomes, errors.
 //! - [`global`]: process-wide settings and counters.
 //! - [`client`]: one client's subscriptions and the operations on them.
+//! - [`seats`]: open sessions per principal and per class (access control).
 //! - [`table`]: a shard's subscribers per topic, walked by the fan-out.
 //! - [`bus`]: the channels between shards, ordering and bounds.
 //! - [`owner`]: shard 0's upstream owner, feed state and fan-out.
@@ -25,6 +26,7 @@ mod client_id;
 mod global;
 mod msg;
 mod owner;
+mod seats;
 mod table;
 
 use std::cell::RefCell;
@@ -36,11 +38,13 @@ use std::time::Duration;
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
-pub use global::{Admission, Global, IpSlot, UpstreamInfo};
-pub use msg::{Answer, Ask, HubError, Op, Outcome, ShardMsg};
+pub use global::{Admission, Global, IpSlot, UpstreamInfo, REFUSALS_LOGGED_PER_SECOND};
+pub use msg::{Answer, Ask, Caller, HubError, Op, Outcome, ShardMsg};
 pub use owner::{run as run_owner, Book, FeedState, Gap, HistoryLimits, HistoryQuery, Owner, Since};
+pub use seats::{Seat, SeatRefused};
 pub use table::Table;
 
+use crate::access::Principal;
 use crate::protocol::{self, Topic};
 use crate::ws::{frame, Frame, Outbox};
 
@@ -55,6 +59,9 @@ pub struct LocalClient {
     subs: RefCell<Subscriptions>,
     /// Pure Coinbase mode: no hedgehog-only messages (notes, upstream, gaps).
     pure: bool,
+    /// Who the client is, when access control is on: what it may subscribe to,
+    /// how many subscriptions it may hold, and who may steer it by id.
+    principal: Option<Principal>,
 }
 
 /// One shard's hub.
@@ -96,11 +103,13 @@ impl Hub {
 
     /// Registers a new client; returns its id, or `None` when the table is full.
     /// `pure`: the client wants Coinbase's messages only (no hedgehog notes).
-    pub fn register(&self, outbox: Rc<Outbox>, pure: bool) -> Option<ClientId> {
+    /// `principal`: who it is, when access control is on.
+    pub fn register(&self, outbox: Rc<Outbox>, pure: bool, principal: Option<Principal>) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
-        entry.insert(LocalClient { id, outbox, subs: RefCell::new(Subscriptions::default()), pure });
+        let subs = RefCell::new(Subscriptions::default());
+        entry.insert(LocalClient { id, outbox, subs, pure, principal });
         self.global.client_joined(self.id);
         Some(id)
     }
@@ -144,13 +153,21 @@ impl Hub {
         }
     }
 
-    /// Runs `op` for client `id`, on whichever shard owns it.
+    /// Runs `op` for client `id`, on whichever shard owns it, for the client's
+    /// own session.
     pub async fn execute(&self, id: ClientId, op: Op) -> Result<Outcome, HubError> {
+        self.execute_as(id, op, None).await
+    }
+
+    /// Runs `op` for client `id`, on whichever shard owns it, for `caller`
+    /// (REST by id): that shard checks that `caller` may steer the client.
+    pub async fn execute_as(&self, id: ClientId, op: Op, caller: Option<Caller>) -> Result<Outcome, HubError> {
         if id.shard >= self.global.shards {
             return Err(HubError::UnknownClient);
         }
         if id.shard != self.id {
-            return match self.request(id.shard, Ask::Execute { client: id, op }, REPLY_DEADLINE).await? {
+            let ask = Ask::Execute { client: id, op, caller };
+            return match self.request(id.shard, ask, REPLY_DEADLINE).await? {
                 Answer::Executed(outcome) => Ok(outcome),
                 _ => Err(unavailable(id.shard, REPLY_DEADLINE)),
             };
@@ -160,7 +177,7 @@ impl Hub {
             let room = self.bus.room(Waiter::Client, |s| s == 0);
             within(REPLY_DEADLINE, room).await.ok_or(unavailable(0, REPLY_DEADLINE))?;
         }
-        self.apply(id, op)
+        self.apply(id, op, caller)
     }
 
     /// Runs a history query where the history is kept (shard 0).
@@ -246,7 +263,7 @@ impl Hub {
 
     fn answer(&self, ask: Ask) -> Result<Answer, HubError> {
         match ask {
-            Ask::Execute { client, op } => self.apply(client, op).map(Answer::Executed),
+            Ask::Execute { client, op, caller } => self.apply(client, op, caller).map(Answer::Executed),
             Ask::History(query) => match &self.owner {
                 Some(owner) => Ok(Answer::History(owner.history_json(&query))),
                 None => Err(unavailable(0, Duration::ZERO)),
@@ -256,14 +273,26 @@ impl Hub {
     }
 
     /// Applies `op` to a local client: the acknowledgement first, then the joins
-    /// and leaves it implies.
-    fn apply(&self, id: ClientId, op: Op) -> Result<Outcome, HubError> {
+    /// and leaves it implies. With access control on, `caller` must own the
+    /// client (or be an admin), and a subscription must be the client's
+    /// principal's to have.
+    fn apply(&self, id: ClientId, op: Op, caller: Option<Caller>) -> Result<Outcome, HubError> {
         let client = self.clients.get(id.slot).filter(|c| c.id == id).ok_or(HubError::UnknownClient)?;
-        let max = self.global.max_subscriptions;
+        let principal = client.principal.as_ref();
+        if let (Some(caller), Some(owner)) = (&caller, principal) {
+            if !caller.may_steer(owner.name()) {
+                return Err(HubError::NotOwner(id));
+            }
+        }
+        let class_max = principal.and_then(|p| p.class().limits().max_subscriptions);
+        let max = class_max.unwrap_or(self.global.max_subscriptions);
         let mut subs = client.subs.borrow_mut();
         let (outcome, changes, replay) = match op {
             Op::List => (Outcome::Subscriptions(subs.by_product().clone()), Vec::new(), None),
             Op::Subscribe { product, channels, replay } => {
+                if let Some(p) = principal {
+                    p.may_join(&product, &channels, replay).map_err(HubError::Forbidden)?;
+                }
                 let changes = subs.subscribe(&product, &channels, max)?;
                 (Outcome::Changed { product, channels, subscribed: true }, changes, replay)
             }

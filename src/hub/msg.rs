@@ -41,12 +41,33 @@ pub enum ShardMsg {
 
 /// What a request asks of the receiving shard.
 pub enum Ask {
-    /// Run an operation for one of its clients.
-    Execute { client: ClientId, op: Op },
+    /// Run an operation for one of its clients, for `caller` (see [`Caller`]).
+    Execute { client: ClientId, op: Op, caller: Option<Caller> },
     /// A history query (to shard 0, which keeps the history).
     History(HistoryQuery),
     /// Are you alive? (`/livez`)
     Ping,
+}
+
+/// Who asks for an operation on a client by its id (REST), when access control is
+/// on: the client's shard lets only the principal that owns the client, or an
+/// admin, steer it. `None`: no check (access control off, or the client's own
+/// session asking).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: String,
+    pub admin: bool,
+}
+
+impl Caller {
+    pub fn of(p: &crate::access::Principal) -> Caller {
+        Caller { principal: p.name().to_string(), admin: p.class().is_admin() }
+    }
+
+    /// Whether this caller may steer a client of principal `owner`.
+    pub fn may_steer(&self, owner: &str) -> bool {
+        self.admin || self.principal == owner
+    }
 }
 
 /// The answer to an [`Ask`].
@@ -108,6 +129,13 @@ pub enum HubError {
     /// The upstream does not list the product.
     #[error("{0} is not a product the upstream lists")]
     UnknownProduct(String),
+    /// The client's principal may not have what was asked (its class's rules, or
+    /// its token's): ask for something else, or with other credentials.
+    #[error("{0}")]
+    Forbidden(Box<crate::access::Denied>),
+    /// The client belongs to another principal, and the caller is no admin.
+    #[error("client {0} belongs to another principal")]
+    NotOwner(ClientId),
     /// The shard that holds what was asked did not answer in time (or is gone):
     /// retry later.
     #[error("shard {shard} did not answer within {within:?}")]

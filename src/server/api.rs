@@ -6,8 +6,9 @@ use std::rc::Rc;
 
 use serde_json::json;
 
+use crate::access::Principal;
 use crate::http::{Request, Response, Route};
-use crate::hub::{ClientId, HistoryQuery, Hub, HubError, Op, Outcome, Since};
+use crate::hub::{Caller, ClientId, HistoryQuery, Hub, HubError, Op, Outcome, Since};
 use crate::protocol::Channel;
 
 /// An API error: the HTTP status, a machine-readable code and a sentence.
@@ -16,16 +17,27 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// A header the answer needs (`WWW-Authenticate` on a 401, `Retry-After`).
+    pub header: Option<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), header: None }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.header = Some((name, value.into()));
+        self
     }
 
     /// The answer that carries it.
     pub fn response(self) -> Response {
-        Response::error(self.status, self.code, self.message)
+        let resp = Response::error(self.status, self.code, self.message);
+        match self.header {
+            Some((name, value)) => resp.with_header(name, value),
+            None => resp,
+        }
     }
 }
 
@@ -35,18 +47,26 @@ impl From<HubError> for ApiError {
             HubError::UnknownClient => (404, "unknown_client"),
             HubError::TooManySubscriptions(_) => (409, "too_many_subscriptions"),
             HubError::UnknownProduct(_) => (404, "unknown_product"),
+            HubError::Forbidden(_) | HubError::NotOwner(_) => (403, "forbidden"),
             HubError::ShardUnavailable { .. } => (503, "shard_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }
 }
 
-/// Answers a routed API request (the connection adds the shard header).
-pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request) -> Response {
-    respond(hub, route, req).await.unwrap_or_else(ApiError::response)
+/// Answers a routed API request (the connection adds the shard header), for
+/// `who` (`None`: access control off, or a route that names no pair).
+pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Principal>) -> Response {
+    respond(hub, route, req, who).await.unwrap_or_else(|e| {
+        if let (403, Some(p)) = (e.status, who) {
+            super::auth::log_refusal(&hub.global, p.name(), p.class().name(), req.path.as_str(), &e.message);
+        }
+        e.response()
+    })
 }
 
-async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response, ApiError> {
+async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Principal>) -> Result<Response, ApiError> {
+    let caller = who.map(Caller::of);
     let ok = |v: serde_json::Value| Ok(Response::json(200, &v));
     match route {
         Route::Health => Ok(super::health::report(hub)),
@@ -64,7 +84,9 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
         })),
         Route::List => {
             let id = client_id(req)?;
-            let Outcome::Subscriptions(subs) = hub.execute(id, Op::List).await? else { return Err(unexpected()) };
+            let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
+                return Err(unexpected());
+            };
             let list: Vec<_> = subs.iter().map(|(p, chs)| json!({"product_id": p, "channels": chs})).collect();
             ok(json!({"client_id": id.to_string(), "subscriptions": list}))
         }
@@ -73,7 +95,7 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
             let product = product(hub, &pair)?;
             let channels = channels(hub, req)?;
             let replay = replay(hub, req)?;
-            changed(id, hub.execute(id, Op::Subscribe { product, channels, replay }).await?)
+            changed(id, hub.execute_as(id, Op::Subscribe { product, channels, replay }, caller).await?)
         }
         Route::Unsubscribe(pair) => {
             let id = client_id(req)?;
@@ -82,12 +104,14 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
                 Some(_) => Some(channels(hub, req)?),
                 None => None,
             };
-            changed(id, hub.execute(id, Op::Unsubscribe { product, channels }).await?)
+            changed(id, hub.execute_as(id, Op::Unsubscribe { product, channels }, caller).await?)
         }
         Route::Pair(pair) => {
             let id = client_id(req)?;
             let product = pair_syntax(&pair)?;
-            let Outcome::Subscriptions(subs) = hub.execute(id, Op::List).await? else { return Err(unexpected()) };
+            let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
+                return Err(unexpected());
+            };
             let channels: Vec<Channel> = subs.get(&product).into_iter().flatten().copied().collect();
             let subscribed = !channels.is_empty();
             ok(
@@ -97,6 +121,11 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request) -> Result<Response,
         Route::WebSocket => Err(ApiError::new(400, "bad_request", "a WebSocket upgrade was expected")),
         Route::History(pair) => {
             let query = history_query(hub, &pair, req)?;
+            if let Some(p) = who {
+                let what = format!("history of {} {}", query.product, query.channel);
+                p.may_read_history(&query.product, query.channel, query.limit)
+                    .map_err(|refusal| ApiError::new(403, "forbidden", p.denied(what, refusal).to_string()))?;
+            }
             Ok(Response::raw_json(200, hub.history(query).await?.into_bytes()))
         }
         Route::Echo => Err(ApiError::new(404, "not_found", "no route for /echo (it exists only with --echo)")),

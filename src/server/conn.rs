@@ -10,7 +10,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::task::Queues;
-use super::{api, stream, websocket};
+use super::{api, auth, stream, websocket};
+use crate::access::Principal;
 use crate::http::{self, Request, Response, Route};
 use crate::hub::{Admission, Hub, IpSlot};
 use crate::net::{self, Deadlines, Phase, ReadError};
@@ -102,7 +103,9 @@ async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
     let mut buf = Vec::new();
     let Ok(Some(req)) = net::read_request_within(&mut stream, &mut buf, RESERVE_DEADLINE, &short).await else { return };
     let resp = match http::route(&req.method, &req.path, false) {
-        Ok(route @ (Route::Health | Route::Live | Route::Ready)) => Box::pin(api::handle(&hub, route, &req)).await,
+        Ok(route @ (Route::Health | Route::Live | Route::Ready)) => {
+            Box::pin(api::handle(&hub, route, &req, None)).await
+        }
         _ => {
             let message =
                 format!("the server holds its limit of {} connections; try again later", hub.global.max_connections);
@@ -137,20 +140,31 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
         };
         idle = deadlines.keep_alive;
         let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
-            _ if !rate.allow() => rate_limited(hub.global.max_request_rate),
-            Ok(route) => match route {
-                Route::WebSocket => {
-                    return websocket::upgrade(handoff(stream, buf, hub, queues, slot), &req, None).await
+            _ if !rate.allow() => rate_limited(rate.per_second()),
+            Ok(route) => match auth::who(&hub, &route, &req) {
+                Err(e) => e.response(),
+                Ok(who) => {
+                    if who.is_some() {
+                        rate.set_rate(auth::request_rate(&hub.global, who.as_ref()));
+                    }
+                    match route {
+                        Route::WebSocket => {
+                            let conn = handoff(stream, buf, hub, queues, slot, who);
+                            return websocket::upgrade(conn, &req, None).await;
+                        }
+                        Route::Echo if hub.global.echo => {
+                            let conn = handoff(stream, buf, hub, queues, slot, None);
+                            return Box::pin(websocket::echo(conn, &req)).await;
+                        }
+                        // The rare and larger paths are boxed: a connection's task is as
+                        // big as its largest state, for as long as the connection lives.
+                        Route::Pair(pair) if !names_client(&req) => {
+                            let conn = handoff(stream, buf, hub, queues, slot, who);
+                            return Box::pin(stream::stream_pair(conn, req, &pair)).await;
+                        }
+                        route => Box::pin(api::handle(&hub, route, &req, who.as_ref())).await,
+                    }
                 }
-                Route::Echo if hub.global.echo => {
-                    return Box::pin(websocket::echo(handoff(stream, buf, hub, queues, slot), &req)).await
-                }
-                // The rare and larger paths are boxed: a connection's task is as big
-                // as its largest state, for as long as the connection lives.
-                Route::Pair(pair) if !names_client(&req) => {
-                    return Box::pin(stream::stream_pair(handoff(stream, buf, hub, queues, slot), req, &pair)).await
-                }
-                route => Box::pin(api::handle(&hub, route, &req)).await,
             },
             Err(resp) => resp,
         };
@@ -173,10 +187,19 @@ pub(super) struct Handoff {
     pub queues: Queues,
     /// The connection's place in its address's count, for as long as it lives.
     pub slot: IpSlot,
+    /// Who the session is, when access control is on.
+    pub who: Option<Principal>,
 }
 
-fn handoff(stream: TcpStream, leftover: Vec<u8>, hub: Rc<Hub>, queues: Queues, slot: IpSlot) -> Handoff {
-    Handoff { stream, leftover, hub, queues, slot }
+fn handoff(
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    hub: Rc<Hub>,
+    queues: Queues,
+    slot: IpSlot,
+    who: Option<Principal>,
+) -> Handoff {
+    Handoff { stream, leftover, hub, queues, slot, who }
 }
 
 /// Every answer names the shard that wrote it, for operators tracing requests.

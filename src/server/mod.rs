@@ -10,12 +10,14 @@
 //! - [`stream`]: one pair as SSE or NDJSON.
 //! - [`api`]: the REST API, the only place hub outcomes become statuses and JSON.
 //! - [`health`]: `/livez`, `/readyz`, `/healthz`.
+//! - [`auth`]: access control at the entry points: who, seats, refusals logged.
 //!
 //! A shard's thread that ends while the relay runs (a panic outside a contained
 //! connection, or any early return) is reported to the main thread at once
 //! ([`RelayHandle::shard_ended`]): a half-alive relay is worse than a restarted one.
 
 mod api;
+mod auth;
 mod conn;
 mod health;
 mod shard;
@@ -221,7 +223,8 @@ fn announce_access(cfg: &ServeConfig) {
             log::warn!("access control is OFF ({} has no [classes]): every client may do everything", file.display())
         }
         (Some(access), _) => log::warn!(
-            "access rules loaded from {} ({} classes), but NOT ENFORCED by this build: every client may do everything",
+            "access control is ON: rules from {} ({} classes); not enforced yet by this build: \
+             throttle_ms (every class gets full delivery) and token expiry on open sessions",
             access.source().display(),
             access.classes().count()
         ),

@@ -7,9 +7,11 @@ use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::api::ApiError;
 use super::conn::{close_after, with_shard, Handoff, SHARD_HEADER};
 use super::task::{contained, Queues};
-use super::{api, websocket};
+use super::{api, auth, websocket};
+use crate::access::Principal;
 use crate::http::{Request, Response};
 use crate::hub::{ClientId, Hub, Op};
 use crate::ws::{self, Outbox};
@@ -27,20 +29,22 @@ enum StreamKind {
 /// becomes the subscriber, as a WebSocket, SSE or NDJSON stream.
 pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
     let hub = conn.hub.clone();
-    let op = match api::product(&hub, pair).and_then(|p| {
-        Ok(Op::Subscribe { product: p, channels: api::channels(&hub, &req)?, replay: api::replay(&hub, &req)? })
-    }) {
+    let op = match subscription(&hub, &req, pair, conn.who.as_ref()) {
         Ok(op) => op,
         Err(e) => return Box::pin(close_after(conn.stream, &e.response(), hub.id)).await,
     };
     if ws::is_upgrade(&req) {
         return websocket::upgrade(conn, &req, Some(op)).await;
     }
-    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
+    let seat = match auth::seat(&hub.global, conn.who.as_ref()) {
+        Ok(seat) => seat,
+        Err(e) => return Box::pin(close_after(conn.stream, &e.response(), hub.id)).await,
+    };
+    let Handoff { mut stream, leftover, hub, queues, slot, who } = conn;
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone(), false) else {
+    let Some(id) = hub.register(outbox.clone(), false, who) else {
         let resp = with_shard(Response::error(503, "full", "no room for another client"), hub.id);
         let _ = stream.write_all(&resp.to_bytes(true)).await;
         return;
@@ -51,12 +55,23 @@ pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
     let session = async move {
         contained(&hub.global, "a stream", serve_stream(stream, &hub, &outbox, id, op, kind, queues)).await;
         hub.unregister(id);
-        drop(slot);
+        drop((slot, seat));
     };
     // Spawning fails only when the executor is going away; the client goes with it.
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
         task.detach();
     }
+}
+
+/// The subscription a stream asks for, checked: the pair, the channels,
+/// `?replay=`, and with access control on whether `who` may have them (403).
+fn subscription(hub: &Hub, req: &Request, pair: &str, who: Option<&Principal>) -> Result<Op, ApiError> {
+    let product = api::product(hub, pair)?;
+    let (channels, replay) = (api::channels(hub, req)?, api::replay(hub, req)?);
+    if let Some(p) = who {
+        p.may_join(&product, &channels, replay).map_err(|d| auth::forbidden(&hub.global, d))?;
+    }
+    Ok(Op::Subscribe { product, channels, replay })
 }
 
 /// Streams to the client until it leaves or falls too far behind.

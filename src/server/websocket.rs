@@ -6,22 +6,31 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::auth;
 use super::conn::{close_after, Handoff, SHARD_HEADER};
 use super::task::contained;
+use crate::access::{Denied, Principal};
 use crate::http::Request;
-use crate::hub::{ClientId, Hub, Op};
+use crate::hub::{ClientId, Hub, Op, Seat};
 use crate::protocol::{self, Channel, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
 
-/// Answers an upgrade request: the handshake, or the error and a close.
+/// Answers an upgrade request: the handshake, or the error and a close. With
+/// access control on, the session takes a seat of its principal's class first.
 pub(super) async fn upgrade(conn: Handoff, req: &Request, pre: Option<Op>) {
     // `?mode=coinbase`: Coinbase's messages only, for clients that expect nothing else.
     let pure = req.query_param("mode").as_deref() == Some("coinbase");
+    let seat = match auth::seat(&conn.hub.global, conn.who.as_ref()) {
+        Ok(seat) => seat,
+        Err(e) => return Box::pin(close_after(conn.stream, &e.response(), conn.hub.id)).await,
+    };
     match ws::accept(req) {
         Ok(handshake) => {
             let handshake = handshake_with_shard(handshake, conn.hub.id);
-            websocket(conn, handshake, Start { pre, pure }).await
+            websocket(conn, handshake, Start { pre, pure, seat }).await
         }
         Err(resp) => Box::pin(close_after(conn.stream, &resp, conn.hub.id)).await,
     }
@@ -41,19 +50,21 @@ struct Start {
     pre: Option<Op>,
     /// Coinbase's messages only (`?mode=coinbase`).
     pure: bool,
+    /// Its place in its principal's and class's counts (access control on).
+    seat: Option<Seat>,
 }
 
 /// A WebSocket client, optionally already subscribed to a pair. Only what the
 /// session needs is kept: this future lives as long as the connection.
 async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
-    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
-    let Start { pre, pure } = start;
+    let Handoff { mut stream, leftover, hub, queues, slot, who } = conn;
+    let Start { pre, pure, seat } = start;
     if stream.write_all(&handshake).await.is_err() {
         return;
     }
     drop(handshake);
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone(), pure) else {
+    let Some(id) = hub.register(outbox.clone(), pure, who.clone()) else {
         outbox.close(close::INTERNAL, "no room for another client");
         let _ = ws::write_loop(&outbox, &mut stream).await;
         return;
@@ -69,12 +80,13 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     // The served part is boxed before the task's own future is made, so the
     // stream and the session state are stored once, not once per layer of
     // async block (an idle connection's memory is mostly this).
-    let session = Session { hub: hub.clone(), id, pre, rate: RateLimit::new(hub.global.max_request_rate) };
+    let rate = RateLimit::new(auth::request_rate(&hub.global, who.as_ref()));
+    let session = Session { hub: hub.clone(), id, pre, rate, who };
     let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
     let session = async move {
         contained(&hub.global, "a WebSocket session", served).await;
         hub.unregister(id);
-        drop(slot);
+        drop((slot, seat));
     };
     // Spawning fails only when the executor is going away; the client goes with it.
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
@@ -91,6 +103,9 @@ struct Session {
     /// A subscription to make before anything is read (a pre-subscribed stream).
     pre: Option<Op>,
     rate: RateLimit,
+    /// Who the client is, when access control is on: its in-band subscriptions
+    /// are checked against its class.
+    who: Option<Principal>,
 }
 
 impl ws::Handler for Session {
@@ -132,9 +147,15 @@ impl Session {
         let subscribe = req.kind == RequestKind::Subscribe;
         // Products are checked on a subscribe only: unsubscribing from one that is
         // not held (or does not exist) changes nothing, as on Coinbase.
-        let classified = req.classify(Channel::is_relayed, |p| !subscribe || self.hub.is_product(p));
+        let mut classified = req.classify(Channel::is_relayed, |p| !subscribe || self.hub.is_product(p));
         for error in &classified.errors {
             send(error);
+        }
+        if let (true, Some(who)) = (subscribe, &self.who) {
+            for denied in allowed_only(who, &mut classified.channels) {
+                auth::log_denied(&self.hub.global, &denied);
+                send(&protocol::error_message(req.kind.failure(), &denied.to_string()));
+            }
         }
         let op = Op::Coinbase { subscribe, channels: classified.channels };
         if let Err(e) = self.hub.execute(self.id, op).await {
@@ -143,11 +164,33 @@ impl Session {
     }
 }
 
+/// Keeps, of an in-band subscribe's channels and products, what `who` may
+/// have; returns the refusals, one per product and channel. A channel left
+/// with no product is dropped (its products were all refused).
+fn allowed_only(who: &Principal, channels: &mut BTreeMap<Channel, BTreeSet<String>>) -> Vec<Denied> {
+    let (mut refused, mut emptied) = (Vec::new(), Vec::new());
+    for (channel, products) in channels.iter_mut() {
+        let named = !products.is_empty();
+        products.retain(|p| match who.may_subscribe(p, *channel) {
+            Ok(()) => true,
+            Err(refusal) => {
+                refused.push(*who.denied(format!("{p} {channel}"), refusal));
+                false
+            }
+        });
+        if named && products.is_empty() {
+            emptied.push(*channel);
+        }
+    }
+    emptied.iter().for_each(|c| drop(channels.remove(c)));
+    refused
+}
+
 /// `GET /echo` (only with `--echo`): a WebSocket that sends back every message it
 /// gets, so a conformance suite can drive hedgehog's WebSocket implementation.
 /// It has the relay's limits and outbox, but no client id and no subscriptions.
 pub(super) async fn echo(conn: Handoff, req: &Request) {
-    let Handoff { mut stream, leftover, hub, queues, slot } = conn;
+    let Handoff { mut stream, leftover, hub, queues, slot, .. } = conn;
     let handshake = match ws::accept(req) {
         Ok(h) => handshake_with_shard(h, hub.id),
         Err(resp) => return close_after(stream, &resp, hub.id).await,

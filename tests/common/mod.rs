@@ -2,6 +2,8 @@
 //! independent blocking WebSocket client, wait for conditions under deadlines.
 #![allow(dead_code)]
 
+pub mod access;
+
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
