@@ -276,3 +276,47 @@ fn each_kind_of_bad_credential_is_a_401_that_never_quotes_it() {
     let all = common::access::all_log_lines();
     assert!(!bad.iter().any(|(c, _)| all.iter().any(|l| l.contains(c.as_str()))), "no credential is logged");
 }
+
+#[test]
+fn admins_list_and_disconnect_clients_of_every_shard() {
+    let (_sim, relay) = start();
+    let (alice, root) = (key_of("alice"), key_of("root"));
+    let mut clients = on_both_shards(relay.addr, Some(&alice));
+    let sub = format!("X-Client-Id: {}\r\n{}", clients[1].1, bearer(&alice));
+    assert_eq!(http(relay.addr, "POST", "/api/v1/subscribe/BTC-USD?channels=ticker", &sub).0, 200);
+    let (status, _, body) = http(relay.addr, "GET", "/api/v1/clients", &bearer(&root));
+    assert_eq!(status, 200, "{body}");
+    for (_, id) in &clients {
+        let c = body["clients"].as_array().unwrap().iter().find(|c| c["client_id"] == id.as_str()).expect(id);
+        assert_eq!((c["principal"].as_str(), c["class"].as_str()), (Some("alice"), Some("pro")), "{c}");
+    }
+    let held = body["clients"].as_array().unwrap().iter().find(|c| c["client_id"] == clients[1].1.as_str()).unwrap();
+    assert_eq!(held["subscriptions"], json!([{"product_id": "BTC-USD", "channels": ["ticker"]}]));
+    // Not for other classes, nor without credentials.
+    for who in [bearer(&alice), String::new()] {
+        let (status, _, body) = http(relay.addr, "GET", "/api/v1/clients", &who);
+        forbidden((status, body), &["not an admin class"]);
+        let path = format!("/api/v1/clients/{}", clients[0].1);
+        forbidden(http_parts(http(relay.addr, "DELETE", &path, &who)), &["not an admin class"]);
+    }
+    for (c, id) in &mut clients {
+        let (status, _, body) = http(relay.addr, "DELETE", &format!("/api/v1/clients/{id}"), &bearer(&root));
+        assert_eq!((status, &body["disconnected"]), (200, &json!(true)), "{body}");
+        assert_eq!(c.close_frame(), (1008, "disconnected by an admin".to_string()));
+    }
+    let gone = format!("/api/v1/clients/{}", clients[0].1);
+    wait_until("the client is gone", || http(relay.addr, "DELETE", &gone, &bearer(&root)).0 == 404);
+}
+
+fn http_parts((status, _, body): (u16, String, Value)) -> (u16, Value) {
+    (status, body)
+}
+
+#[test]
+fn without_access_control_there_are_no_admin_endpoints() {
+    let sim = simulator(|c| c.rate = 0.0);
+    let relay = common::relay(2, &sim.url());
+    let (_c, id) = common::relay_client(relay.addr);
+    assert_eq!(http(relay.addr, "GET", "/api/v1/clients", "").0, 404);
+    assert_eq!(http(relay.addr, "DELETE", &format!("/api/v1/clients/{id}"), "").0, 404);
+}

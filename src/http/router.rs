@@ -27,10 +27,15 @@ pub enum Route {
     Echo,
     /// `GET /api/v1/history/{pair}`: recent messages of a pair.
     History(String),
+    /// `GET /api/v1/clients`: every connected client (admins only).
+    Clients,
+    /// `DELETE /api/v1/clients/{id}`: disconnect a client (admins only).
+    Disconnect(String),
 }
 
 const PREFIX: &str = "/api/v1/subscribe";
 const HISTORY: &str = "/api/v1/history";
+const CLIENTS: &str = "/api/v1/clients";
 
 /// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
 pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
@@ -48,6 +53,14 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/readyz" => only_get(Route::Ready),
         "/echo" => only_get(Route::Echo),
         PREFIX => only_get(Route::List),
+        CLIENTS => only_get(Route::Clients),
+        _ if path.starts_with(CLIENTS) => match path[CLIENTS.len()..].strip_prefix('/') {
+            Some(id) if !id.is_empty() && !id.contains('/') => match method {
+                "DELETE" => Ok(Route::Disconnect(percent_decode(id))),
+                _ => Err(allow("DELETE")),
+            },
+            _ => Err(Response::error(404, "not_found", format!("no route for {path}"))),
+        },
         _ if path.starts_with(HISTORY) => match path[HISTORY.len()..].strip_prefix('/') {
             Some(pair) if !pair.is_empty() && !pair.contains('/') => only_get(Route::History(percent_decode(pair))),
             _ => Err(Response::error(404, "not_found", format!("no route for {path}"))),
@@ -90,6 +103,10 @@ mod tests {
         assert_eq!(route("GET", "/api/v1/history/BTC-USD", false), Ok(Route::History("BTC-USD".into())));
         assert_eq!(route("GET", "/api/v1/history", false).unwrap_err().status, 404);
         assert_eq!(route("POST", "/api/v1/history/BTC-USD", false).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/api/v1/clients", false), Ok(Route::Clients));
+        assert_eq!(route("DELETE", "/api/v1/clients/1-2-3", false), Ok(Route::Disconnect("1-2-3".into())));
+        assert_eq!(route("GET", "/api/v1/clients/1-2-3", false).unwrap_err().status, 405);
+        assert_eq!(route("DELETE", "/api/v1/clients/", false).unwrap_err().status, 404);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! primitive, [`Hub::send_to`]: handled at once when the target is this shard,
 //! else posted on the [`bus`] in order with everything else sent there.
 //!
+//! - [`admin`]: every client on every shard, for the admin endpoints.
 //! - [`msg`]: what shards tell each other; operations, outcomes, errors.
 //! - [`global`]: process-wide settings and counters.
 //! - [`client`]: one client's subscriptions and the operations on them.
@@ -20,6 +21,7 @@
 //! - [`bus`]: the channels between shards, ordering and bounds.
 //! - [`owner`]: shard 0's upstream owner, feed state and fan-out.
 
+mod admin;
 mod bus;
 mod client;
 mod client_id;
@@ -35,6 +37,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admin::ClientView;
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
@@ -47,6 +50,9 @@ pub use table::Table;
 use crate::access::Principal;
 use crate::protocol::{self, Topic};
 use crate::ws::{frame, Frame, Outbox};
+
+/// The close code and reason of a client an admin disconnects.
+pub const DISCONNECTED: (u16, &str) = (crate::ws::close::POLICY, "disconnected by an admin");
 
 /// How long a client's operation may wait for another shard: for room on the
 /// bus towards it and for its reply. Past it: [`HubError::ShardUnavailable`].
@@ -269,6 +275,7 @@ impl Hub {
                 None => Err(unavailable(0, Duration::ZERO)),
             },
             Ask::Ping => Ok(Answer::Pong),
+            Ask::Clients => Ok(Answer::Clients(self.client_views())),
         }
     }
 
@@ -299,6 +306,10 @@ impl Hub {
             Op::Unsubscribe { product, channels } => {
                 let (ended, changes) = subs.unsubscribe(&product, channels.as_deref());
                 (Outcome::Changed { product, channels: ended, subscribed: false }, changes, None)
+            }
+            Op::Disconnect => {
+                client.outbox.close(DISCONNECTED.0, DISCONNECTED.1);
+                (Outcome::Done, Vec::new(), None)
             }
             Op::Coinbase { subscribe, channels } => {
                 let changes = match subscribe {

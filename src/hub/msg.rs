@@ -47,6 +47,8 @@ pub enum Ask {
     History(HistoryQuery),
     /// Are you alive? (`/livez`)
     Ping,
+    /// Your clients (`GET /api/v1/clients`).
+    Clients,
 }
 
 /// Who asks for an operation on a client by its id (REST), when access control is
@@ -77,6 +79,7 @@ pub enum Answer {
     /// The history query's answer: a JSON array of the raw messages.
     History(String),
     Pong,
+    Clients(Vec<super::ClientView>),
 }
 
 /// An operation on one client's subscriptions.
@@ -102,6 +105,9 @@ pub enum Op {
         subscribe: bool,
         channels: BTreeMap<Channel, BTreeSet<String>>,
     },
+    /// Close the client (an admin's `DELETE /api/v1/clients/{id}`); its session
+    /// ends once the close frame is out.
+    Disconnect,
 }
 
 /// What an operation did.
@@ -112,7 +118,7 @@ pub enum Outcome {
     /// `Op::Subscribe` (`subscribed`, with the channels asked for) or
     /// `Op::Unsubscribe` (with the channels that ended).
     Changed { product: String, channels: Vec<Channel>, subscribed: bool },
-    /// `Op::Coinbase`: answered on the client's WebSocket.
+    /// `Op::Coinbase`: answered on the client's WebSocket; `Op::Disconnect`.
     Done,
 }
 

@@ -80,3 +80,33 @@ impl Drop for Seat {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::access::{Access, AccessFile, Credential, FileText};
+
+    fn access() -> Access {
+        let text = "[classes.anonymous]\nmax_connections_per_principal = 2\nmax_connections = 3\n[classes.other]\n";
+        let file = FileText { path: Path::new("seats.toml"), text };
+        let tables: AccessFile = toml::from_str(text).expect("TOML");
+        tables.build(&file).expect("rules").expect("classes")
+    }
+
+    #[test]
+    fn seats_are_counted_per_principal_and_per_class_and_given_back() {
+        let anon = access().authenticate(Credential::None).expect("anonymous");
+        let seats = Arc::new(Seats::default());
+        let (a, b) = (seats.take(&anon).expect("first"), seats.take(&anon).expect("second"));
+        assert_eq!(seats.of_principal("anonymous", "anonymous"), 2);
+        let refused = seats.take(&anon).unwrap_err();
+        assert_eq!(refused.to_string(), "`anonymous` holds its class `anonymous`'s limit of 2 open connections");
+        drop(a);
+        let c = seats.take(&anon).expect("a seat given back");
+        drop((b, c));
+        assert_eq!(seats.of_principal("anonymous", "anonymous"), 0);
+        assert!(seats.counts.lock().unwrap().per_class.is_empty(), "nothing left behind");
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::access::Principal;
 use crate::http::{Request, Response, Route};
-use crate::hub::{Caller, ClientId, HistoryQuery, Hub, HubError, Op, Outcome, Since};
+use crate::hub::{Caller, ClientId, ClientView, HistoryQuery, Hub, HubError, Op, Outcome, Since};
 use crate::protocol::Channel;
 
 /// An API error: the HTTP status, a machine-readable code and a sentence.
@@ -129,7 +129,38 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             Ok(Response::raw_json(200, hub.history(query).await?.into_bytes()))
         }
         Route::Echo => Err(ApiError::new(404, "not_found", "no route for /echo (it exists only with --echo)")),
+        Route::Clients => {
+            admin(who)?;
+            let list: Vec<_> = hub.all_clients().await?.iter().map(client_json).collect();
+            ok(json!({"count": list.len(), "clients": list}))
+        }
+        Route::Disconnect(raw) => {
+            admin(who)?;
+            let id = ClientId::parse(&raw).ok_or(HubError::UnknownClient)?;
+            hub.execute_as(id, Op::Disconnect, caller).await?;
+            ok(json!({"client_id": id.to_string(), "disconnected": true}))
+        }
     }
+}
+
+/// The admin endpoints: 404 without access control (there are no admins), 403
+/// for a class that is not `admin`.
+fn admin(who: Option<&Principal>) -> Result<(), ApiError> {
+    match who {
+        None => Err(ApiError::new(404, "not_found", "the admin endpoints exist only with access control")),
+        Some(p) if !p.class().is_admin() => {
+            let why = format!("/api/v1/clients: class `{}` is not an admin class", p.class().name());
+            Err(ApiError::new(403, "forbidden", why))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// One client in `GET /api/v1/clients`.
+fn client_json(c: &ClientView) -> serde_json::Value {
+    let subs: Vec<_> = c.subscriptions.iter().map(|(p, chs)| json!({"product_id": p, "channels": chs})).collect();
+    let (principal, class) = c.principal.clone().unzip();
+    json!({"client_id": c.id.to_string(), "shard": c.id.shard, "principal": principal, "class": class, "subscriptions": subs})
 }
 
 /// A subscription made or ended.
