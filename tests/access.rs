@@ -163,6 +163,8 @@ fn every_stream_form_is_checked_before_it_starts() {
     c.until("a match of BTC-USD", |v| v["type"] == "match" || v["type"] == "last_match");
     let path = format!("/api/v1/subscribe/ETH-USD?token={bob}");
     forbidden(ws_as(relay.addr, &path, None).err().expect("refused"), &["the token of `bob` does not allow `ETH-USD`"]);
+    let lines = log_lines("access: refused principal=alice class=pro what=\"ETH-EUR ticker\"");
+    assert!(lines.iter().any(|l| l.starts_with("WARN") && l.ends_with("class `pro` denies `*-EUR`")), "{lines:?}");
     assert!(!common::access::all_log_lines().iter().any(|l| l.contains(&bob)), "no token is ever logged");
 }
 
@@ -221,6 +223,8 @@ fn history_and_replay_need_the_history_right() {
     assert_eq!(by_id(relay.addr, "POST", "/api/v1/subscribe/BTC-USD?channels=ticker&replay=0", &anon, None).0, 200);
     let (_c, id) = client_as(relay.addr, Some(&key_of("alice")));
     assert_eq!(by_id(relay.addr, "POST", path, &id, Some(&key_of("alice"))).0, 200);
+    let lines = log_lines("principal=alice class=pro what=\"/api/v1/history/BTC-USD\"");
+    assert!(lines.iter().any(|l| l.contains("may read at most 50 messages of history")), "{lines:?}");
 }
 
 #[test]
