@@ -324,3 +324,27 @@ fn without_access_control_there_are_no_admin_endpoints() {
     assert_eq!(http(relay.addr, "GET", "/api/v1/clients", "").0, 404);
     assert_eq!(http(relay.addr, "DELETE", &format!("/api/v1/clients/{id}"), "").0, 404);
 }
+
+#[test]
+fn a_coinbase_client_may_bring_its_key_in_its_first_subscribe() {
+    let (_sim, relay) = start();
+    let (mut c, id) = client_as(relay.addr, None);
+    let subscribe =
+        |key: &str| format!(r#"{{"type":"subscribe","product_ids":["ETH-USD"],"channels":["matches"],"key":"{key}"}}"#);
+    let unknown = format!("hh_{}", "0".repeat(64));
+    c.send(&subscribe(&unknown));
+    let e: Value = serde_json::from_str(&c.until("an error", |v| v["type"] == "error")).unwrap();
+    assert_eq!((e["message"].as_str(), e["reason"].as_str()), (Some("Failed to subscribe"), Some("unknown API key")));
+    let alice = key_of("alice");
+    c.send(&subscribe(&alice));
+    let reply = c.until("the subscriptions", |v| v["type"] == "subscriptions");
+    assert!(reply.contains(r#""name":"matches","product_ids":["ETH-USD"]"#), "{reply}");
+    // The client is alice's now: steered by her, not by anonymous callers.
+    forbidden(by_id(relay.addr, "GET", "/api/v1/subscribe", &id, None), &["belongs to another principal"]);
+    assert_eq!(by_id(relay.addr, "GET", "/api/v1/subscribe", &id, Some(&alice)).0, 200);
+    c.send(&subscribe(&key_of("bob")));
+    let e = c.until("an error", |v| v["type"] == "error");
+    assert!(e.contains("a key comes with the first subscribe"), "{e}");
+    let all = common::access::all_log_lines();
+    assert!(!all.iter().any(|l| l.contains(&alice) || l.contains(&unknown)), "no key is ever logged");
+}

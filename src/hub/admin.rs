@@ -39,7 +39,7 @@ impl Hub {
             .filter_map(|slot| self.clients.get(slot))
             .map(|c| ClientView {
                 id: c.id,
-                principal: c.principal.as_ref().map(|p| (p.name().to_string(), p.class().name().to_string())),
+                principal: c.principal.borrow().as_ref().map(|p| (p.name().to_string(), p.class().name().to_string())),
                 subscriptions: c.subs.borrow().by_product().clone(),
             })
             .collect()

@@ -66,8 +66,9 @@ pub struct LocalClient {
     /// Pure Coinbase mode: no hedgehog-only messages (notes, upstream, gaps).
     pure: bool,
     /// Who the client is, when access control is on: what it may subscribe to,
-    /// how many subscriptions it may hold, and who may steer it by id.
-    principal: Option<Principal>,
+    /// how many subscriptions it may hold, and who may steer it by id. Set at
+    /// the upgrade, or by a key in its first in-band subscribe.
+    principal: RefCell<Option<Principal>>,
 }
 
 /// One shard's hub.
@@ -115,9 +116,20 @@ impl Hub {
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         let subs = RefCell::new(Subscriptions::default());
-        entry.insert(LocalClient { id, outbox, subs, pure, principal });
+        entry.insert(LocalClient { id, outbox, subs, pure, principal: RefCell::new(principal) });
         self.global.client_joined(self.id);
         Some(id)
+    }
+
+    /// Makes local client `id` principal `p`'s (a key in its in-band subscribe):
+    /// only while it holds no subscription, which another principal's rules allowed.
+    pub fn adopt_principal(&self, id: ClientId, p: Principal) -> bool {
+        let Some(client) = self.clients.get(id.slot).filter(|c| c.id == id) else { return false };
+        if !client.subs.borrow().is_empty() {
+            return false;
+        }
+        *client.principal.borrow_mut() = Some(p);
+        true
     }
 
     /// Forgets a client and releases its subscriptions.
@@ -285,7 +297,8 @@ impl Hub {
     /// principal's to have.
     fn apply(&self, id: ClientId, op: Op, caller: Option<Caller>) -> Result<Outcome, HubError> {
         let client = self.clients.get(id.slot).filter(|c| c.id == id).ok_or(HubError::UnknownClient)?;
-        let principal = client.principal.as_ref();
+        let principal = client.principal.borrow().clone();
+        let principal = principal.as_ref();
         if let (Some(caller), Some(owner)) = (&caller, principal) {
             if !caller.may_steer(owner.name()) {
                 return Err(HubError::NotOwner(id));

@@ -33,6 +33,9 @@ pub struct Request {
     pub channels: BTreeMap<String, BTreeSet<String>>,
     /// Whether the request carried credentials (`key`, `signature`, ...).
     pub authenticated: bool,
+    /// Its `key` field, as sent: with access control, hedgehog takes its own API
+    /// key or a token there, where Coinbase clients send theirs.
+    pub key: Option<String>,
 }
 
 /// A request sorted out as Coinbase sorts it, against what one server serves.
@@ -143,7 +146,7 @@ pub fn parse_request(text: &[u8]) -> Result<Request, String> {
         }
     }
     let authenticated = wire.signature.is_some() && wire.key.is_some();
-    Ok(Request { kind, channels, authenticated })
+    Ok(Request { kind, channels, authenticated, key: wire.key })
 }
 
 /// The cumulative `subscriptions` reply for a connection's whole subscription

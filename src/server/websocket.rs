@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::auth;
 use super::conn::{close_after, Handoff, SHARD_HEADER};
 use super::task::contained;
-use crate::access::{Denied, Principal};
+use crate::access::{Credential, Denied, Principal, KEY_PREFIX};
 use crate::http::Request;
 use crate::hub::{ClientId, Hub, Op, Seat};
 use crate::protocol::{self, Channel, RequestKind};
@@ -81,12 +81,12 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     // stream and the session state are stored once, not once per layer of
     // async block (an idle connection's memory is mostly this).
     let rate = RateLimit::new(auth::request_rate(&hub.global, who.as_ref()));
-    let session = Session { hub: hub.clone(), id, pre, rate, who };
+    let session = Session { hub: hub.clone(), id, pre, rate, who, seat };
     let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
     let session = async move {
         contained(&hub.global, "a WebSocket session", served).await;
         hub.unregister(id);
-        drop((slot, seat));
+        drop(slot);
     };
     // Spawning fails only when the executor is going away; the client goes with it.
     if let Ok(task) = glommio::spawn_local_into(session, queues.sessions) {
@@ -106,6 +106,8 @@ struct Session {
     /// Who the client is, when access control is on: its in-band subscriptions
     /// are checked against its class.
     who: Option<Principal>,
+    /// Its place in its principal's and class's counts (access control on).
+    seat: Option<Seat>,
 }
 
 impl ws::Handler for Session {
@@ -145,6 +147,11 @@ impl Session {
             Err(error) => return send(&error),
         };
         let subscribe = req.kind == RequestKind::Subscribe;
+        if let (true, Some(key)) = (subscribe, req.key.as_deref()) {
+            if let Err(reason) = self.adopt(key) {
+                return send(&protocol::error_message(req.kind.failure(), &reason));
+            }
+        }
         // Products are checked on a subscribe only: unsubscribing from one that is
         // not held (or does not exist) changes nothing, as on Coinbase.
         let mut classified = req.classify(Channel::is_relayed, |p| !subscribe || self.hub.is_product(p));
@@ -161,6 +168,33 @@ impl Session {
         if let Err(e) = self.hub.execute(self.id, op).await {
             send(&protocol::error_message(req.kind.failure(), &e.to_string()));
         }
+    }
+
+    /// A credential in a subscribe's `key` field, as Coinbase clients send theirs
+    /// (access control on; a key of another shape, such as Coinbase's own, is
+    /// not hedgehog's and is ignored): the session becomes that principal's,
+    /// with its seat and rate, if it holds no subscription yet. `Err`: the
+    /// reason for Coinbase's `error` message; nothing else of the request is done.
+    fn adopt(&mut self, key: &str) -> Result<(), String> {
+        let Some(access) = &self.hub.global.access else { return Ok(()) };
+        if !key.starts_with(KEY_PREFIX) && key.split('.').count() != 3 {
+            return Ok(());
+        }
+        let global = &self.hub.global;
+        let p = access.authenticate(Credential::Bearer(key)).map_err(|e| {
+            auth::log_refusal(global, "-", "-", "to authenticate in-band", &e.to_string());
+            e.to_string()
+        })?;
+        if self.who.as_ref().is_some_and(|w| (w.name(), w.class().name()) == (p.name(), p.class().name())) {
+            return Ok(());
+        }
+        let seat = auth::seat(global, Some(&p)).map_err(|e| e.message)?;
+        if !self.hub.adopt_principal(self.id, p.clone()) {
+            return Err("a key comes with the first subscribe, before any subscription".into());
+        }
+        self.rate.set_rate(auth::request_rate(global, Some(&p)));
+        (self.who, self.seat) = (Some(p), seat);
+        Ok(())
     }
 }
 
