@@ -12,7 +12,8 @@
 //! primitive, [`Hub::send_to`]: handled at once when the target is this shard,
 //! else posted on the [`bus`] in order with everything else sent there.
 //!
-//! - [`admin`]: every client on every shard, for the admin endpoints.
+//! - [`access`]: what access control asks of the hub: every client on every
+//!   shard (admin endpoints), a client's principal from its in-band key.
 //! - [`msg`]: what shards tell each other; operations, outcomes, errors.
 //! - [`global`]: process-wide settings and counters.
 //! - [`client`]: one client's subscriptions and the operations on them.
@@ -21,7 +22,7 @@
 //! - [`bus`]: the channels between shards, ordering and bounds.
 //! - [`owner`]: shard 0's upstream owner, feed state and fan-out.
 
-mod admin;
+mod access;
 mod bus;
 mod client;
 mod client_id;
@@ -37,7 +38,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use admin::ClientView;
+pub use access::ClientView;
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
@@ -119,17 +120,6 @@ impl Hub {
         entry.insert(LocalClient { id, outbox, subs, pure, principal: RefCell::new(principal) });
         self.global.client_joined(self.id);
         Some(id)
-    }
-
-    /// Makes local client `id` principal `p`'s (a key in its in-band subscribe):
-    /// only while it holds no subscription, which another principal's rules allowed.
-    pub fn adopt_principal(&self, id: ClientId, p: Principal) -> bool {
-        let Some(client) = self.clients.get(id.slot).filter(|c| c.id == id) else { return false };
-        if !client.subs.borrow().is_empty() {
-            return false;
-        }
-        *client.principal.borrow_mut() = Some(p);
-        true
     }
 
     /// Forgets a client and releases its subscriptions.

@@ -234,7 +234,6 @@ fn announce_access(cfg: &ServeConfig) {
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     record_panics();
-    announce_access(&cfg);
     let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
         .parse()
         .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;
@@ -246,6 +245,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
         None => (None, None),
     };
+    announce_access(&cfg);
     let simulator = offline_upstream(&cfg)?;
     if let Some(sim) = &simulator {
         cfg.upstream.url = sim.url();

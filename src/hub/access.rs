@@ -1,10 +1,12 @@
-//! What the admin endpoints ask of the hub: every connected client, on every
-//! shard (`GET /api/v1/clients`). Disconnecting one is an [`Op::Disconnect`],
-//! run on its shard like any operation on a client.
+//! What access control asks of the hub beyond the checks in `Hub::apply`: every
+//! connected client, on every shard (`GET /api/v1/clients`; disconnecting one
+//! is an `Op::Disconnect`, run on its shard like any operation on a client),
+//! and a client's principal taken from a key in its in-band subscribe.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Answer, Ask, ClientId, Hub, HubError, REPLY_DEADLINE};
+use crate::access::Principal;
 use crate::protocol::Channel;
 
 /// One connected client, as an admin sees it.
@@ -29,6 +31,17 @@ impl Hub {
         }
         all.sort_by_key(|v| (v.id.shard, v.id.slot));
         Ok(all)
+    }
+
+    /// Makes local client `id` principal `p`'s (a key in its in-band subscribe):
+    /// only while it holds no subscription, which another principal's rules allowed.
+    pub fn adopt_principal(&self, id: ClientId, p: Principal) -> bool {
+        let Some(client) = self.clients.get(id.slot).filter(|c| c.id == id) else { return false };
+        if !client.subs.borrow().is_empty() {
+            return false;
+        }
+        *client.principal.borrow_mut() = Some(p);
+        true
     }
 
     /// This shard's clients.
