@@ -245,7 +245,6 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
         None => (None, None),
     };
-    announce_access(&cfg);
     let simulator = offline_upstream(&cfg)?;
     if let Some(sim) = &simulator {
         cfg.upstream.url = sim.url();
@@ -254,6 +253,8 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if endpoint.tls {
         crate::net::tls_client_config(cfg.upstream.ca_file.as_deref())?;
     }
+    // After every check that ends start-up, so a mistake is the only line said.
+    announce_access(&cfg);
     let n = cfg.shards;
     let mut global = Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats));
     global.replay = simulator.as_ref().and_then(SimHandle::replay_progress);
