@@ -91,6 +91,25 @@ fn recording(dir: &Path, adjust: impl FnOnce(&mut RecordConfig)) -> Option<Box<R
     Some(Box::new(r))
 }
 
+/// The simulator trading BTC-USD at `rate`, and a relay of `shards` in front of
+/// it recording into `dir` as `adjust` says.
+fn recording_relay(
+    dir: &Path,
+    rate: f64,
+    shards: usize,
+    adjust: impl FnOnce(&mut RecordConfig),
+) -> (hedgehog::sim::SimHandle, hedgehog::server::RelayHandle) {
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = rate;
+    });
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = shards;
+        c.record = recording(dir, adjust);
+    });
+    (sim, relay)
+}
+
 fn subscribe(addr: std::net::SocketAddr, channels: &str) -> Client {
     let (mut client, id) = relay_client(addr);
     let path = format!("/api/v1/subscribe/BTC-USD?channels={channels}");
@@ -106,14 +125,7 @@ fn is_trade(v: &Value) -> bool {
 #[test]
 fn the_recording_holds_what_clients_got_byte_for_byte_and_in_order() {
     let dir = TempDir::new("order");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 50.0;
-    });
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 2;
-        c.record = recording(&dir.0, |_| {});
-    });
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 2, |_| {});
     let mut client = subscribe(relay.addr, "ticker,matches");
     // The first frames of a join (latest ticker, last_match) are skipped: what
     // follows is the live stream, every message of the topic.
@@ -149,18 +161,11 @@ fn the_recording_holds_what_clients_got_byte_for_byte_and_in_order() {
 #[test]
 fn a_blocked_writer_costs_the_recording_not_the_clients() {
     let dir = TempDir::new("blocked");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 100.0;
-    });
     let hold = Hold::default();
     hold.close();
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 2;
-        c.record = recording(&dir.0, |r| {
-            r.queue_messages = 4;
-            r.hold = Some(hold.clone());
-        });
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 2, |r| {
+        r.queue_messages = 4;
+        r.hold = Some(hold.clone());
     });
     let mut client = subscribe(relay.addr, "matches");
     let global = relay.global.clone();
@@ -203,17 +208,10 @@ fn a_blocked_writer_costs_the_recording_not_the_clients() {
 #[test]
 fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     let dir = TempDir::new("rotate");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 100.0;
-    });
     let (max_file, max_total) = (4096, 16384);
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 1;
-        c.record = recording(&dir.0, |r| {
-            r.max_file_bytes = max_file;
-            r.max_bytes = max_total;
-        });
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 1, |r| {
+        r.max_file_bytes = max_file;
+        r.max_bytes = max_total;
     });
     let global = relay.global.clone();
     let first = global.recording().unwrap().file.expect("the first file is open from the start");
@@ -314,14 +312,7 @@ fn a_recording_replays_through_the_relay_byte_for_byte() {
     // Record: a relay in front of the market simulator, with a subscriber to
     // every channel of BTC-USD (its snapshot, first frames and live data).
     {
-        let sim = simulator(|c| {
-            c.products = vec!["BTC-USD".into()];
-            c.rate = 50.0;
-        });
-        let relay = relay_with(&sim.url(), |c| {
-            c.shards = 2;
-            c.record = recording(&dir.0, |_| {});
-        });
+        let (_sim, relay) = recording_relay(&dir.0, 50.0, 2, |_| {});
         let mut client = subscribe(relay.addr, CHANNELS);
         let (mut matches, mut heartbeats) = (0, 0);
         while matches < 40 || heartbeats < 2 {
