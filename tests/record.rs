@@ -362,3 +362,41 @@ fn a_recording_replays_through_the_relay_byte_for_byte() {
     let differs = got.iter().zip(&recorded).position(|(g, r)| g != r);
     assert_eq!(differs.map(|i| (i, &got[i], &recorded[i])), None, "the replay differs from the recording");
 }
+
+#[test]
+fn files_that_only_look_like_recordings_are_left_alone() {
+    let dir = TempDir::new("theirs");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // An operator's files, named like hedgehog's but not made by it.
+    let theirs = [
+        "hedgehog-2024-backup.log",
+        "hedgehog-notes.log",
+        "hedgehog-stderr.log",
+        "hedgehog-20261130T120000Z.log",
+        "hedgehog-20261130T120000.123456Z.log.old",
+        "hedgehog-20261130T120000.12345xZ.log.gz",
+        "hedgehog-backup.log.gz",
+        "hedgehog-backup.log.gz.tmp",
+        "old-hedgehog-20261130T120000.123456Z.log",
+    ];
+    let body: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    for name in theirs {
+        std::fs::write(dir.0.join(name), &body).unwrap();
+    }
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 1, |r| {
+        r.max_file_bytes = 4096;
+        r.max_bytes = 8192;
+    });
+    let global = relay.global.clone();
+    let first = global.recording().unwrap().file.expect("the first file is open from the start");
+    let _client = subscribe(relay.addr, "ticker,matches");
+    wait_until("hedgehog's first file is deleted", || {
+        !dir.0.join(&first).exists() && !dir.0.join(format!("{first}{}", &GZ_SUFFIX[LOG_SUFFIX.len()..])).exists()
+    });
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    for name in theirs {
+        let text = std::fs::read_to_string(dir.0.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text == body, "{name} was changed");
+    }
+    assert_eq!(global.recording().unwrap().errors, 0);
+}
