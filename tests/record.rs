@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http, relay_client, relay_with, simulator, wait_until, Client, DEADLINE};
-use hedgehog::record::{Hold, RecordConfig, GZ_SUFFIX, LOG_SUFFIX};
+use hedgehog::record::{Hold, RecordConfig, GZ_SUFFIX, LOCK_FILE, LOG_SUFFIX};
 use serde_json::Value;
 
 /// A directory of its own, removed at the end.
@@ -52,12 +52,21 @@ fn parse(line: &str) -> Line {
     Line::Message(at, payload.to_string())
 }
 
+/// The names in `dir` but the lock file, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != LOCK_FILE)
+        .collect();
+    names.sort();
+    names
+}
+
 /// The recording files in `dir`, oldest first: each name and its text
 /// (`.gz` files decompressed).
 fn files(dir: &Path) -> Vec<(String, String)> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
+    let names = names(dir);
     names
         .into_iter()
         .map(|name| {
@@ -230,7 +239,7 @@ fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     }
     // The total: closed files are pruned to max_total - max_file, and the open one
     // (kept uncompressed by the stop) stays within max_file.
-    let on_disk: u64 = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let on_disk: u64 = names(&dir.0).iter().map(|name| dir.0.join(name).metadata().unwrap().len()).sum();
     assert!(on_disk <= max_total, "{on_disk} bytes on disk");
     // Only the oldest went: the trades left run on with no gap across files.
     let trade_ids: Vec<u64> = lines(&dir.0)
@@ -246,6 +255,31 @@ fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     assert!(trade_ids.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {trade_ids:?}");
 }
 
+/// The binary with `--record DIR` (flag or environment), on port 0 with an
+/// upstream that is never reached: its exit status and stderr.
+fn start_recording_binary(dir: &str, by_env: bool) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", "ws://127.0.0.1:1"]);
+    cmd.env("WEB_CONCURRENCY", "1").env_remove("HEDGEHOG_RECORD_DIR");
+    match by_env {
+        true => cmd.env("HEDGEHOG_RECORD_DIR", dir),
+        false => cmd.args(["--record", dir]),
+    };
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = common::Running(cmd.spawn().unwrap());
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "started, and still running: it should have refused {dir}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 #[test]
 fn a_directory_that_cannot_be_made_is_a_one_line_error_and_exit_2() {
     let dir = TempDir::new("cli");
@@ -253,20 +287,38 @@ fn a_directory_that_cannot_be_made_is_a_one_line_error_and_exit_2() {
     let file = dir.0.join("a-file");
     std::fs::write(&file, b"").unwrap();
     let bad = file.join("records").display().to_string();
-    for (flag, env) in [(Some(bad.as_str()), None), (None, Some(bad.as_str()))] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", "ws://127.0.0.1:1"]);
-        cmd.args(flag.map(|d| ["--record", d]).iter().flatten());
-        cmd.env("WEB_CONCURRENCY", "1").env_remove("HEDGEHOG_RECORD_DIR");
-        if let Some(d) = env {
-            cmd.env("HEDGEHOG_RECORD_DIR", d);
+    let file = file.display().to_string();
+    let cases = [(&bad, "cannot create the directory: Not a directory"), (&file, "it exists and is not a directory")];
+    for (path, why) in cases {
+        for by_env in [false, true] {
+            let (code, stderr) = start_recording_binary(path, by_env);
+            assert_eq!(code, Some(2), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with(&format!("hedgehog: --record {path}: {why}")), "{stderr}");
         }
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with(&format!("hedgehog: --record {bad}: cannot create the directory")), "{stderr}");
     }
+}
+
+#[test]
+fn a_directory_another_relay_records_into_is_refused() {
+    let dir = TempDir::new("shared");
+    let (_sim, relay) = recording_relay(&dir.0, 10.0, 1, |_| {});
+    let path = dir.0.display().to_string();
+    for by_env in [false, true] {
+        let (code, stderr) = start_recording_binary(&path, by_env);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let why = format!("is used by another hedgehog (pid {})", std::process::id());
+        assert!(stderr.starts_with(&format!("hedgehog: --record {path}: {path} {why}")), "{stderr}");
+    }
+    // In one process too: the lock is the directory's, not the process's.
+    let cfg = RecordConfig::new(dir.0.clone());
+    let second = hedgehog::record::Recorder::start(&cfg).map(|_| ()).unwrap_err();
+    assert!(second.contains("is used by another hedgehog"), "{second}");
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    // Released with the recorder: the directory can be recorded into again.
+    let (recorder, _tap) = hedgehog::record::Recorder::start(&cfg).expect("the lock is released on stop");
+    assert!(recorder.close(DEADLINE));
 }
 
 #[test]

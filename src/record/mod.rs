@@ -6,6 +6,7 @@
 //! - [`writer`]: the writer thread: lines, files, rotation, holes, disk errors.
 //! - [`files`]: file names, and the compressor thread: gzip on rotation, the
 //!   bound on the directory's total.
+//! - [`lock`]: one recorder per directory.
 //!
 //! The format is one line per message, `<unix seconds>.<micros>: <payload>`,
 //! where the payload is exactly the text frame the feed sent (no parse, no
@@ -19,10 +20,11 @@
 //! hole, which the writer puts before it.
 
 mod files;
+mod lock;
 mod writer;
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 
 pub use files::{file_name, GZ_SUFFIX, LOG_SUFFIX, PREFIX};
+pub use lock::LOCK_FILE;
 
 use crate::ws::Frame;
 
@@ -277,6 +280,8 @@ impl Stats {
 
 /// The running recorder: its two threads and how to stop them.
 pub struct Recorder {
+    /// Dropped last, once the threads have ended (or been abandoned at exit).
+    _lock: lock::DirLock,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
@@ -284,12 +289,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates the directory and opens the first file (so a directory that
-    /// cannot be written fails the start, in one line), then starts the writer
-    /// and the compressor. The [`Tap`] is for shard 0.
+    /// Creates the directory, takes its lock and opens the first file (so a
+    /// directory that cannot be written, or that another relay records into,
+    /// fails the start, in one line), then starts the writer and the
+    /// compressor. The [`Tap`] is for shard 0.
     pub fn start(cfg: &RecordConfig) -> Result<(Recorder, Tap), String> {
+        make_dir(&cfg.dir)?;
+        let lock = lock::DirLock::take(&cfg.dir)?;
         let dir = cfg.dir.display().to_string();
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("--record {dir}: cannot create the directory: {e}"))?;
         let stats = Arc::new(Stats { dir, ..Stats::default() });
         let stop = Arc::new(AtomicBool::new(false));
         let (compressor, pass) = files::Compressor::new(cfg, stats.clone());
@@ -309,7 +316,7 @@ impl Recorder {
             hole: Cell::new(None),
             last: Cell::new(i64::MIN),
         };
-        let recorder = Recorder { stats, stop, writer: Some(writer), compressor: Some(compressor) };
+        let recorder = Recorder { _lock: lock, stats, stop, writer: Some(writer), compressor: Some(compressor) };
         Ok((recorder, tap))
     }
 
@@ -339,6 +346,14 @@ impl Recorder {
         }
         all
     }
+}
+
+/// `--record DIR`: creates DIR if need be; one line if it cannot.
+fn make_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.exists() && !dir.is_dir() {
+        true => format!("--record {}: it exists and is not a directory", dir.display()),
+        false => format!("--record {}: cannot create the directory: {e}", dir.display()),
+    })
 }
 
 impl Drop for Recorder {
