@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http, relay_client, relay_with, simulator, wait_until, Client, DEADLINE};
-use hedgehog::record::{Hold, RecordConfig, GZ_SUFFIX, LOCK_FILE, LOG_SUFFIX};
+use hedgehog::record::{DiskFull, Hold, RecordConfig, GZ_SUFFIX, LOCK_FILE, LOG_SUFFIX};
 use serde_json::Value;
 
 /// A directory of its own, removed at the end.
@@ -451,4 +451,86 @@ fn files_that_only_look_like_recordings_are_left_alone() {
         assert!(text == body, "{name} was changed");
     }
     assert_eq!(global.recording().unwrap().errors, 0);
+}
+
+/// The messages the `lost to disk errors` notes in `dir` account for.
+fn noted_lost(dir: &Path) -> u64 {
+    lines(dir)
+        .iter()
+        .filter_map(|l| match l {
+            Line::Note(n) => n.strip_prefix("# hedgehog: "),
+            Line::Message(..) => None,
+        })
+        .filter_map(|n| n.split_once(" messages lost to disk errors between "))
+        .map(|(count, _)| count.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The message lines in `dir`.
+fn recorded(dir: &Path) -> u64 {
+    lines(dir).iter().filter(|l| matches!(l, Line::Message(..))).count() as u64
+}
+
+#[test]
+fn a_full_disk_counts_only_what_reached_it_and_leaves_no_empty_files() {
+    let dir = TempDir::new("full");
+    let full = DiskFull::default();
+    full.set(true);
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 1, |r| {
+        r.disk_full = Some(full.clone());
+        r.retry_every = Duration::from_millis(100);
+    });
+    let _client = subscribe(relay.addr, "ticker,matches");
+    let global = relay.global.clone();
+    let report = move || global.recording().expect("recording");
+    wait_until("three files tried and failed", || report().errors >= 3 && report().lost > 0);
+    let r = report();
+    assert_eq!((r.messages, r.bytes), (0, 0), "nothing reached the disk: {r:?}");
+    // Each file tried was removed when nothing could be written to it; at most
+    // the one being tried now is there.
+    assert!(names(&dir.0).len() <= 1, "{:?}", names(&dir.0));
+
+    // Room again: the messages lost are noted at the top of the next file.
+    full.set(false);
+    wait_until("writing again", || report().messages > 0);
+    // Full again, with lines in a file: it keeps its whole lines, not half of one.
+    let errors = report().errors;
+    full.set(true);
+    wait_until("the disk fills again", || report().errors > errors);
+    full.set(false);
+    let messages = report().messages;
+    wait_until("writing again", || report().messages > messages);
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+
+    let r = report();
+    let files = files(&dir.0); // each ends with a whole line
+    assert!(files.iter().all(|(_, text)| !text.is_empty()), "{files:?}");
+    assert_eq!(recorded(&dir.0), r.messages, "messages counts what reached the files: {r:?}");
+    let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
+    assert_eq!(bytes as u64, r.bytes, "{r:?}");
+    assert_eq!(noted_lost(&dir.0), r.lost, "every message lost is noted: {r:?}");
+}
+
+#[test]
+fn a_directory_removed_while_recording_is_an_error_and_recording_resumes_when_it_is_back() {
+    let dir = TempDir::new("removed");
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 1, |r| r.retry_every = Duration::from_millis(100));
+    let _client = subscribe(relay.addr, "ticker,matches");
+    let global = relay.global.clone();
+    let report = move || global.recording().expect("recording");
+    wait_until("messages written", || report().messages > 0);
+    std::fs::remove_dir_all(&dir.0).unwrap();
+    wait_until("the removal is noticed, and messages lost", || report().errors >= 1 && report().lost > 0);
+    assert_eq!(report().file, None, "{:?}", report());
+    // Written before the removal, and gone with it.
+    let gone = report().messages;
+    std::fs::create_dir(&dir.0).unwrap();
+    wait_until("writing again", || report().messages > gone);
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+
+    let r = report();
+    assert_eq!(recorded(&dir.0), r.messages - gone, "{r:?}");
+    assert_eq!(noted_lost(&dir.0), r.lost, "every message lost is noted: {r:?}");
+    let first = lines(&dir.0).into_iter().next().expect("a line");
+    assert!(matches!(&first, Line::Note(n) if n.contains("lost to disk errors")), "{first:?}");
 }
