@@ -668,8 +668,10 @@ fn record_of(
     if r.max_file_bytes < 4096 {
         return Err(format!("--record-max-file-bytes {} is too small: at least 4096", r.max_file_bytes));
     }
-    if r.max_bytes < 2 * r.max_file_bytes {
-        return Err(format!("--record-max-bytes {} must be at least twice --record-max-file-bytes", r.max_bytes));
+    // Checked: twice a huge --record-max-file-bytes would wrap to a small number.
+    if r.max_file_bytes.checked_mul(2).is_none_or(|twice| r.max_bytes < twice) {
+        let (max, file) = (r.max_bytes, r.max_file_bytes);
+        return Err(format!("--record-max-bytes {max} must be at least twice --record-max-file-bytes ({file})"));
     }
     Ok(Some(Box::new(r)))
 }
@@ -901,6 +903,12 @@ mod tests {
             ("--record /tmp/r --record-max-file-bytes 100", "at least 4096"),
             ("--record /tmp/r --record-max-file-bytes 8192 --record-max-bytes 10000", "at least twice"),
             ("--record /tmp/r --record-max-bytes 1G", "--record-max-bytes"),
+            // Twice this is past u64::MAX: refused, not wrapped to a small number.
+            ("--record /tmp/r --record-max-file-bytes 9223372036854775808", "at least twice"),
+            (
+                "--record /tmp/r --record-max-file-bytes 9223372036854775808 --record-max-bytes 18446744073709551615",
+                "at least twice",
+            ),
         ] {
             let e = run(line, &[]).unwrap_err();
             assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");

@@ -253,3 +253,30 @@ fn history_is_queried_and_replayed_without_a_seam() {
         assert!(trades.windows(2).all(|w| w[1] == w[0] + 1), "no gap or repeat at the seam: {trades:?}");
     }
 }
+
+#[test]
+fn a_book_dropped_and_wanted_again_before_the_unsubscribe_went_out_comes_afresh() {
+    // One shard, and both requests in one write: the relay drops the book when
+    // the last subscriber leaves and takes the new subscriber before its
+    // upstream client has run, so no unsubscribe goes out and the feed sends
+    // no fresh snapshot. The relay must ask for one: without a book, a level2
+    // subscriber would get updates to a book it never saw, forever.
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = 20.0;
+    });
+    let relay = common::relay_with(&sim.url(), |c| c.shards = 1);
+    let url = format!("ws://{}/?mode=coinbase", relay.addr);
+    let mut c = Client::connect(&url);
+    let req = |kind: &str| format!(r#"{{"type":"{kind}","product_ids":["BTC-USD"],"channels":["level2_batch"]}}"#);
+    c.send(&req("subscribe"));
+    c.until("the first snapshot", |v| v["type"] == "snapshot");
+    c.ws.write(tungstenite::Message::text(req("unsubscribe"))).unwrap();
+    c.ws.write(tungstenite::Message::text(req("subscribe"))).unwrap();
+    c.ws.flush().unwrap();
+    c.until("the unsubscribe's reply", |v| {
+        v["type"] == "subscriptions" && v["channels"].as_array().unwrap().is_empty()
+    });
+    c.until("the subscribe's reply", |v| v["type"] == "subscriptions");
+    c.until("a fresh snapshot", |v| v["type"] == "snapshot" && v["product_id"] == "BTC-USD");
+}

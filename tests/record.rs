@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http, relay_client, relay_with, simulator, wait_until, Client, DEADLINE};
-use hedgehog::record::{Hold, RecordConfig, GZ_SUFFIX, LOG_SUFFIX};
+use hedgehog::record::{DiskFull, Hold, RecordConfig, GZ_SUFFIX, LOCK_FILE, LOG_SUFFIX};
 use serde_json::Value;
 
 /// A directory of its own, removed at the end.
@@ -52,12 +52,21 @@ fn parse(line: &str) -> Line {
     Line::Message(at, payload.to_string())
 }
 
+/// The names in `dir` but the lock file, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != LOCK_FILE)
+        .collect();
+    names.sort();
+    names
+}
+
 /// The recording files in `dir`, oldest first: each name and its text
 /// (`.gz` files decompressed).
 fn files(dir: &Path) -> Vec<(String, String)> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
+    let names = names(dir);
     names
         .into_iter()
         .map(|name| {
@@ -91,6 +100,25 @@ fn recording(dir: &Path, adjust: impl FnOnce(&mut RecordConfig)) -> Option<Box<R
     Some(Box::new(r))
 }
 
+/// The simulator trading BTC-USD at `rate`, and a relay of `shards` in front of
+/// it recording into `dir` as `adjust` says.
+fn recording_relay(
+    dir: &Path,
+    rate: f64,
+    shards: usize,
+    adjust: impl FnOnce(&mut RecordConfig),
+) -> (hedgehog::sim::SimHandle, hedgehog::server::RelayHandle) {
+    let sim = simulator(|c| {
+        c.products = vec!["BTC-USD".into()];
+        c.rate = rate;
+    });
+    let relay = relay_with(&sim.url(), |c| {
+        c.shards = shards;
+        c.record = recording(dir, adjust);
+    });
+    (sim, relay)
+}
+
 fn subscribe(addr: std::net::SocketAddr, channels: &str) -> Client {
     let (mut client, id) = relay_client(addr);
     let path = format!("/api/v1/subscribe/BTC-USD?channels={channels}");
@@ -106,14 +134,7 @@ fn is_trade(v: &Value) -> bool {
 #[test]
 fn the_recording_holds_what_clients_got_byte_for_byte_and_in_order() {
     let dir = TempDir::new("order");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 50.0;
-    });
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 2;
-        c.record = recording(&dir.0, |_| {});
-    });
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 2, |_| {});
     let mut client = subscribe(relay.addr, "ticker,matches");
     // The first frames of a join (latest ticker, last_match) are skipped: what
     // follows is the live stream, every message of the topic.
@@ -149,18 +170,11 @@ fn the_recording_holds_what_clients_got_byte_for_byte_and_in_order() {
 #[test]
 fn a_blocked_writer_costs_the_recording_not_the_clients() {
     let dir = TempDir::new("blocked");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 100.0;
-    });
     let hold = Hold::default();
     hold.close();
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 2;
-        c.record = recording(&dir.0, |r| {
-            r.queue_messages = 4;
-            r.hold = Some(hold.clone());
-        });
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 2, |r| {
+        r.queue_messages = 4;
+        r.hold = Some(hold.clone());
     });
     let mut client = subscribe(relay.addr, "matches");
     let global = relay.global.clone();
@@ -203,17 +217,10 @@ fn a_blocked_writer_costs_the_recording_not_the_clients() {
 #[test]
 fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     let dir = TempDir::new("rotate");
-    let sim = simulator(|c| {
-        c.products = vec!["BTC-USD".into()];
-        c.rate = 100.0;
-    });
     let (max_file, max_total) = (4096, 16384);
-    let relay = relay_with(&sim.url(), |c| {
-        c.shards = 1;
-        c.record = recording(&dir.0, |r| {
-            r.max_file_bytes = max_file;
-            r.max_bytes = max_total;
-        });
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 1, |r| {
+        r.max_file_bytes = max_file;
+        r.max_bytes = max_total;
     });
     let global = relay.global.clone();
     let first = global.recording().unwrap().file.expect("the first file is open from the start");
@@ -232,7 +239,7 @@ fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     }
     // The total: closed files are pruned to max_total - max_file, and the open one
     // (kept uncompressed by the stop) stays within max_file.
-    let on_disk: u64 = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let on_disk: u64 = names(&dir.0).iter().map(|name| dir.0.join(name).metadata().unwrap().len()).sum();
     assert!(on_disk <= max_total, "{on_disk} bytes on disk");
     // Only the oldest went: the trades left run on with no gap across files.
     let trade_ids: Vec<u64> = lines(&dir.0)
@@ -248,6 +255,31 @@ fn files_rotate_by_size_are_gzipped_and_the_oldest_go_first() {
     assert!(trade_ids.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {trade_ids:?}");
 }
 
+/// The binary with `--record DIR` (flag or environment), on port 0 with an
+/// upstream that is never reached: its exit status and stderr.
+fn start_recording_binary(dir: &str, by_env: bool) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", "ws://127.0.0.1:1"]);
+    cmd.env("WEB_CONCURRENCY", "1").env_remove("HEDGEHOG_RECORD_DIR");
+    match by_env {
+        true => cmd.env("HEDGEHOG_RECORD_DIR", dir),
+        false => cmd.args(["--record", dir]),
+    };
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = common::Running(cmd.spawn().unwrap());
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "started, and still running: it should have refused {dir}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 #[test]
 fn a_directory_that_cannot_be_made_is_a_one_line_error_and_exit_2() {
     let dir = TempDir::new("cli");
@@ -255,20 +287,38 @@ fn a_directory_that_cannot_be_made_is_a_one_line_error_and_exit_2() {
     let file = dir.0.join("a-file");
     std::fs::write(&file, b"").unwrap();
     let bad = file.join("records").display().to_string();
-    for (flag, env) in [(Some(bad.as_str()), None), (None, Some(bad.as_str()))] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--upstream-url", "ws://127.0.0.1:1"]);
-        cmd.args(flag.map(|d| ["--record", d]).iter().flatten());
-        cmd.env("WEB_CONCURRENCY", "1").env_remove("HEDGEHOG_RECORD_DIR");
-        if let Some(d) = env {
-            cmd.env("HEDGEHOG_RECORD_DIR", d);
+    let file = file.display().to_string();
+    let cases = [(&bad, "cannot create the directory: Not a directory"), (&file, "it exists and is not a directory")];
+    for (path, why) in cases {
+        for by_env in [false, true] {
+            let (code, stderr) = start_recording_binary(path, by_env);
+            assert_eq!(code, Some(2), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with(&format!("hedgehog: --record {path}: {why}")), "{stderr}");
         }
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with(&format!("hedgehog: --record {bad}: cannot create the directory")), "{stderr}");
     }
+}
+
+#[test]
+fn a_directory_another_relay_records_into_is_refused() {
+    let dir = TempDir::new("shared");
+    let (_sim, relay) = recording_relay(&dir.0, 10.0, 1, |_| {});
+    let path = dir.0.display().to_string();
+    for by_env in [false, true] {
+        let (code, stderr) = start_recording_binary(&path, by_env);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let why = format!("is used by another hedgehog (pid {})", std::process::id());
+        assert!(stderr.starts_with(&format!("hedgehog: --record {path}: {path} {why}")), "{stderr}");
+    }
+    // In one process too: the lock is the directory's, not the process's.
+    let cfg = RecordConfig::new(dir.0.clone());
+    let second = hedgehog::record::Recorder::start(&cfg).map(|_| ()).unwrap_err();
+    assert!(second.contains("is used by another hedgehog"), "{second}");
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    // Released with the recorder: the directory can be recorded into again.
+    let (recorder, _tap) = hedgehog::record::Recorder::start(&cfg).expect("the lock is released on stop");
+    assert!(recorder.close(DEADLINE));
 }
 
 #[test]
@@ -314,14 +364,7 @@ fn a_recording_replays_through_the_relay_byte_for_byte() {
     // Record: a relay in front of the market simulator, with a subscriber to
     // every channel of BTC-USD (its snapshot, first frames and live data).
     {
-        let sim = simulator(|c| {
-            c.products = vec!["BTC-USD".into()];
-            c.rate = 50.0;
-        });
-        let relay = relay_with(&sim.url(), |c| {
-            c.shards = 2;
-            c.record = recording(&dir.0, |_| {});
-        });
+        let (_sim, relay) = recording_relay(&dir.0, 50.0, 2, |_| {});
         let mut client = subscribe(relay.addr, CHANNELS);
         let (mut matches, mut heartbeats) = (0, 0);
         while matches < 40 || heartbeats < 2 {
@@ -370,4 +413,124 @@ fn a_recording_replays_through_the_relay_byte_for_byte() {
     // The first difference, not two thousand lines of both.
     let differs = got.iter().zip(&recorded).position(|(g, r)| g != r);
     assert_eq!(differs.map(|i| (i, &got[i], &recorded[i])), None, "the replay differs from the recording");
+}
+
+#[test]
+fn files_that_only_look_like_recordings_are_left_alone() {
+    let dir = TempDir::new("theirs");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // An operator's files, named like hedgehog's but not made by it.
+    let theirs = [
+        "hedgehog-2024-backup.log",
+        "hedgehog-notes.log",
+        "hedgehog-stderr.log",
+        "hedgehog-20261130T120000Z.log",
+        "hedgehog-20261130T120000.123456Z.log.old",
+        "hedgehog-20261130T120000.12345xZ.log.gz",
+        "hedgehog-backup.log.gz",
+        "hedgehog-backup.log.gz.tmp",
+        "old-hedgehog-20261130T120000.123456Z.log",
+    ];
+    let body: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    for name in theirs {
+        std::fs::write(dir.0.join(name), &body).unwrap();
+    }
+    let (_sim, relay) = recording_relay(&dir.0, 100.0, 1, |r| {
+        r.max_file_bytes = 4096;
+        r.max_bytes = 8192;
+    });
+    let global = relay.global.clone();
+    let first = global.recording().unwrap().file.expect("the first file is open from the start");
+    let _client = subscribe(relay.addr, "ticker,matches");
+    wait_until("hedgehog's first file is deleted", || {
+        !dir.0.join(&first).exists() && !dir.0.join(format!("{first}{}", &GZ_SUFFIX[LOG_SUFFIX.len()..])).exists()
+    });
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+    for name in theirs {
+        let text = std::fs::read_to_string(dir.0.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text == body, "{name} was changed");
+    }
+    assert_eq!(global.recording().unwrap().errors, 0);
+}
+
+/// The messages the `lost to disk errors` notes in `dir` account for.
+fn noted_lost(dir: &Path) -> u64 {
+    lines(dir)
+        .iter()
+        .filter_map(|l| match l {
+            Line::Note(n) => n.strip_prefix("# hedgehog: "),
+            Line::Message(..) => None,
+        })
+        .filter_map(|n| n.split_once(" messages lost to disk errors between "))
+        .map(|(count, _)| count.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The message lines in `dir`.
+fn recorded(dir: &Path) -> u64 {
+    lines(dir).iter().filter(|l| matches!(l, Line::Message(..))).count() as u64
+}
+
+#[test]
+fn a_full_disk_counts_only_what_reached_it_and_leaves_no_empty_files() {
+    let dir = TempDir::new("full");
+    let full = DiskFull::default();
+    full.set(true);
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 1, |r| {
+        r.disk_full = Some(full.clone());
+        r.retry_every = Duration::from_millis(100);
+    });
+    let _client = subscribe(relay.addr, "ticker,matches");
+    let global = relay.global.clone();
+    let report = move || global.recording().expect("recording");
+    wait_until("three files tried and failed", || report().errors >= 3 && report().lost > 0);
+    let r = report();
+    assert_eq!((r.messages, r.bytes), (0, 0), "nothing reached the disk: {r:?}");
+    // Each file tried was removed when nothing could be written to it; at most
+    // the one being tried now is there.
+    assert!(names(&dir.0).len() <= 1, "{:?}", names(&dir.0));
+
+    // Room again: the messages lost are noted at the top of the next file.
+    full.set(false);
+    wait_until("writing again", || report().messages > 0);
+    // Full again, with lines in a file: it keeps its whole lines, not half of one.
+    let errors = report().errors;
+    full.set(true);
+    wait_until("the disk fills again", || report().errors > errors);
+    full.set(false);
+    let messages = report().messages;
+    wait_until("writing again", || report().messages > messages);
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+
+    let r = report();
+    let files = files(&dir.0); // each ends with a whole line
+    assert!(files.iter().all(|(_, text)| !text.is_empty()), "{files:?}");
+    assert_eq!(recorded(&dir.0), r.messages, "messages counts what reached the files: {r:?}");
+    let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
+    assert_eq!(bytes as u64, r.bytes, "{r:?}");
+    assert_eq!(noted_lost(&dir.0), r.lost, "every message lost is noted: {r:?}");
+}
+
+#[test]
+fn a_directory_removed_while_recording_is_an_error_and_recording_resumes_when_it_is_back() {
+    let dir = TempDir::new("removed");
+    let (_sim, relay) = recording_relay(&dir.0, 50.0, 1, |r| r.retry_every = Duration::from_millis(100));
+    let _client = subscribe(relay.addr, "ticker,matches");
+    let global = relay.global.clone();
+    let report = move || global.recording().expect("recording");
+    wait_until("messages written", || report().messages > 0);
+    std::fs::remove_dir_all(&dir.0).unwrap();
+    wait_until("the removal is noticed, and messages lost", || report().errors >= 1 && report().lost > 0);
+    assert_eq!(report().file, None, "{:?}", report());
+    // Written before the removal, and gone with it.
+    let gone = report().messages;
+    std::fs::create_dir(&dir.0).unwrap();
+    wait_until("writing again", || report().messages > gone);
+    relay.shutdown(DEADLINE).expect("a graceful stop");
+
+    let r = report();
+    assert_eq!(recorded(&dir.0), r.messages - gone, "{r:?}");
+    assert_eq!(noted_lost(&dir.0), r.lost, "every message lost is noted: {r:?}");
+    let first = lines(&dir.0).into_iter().next().expect("a line");
+    assert!(matches!(&first, Line::Note(n) if n.contains("lost to disk errors")), "{first:?}");
 }

@@ -441,3 +441,65 @@ fn a_file_with_nothing_to_replay_is_one_line_and_exit_2() {
         assert!(stderr.contains("no replayable feed message") || stderr.contains("cannot read"), "{stderr}");
     }
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_does_not_stop_the_replay_for_the_others() {
+    // 20,000 messages of about 1 KB at full speed: far more than a stalled
+    // reader's socket holds, and than the 4 MiB a replay waits behind.
+    const N: usize = 20_000;
+    let dir = std::env::temp_dir().join(format!("hedgehog-replay-stall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.log");
+    let pad = "p".repeat(1000);
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                r#"{{"type":"ticker","sequence":{i},"product_id":"BTC-USD","pad":"{pad}","time":"{}"}}"#,
+                t(i as i64)
+            )
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let sim = simulator(|c| (c.replay, c.speed) = (Some(path.clone()), 0.0));
+    sim.set_paused(true); // until both have subscribed
+    let subscribe = r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["ticker"]}"#;
+    // One that subscribes and never reads again, with a small receive window.
+    let addr = sim.url().trim_start_matches("ws://").trim_end_matches('/').to_string();
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    small_receive_buffer(&stream);
+    let (mut stalled, _) = tungstenite::client(sim.url(), stream).unwrap();
+    stalled.send(tungstenite::Message::text(subscribe)).unwrap();
+    // And one that reads: it gets every message, in order, once the replay has
+    // let the other go as a slow consumer.
+    let mut reader = Client::connect(&sim.url());
+    reader.send(subscribe);
+    wait_until("both subscribed", || sim_requests(&sim).iter().filter(|r| r.contains("subscribe")).count() == 2);
+    sim.set_paused(false);
+    let mut next = 0;
+    while next < N {
+        let v: Value = serde_json::from_str(&reader.text()).unwrap();
+        if v["type"] == "ticker" {
+            assert_eq!(v["sequence"], next, "in order, none missing");
+            next += 1;
+        }
+    }
+    drop(stalled);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Caps the socket's receive buffer (which also stops the kernel growing it).
+fn small_receive_buffer(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: setsockopt reads an int of the size given; a bad fd only fails.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF");
+}

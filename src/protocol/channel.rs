@@ -70,6 +70,12 @@ impl Channel {
         self != Channel::Status
     }
 
+    /// Whether the relay keeps state of it for late joiners (the latest ticker,
+    /// the `last_match`, the book), which a fresh subscription sends afresh.
+    pub fn has_state(self) -> bool {
+        matches!(self, Channel::Ticker | Channel::Matches | Channel::Level2Batch)
+    }
+
     /// Its place in per-channel arrays.
     pub const fn index(self) -> usize {
         self as usize

@@ -2,10 +2,11 @@
 //! files the writer has closed and keeps the directory's total within
 //! `--record-max-bytes`, oldest deleted first.
 //!
-//! Only this thread compresses or deletes, and only hedgehog's own files
-//! (`hedgehog-<UTC start time>.log`, `.log.gz`, and `.log.gz.tmp` while one is
-//! being compressed); never the file the writer has open, which the writer
-//! names here before it creates it.
+//! Only this thread compresses or deletes, and only hedgehog's own files:
+//! exactly the names [`file_name`] makes (`hedgehog-20261130T120000.123456Z.log`),
+//! `.log.gz`, and `.log.gz.tmp` while one is being compressed; anything else in
+//! DIR, however it is named, is left alone. Never the file the writer has open,
+//! which the writer names here before it creates it.
 
 use std::cell::Cell;
 use std::fs::{self, File};
@@ -31,6 +32,19 @@ pub fn file_name(micros: i64) -> String {
     let iso = crate::clock::format_iso(micros);
     let compact: String = iso.chars().filter(|c| !matches!(c, '-' | ':')).collect();
     format!("{PREFIX}{compact}{LOG_SUFFIX}")
+}
+
+/// Whether `name` is one of hedgehog's files with one of `suffixes`: the
+/// prefix, a start time exactly as [`file_name`] writes it, the suffix.
+fn is_ours(name: &str, suffixes: &[&str]) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    suffixes.iter().filter_map(|s| rest.strip_suffix(s)).any(is_start_time)
+}
+
+/// `20261130T120000.123456Z` (`0` in the shape: any digit).
+fn is_start_time(s: &str) -> bool {
+    const SHAPE: &[u8] = b"00000000T000000.000000Z";
+    s.len() == SHAPE.len() && s.bytes().zip(SHAPE).all(|(c, &p)| if p == b'0' { c.is_ascii_digit() } else { c == p })
 }
 
 /// The writer's side: names the file it opens, and asks for a pass once it has
@@ -151,7 +165,7 @@ impl Compressor {
         (files, self.open.lock().map(|o| o.clone()).unwrap_or_default())
     }
 
-    /// hedgehog's `.log` and `.log.gz` files in the directory, oldest first, with their sizes.
+    /// hedgehog's `.log` and `.log.gz` files in the directory (see [`is_ours`]), oldest first, with their sizes.
     fn list(&self) -> Vec<(String, u64)> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -164,8 +178,7 @@ impl Compressor {
             .filter_map(|e| {
                 let e = e.ok()?;
                 let name = e.file_name().into_string().ok()?;
-                let ours = name.starts_with(PREFIX) && (name.ends_with(LOG_SUFFIX) || name.ends_with(GZ_SUFFIX));
-                if !ours {
+                if !is_ours(&name, &[LOG_SUFFIX, GZ_SUFFIX]) {
                     return None;
                 }
                 Some((name, e.metadata().ok()?.len()))
@@ -180,7 +193,7 @@ impl Compressor {
         let Ok(entries) = fs::read_dir(&self.dir) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PREFIX) && name.ends_with(TMP_SUFFIX) {
+            if is_ours(&name, &[TMP_SUFFIX]) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -237,6 +250,37 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn only_the_names_hedgehog_makes_are_its_own() {
+        for t in [0, 1, 1_618_677_817_056_746, 253_402_300_799_999_999] {
+            let log = file_name(t);
+            assert!(is_ours(&log, &[LOG_SUFFIX]), "{log}");
+            assert!(is_ours(&format!("{log}.gz"), &[LOG_SUFFIX, GZ_SUFFIX]), "{log}.gz");
+            assert!(is_ours(&format!("{log}.gz.tmp"), &[TMP_SUFFIX]), "{log}.gz.tmp");
+            assert!(!is_ours(&format!("{log}.gz.tmp"), &[LOG_SUFFIX, GZ_SUFFIX]), "{log}.gz.tmp");
+        }
+        let theirs = [
+            "hedgehog-2024-backup.log",
+            "hedgehog-notes.log",
+            "hedgehog-stderr.log",
+            "hedgehog-.log",
+            "hedgehog-20261130T120000Z.log",
+            "hedgehog-20261130T120000.123456.log",
+            "hedgehog-20261130T120000.1234567Z.log",
+            "hedgehog-20261130t120000.123456Z.log",
+            "hedgehog-2026113OT120000.123456Z.log",
+            "hedgehog-20261130T120000.123456Z.log.1",
+            "hedgehog-20261130T120000.123456Z.gz",
+            "hedgehog-20261130T120000.123456Z-copy.log",
+            "my-hedgehog-20261130T120000.123456Z.log",
+            "HEDGEHOG-20261130T120000.123456Z.log",
+            "hedgehog-٢0261130T120000.123456Z.log",
+        ];
+        for name in theirs {
+            assert!(!is_ours(name, &[LOG_SUFFIX, GZ_SUFFIX, TMP_SUFFIX]), "{name}");
+        }
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! - this file: the settings, shard 0's end of the queue ([`Tap`]), the handle
 //!   the server keeps ([`Recorder`]) and the counters `/healthz` shows ([`Stats`]).
 //! - [`writer`]: the writer thread: lines, files, rotation, holes, disk errors.
+//! - [`open`]: the file being written: its buffer, and a flush that tells
+//!   whether the lines reached the file.
 //! - [`files`]: file names, and the compressor thread: gzip on rotation, the
 //!   bound on the directory's total.
+//! - [`lock`]: one recorder per directory.
+//! - [`switches`]: the tests' switches: a blocked writer, a full disk.
 //!
 //! The format is one line per message, `<unix seconds>.<micros>: <payload>`,
 //! where the payload is exactly the text frame the feed sent (no parse, no
@@ -19,18 +23,23 @@
 //! hole, which the writer puts before it.
 
 mod files;
+mod lock;
+mod open;
+mod switches;
 mod writer;
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
 pub use files::{file_name, GZ_SUFFIX, LOG_SUFFIX, PREFIX};
+pub use lock::LOCK_FILE;
+pub use switches::{DiskFull, Hold};
 
 use crate::ws::Frame;
 
@@ -54,8 +63,13 @@ pub struct RecordConfig {
     /// either, messages are dropped from the recording (not flags; tests shrink them).
     pub queue_messages: usize,
     pub queue_bytes: usize,
+    /// After a disk error, no new file is tried sooner than this (not a flag;
+    /// tests shrink it).
+    pub retry_every: Duration,
     /// For tests: while closed, the writer thread waits (not a flag).
     pub hold: Option<Hold>,
+    /// For tests: while on, writes fail as on a full disk (not a flag).
+    pub disk_full: Option<DiskFull>,
 }
 
 impl RecordConfig {
@@ -67,47 +81,10 @@ impl RecordConfig {
             // About 8 s of a busy feed (2,000 messages a second) with the disk stalled.
             queue_messages: 16_384,
             queue_bytes: 32 << 20,
+            retry_every: Duration::from_secs(10),
             hold: None,
+            disk_full: None,
         }
-    }
-}
-
-/// A test's switch that blocks the writer thread: closed, the writer waits
-/// before its next batch (it still ends on stop).
-#[derive(Clone, Default)]
-pub struct Hold(Arc<(Mutex<bool>, Condvar)>);
-
-impl Hold {
-    pub fn close(&self) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    }
-
-    pub fn open(&self) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.0 .1.notify_all();
-    }
-
-    /// Waits while closed, until `stop` is set.
-    fn pass(&self, stop: &AtomicBool) {
-        let mut closed = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        while *closed && !stop.load(Ordering::SeqCst) {
-            closed = match self.0 .1.wait_timeout(closed, Duration::from_millis(50)) {
-                Ok((guard, _)) => guard,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-}
-
-impl PartialEq for Hold {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hold")
     }
 }
 
@@ -125,6 +102,14 @@ impl Hole {
         match hole {
             Some(h) => Hole { count: h.count + 1, to: at, ..h },
             None => Hole { count: 1, from: at, to: at },
+        }
+    }
+
+    /// `a` then `b`, as one hole.
+    fn join(a: Option<Hole>, b: Option<Hole>) -> Option<Hole> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Hole { count: a.count + b.count, from: a.from, to: b.to }),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -208,12 +193,15 @@ pub struct Report {
     pub dir: String,
     /// The file being written, if one is open.
     pub file: Option<String>,
-    /// Messages and bytes written since start.
+    /// Messages, and bytes of lines (notes included), that reached a file
+    /// since start (counted at each flush: not those still in the buffer).
     pub messages: u64,
     pub bytes: u64,
     /// Messages dropped from the recording because the queue was full.
     pub dropped: u64,
-    /// Messages not recorded because of disk errors.
+    /// Messages not recorded because of disk errors: those that came while no
+    /// file could be opened, and those buffered since the last good flush of a
+    /// file that then failed (a write error, or the file removed).
     pub lost: u64,
     /// Disk errors (opening, writing, flushing, compressing, deleting).
     pub errors: u64,
@@ -239,9 +227,10 @@ impl Stats {
         }
     }
 
-    fn wrote(&self, messages: u64, bytes: usize) {
+    /// `messages`, and `bytes` of lines (notes included), reached the file.
+    fn wrote(&self, messages: u64, bytes: u64) {
         self.messages.fetch_add(messages, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// An entry of `len` bytes left the queue.
@@ -277,6 +266,8 @@ impl Stats {
 
 /// The running recorder: its two threads and how to stop them.
 pub struct Recorder {
+    /// Dropped last, once the threads have ended (or been abandoned at exit).
+    _lock: lock::DirLock,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
@@ -284,12 +275,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates the directory and opens the first file (so a directory that
-    /// cannot be written fails the start, in one line), then starts the writer
-    /// and the compressor. The [`Tap`] is for shard 0.
+    /// Creates the directory, takes its lock and opens the first file (so a
+    /// directory that cannot be written, or that another relay records into,
+    /// fails the start, in one line), then starts the writer and the
+    /// compressor. The [`Tap`] is for shard 0.
     pub fn start(cfg: &RecordConfig) -> Result<(Recorder, Tap), String> {
+        make_dir(&cfg.dir)?;
+        let lock = lock::DirLock::take(&cfg.dir)?;
         let dir = cfg.dir.display().to_string();
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("--record {dir}: cannot create the directory: {e}"))?;
         let stats = Arc::new(Stats { dir, ..Stats::default() });
         let stop = Arc::new(AtomicBool::new(false));
         let (compressor, pass) = files::Compressor::new(cfg, stats.clone());
@@ -309,7 +302,7 @@ impl Recorder {
             hole: Cell::new(None),
             last: Cell::new(i64::MIN),
         };
-        let recorder = Recorder { stats, stop, writer: Some(writer), compressor: Some(compressor) };
+        let recorder = Recorder { _lock: lock, stats, stop, writer: Some(writer), compressor: Some(compressor) };
         Ok((recorder, tap))
     }
 
@@ -339,6 +332,14 @@ impl Recorder {
         }
         all
     }
+}
+
+/// `--record DIR`: creates DIR if need be; one line if it cannot.
+fn make_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.exists() && !dir.is_dir() {
+        true => format!("--record {}: it exists and is not a directory", dir.display()),
+        false => format!("--record {}: cannot create the directory: {e}", dir.display()),
+    })
 }
 
 impl Drop for Recorder {

@@ -2,14 +2,17 @@
 //! into the current file; rotates at each UTC hour and before a file would pass
 //! `max_file_bytes`; writes the notes of holes; lives through disk errors.
 //!
-//! Writes are buffered and flushed every second, at each rotation and at the
-//! stop (which also syncs the file to disk). A disk error (full, directory
-//! removed) is logged once, counted, and ends the file; the messages that
-//! cannot be written are counted as lost, and a new file is tried at most every
-//! [`RETRY_EVERY`]; its first line notes what was lost.
+//! Lines are buffered ([`OpenFile`]) and flushed every second, when the buffer
+//! passes [`BUFFER`], at each rotation and at the stop (which also syncs the
+//! file to disk). A message counts as written once a flush has put it in the
+//! file and found the file still in DIR. A disk error (full, file or directory
+//! removed) ends the file: the messages buffered since its last good flush are
+//! lost, a file that nothing reached is removed, and a new one is tried at most
+//! every `retry_every` (10 s); its first line notes what was lost. A run of
+//! errors is logged once, at its first error, and its end once a flush has
+//! written again.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,30 +21,31 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::files::{file_name, Pass};
-use super::{Entry, Hold, Hole, RecordConfig, Stats};
+use super::open::OpenFile;
+use super::{DiskFull, Entry, Hold, Hole, RecordConfig, Stats};
 
 /// How often buffered lines reach the file.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often the thread looks at the clock and the stop flag when idle.
 const TICK: Duration = Duration::from_millis(100);
-/// After a disk error, the next file is tried no sooner than this.
-const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// Messages written in a row before the clock is looked at again.
 const BATCH: usize = 1024;
-/// The buffer in front of each file.
+/// The buffer in front of each file: flushed once it holds this much.
 const BUFFER: usize = 64 * 1024;
 
 pub(super) struct Writer {
     dir: PathBuf,
     max_file_bytes: u64,
+    retry_every: Duration,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     hold: Option<Hold>,
+    disk_full: Option<DiskFull>,
     pass: Pass,
-    file: Option<Open>,
+    file: Option<OpenFile>,
     /// The newest file's start time: the next file's name is later.
     last_start: i64,
-    /// Messages lost to disk errors since the last line written.
+    /// Messages lost to disk errors and not yet noted in a file.
     lost: Option<Hole>,
     /// After a disk error: no new file before this.
     retry_at: Option<Instant>,
@@ -49,16 +53,6 @@ pub(super) struct Writer {
     failing: bool,
     /// The line being written (reused).
     line: Vec<u8>,
-}
-
-struct Open {
-    name: String,
-    out: BufWriter<File>,
-    /// Bytes written (buffered included).
-    bytes: u64,
-    /// The UTC hour it was opened in (hours since the epoch).
-    hour: i64,
-    flushed: Instant,
 }
 
 fn hour(micros: i64) -> i64 {
@@ -75,9 +69,11 @@ impl Writer {
         Writer {
             dir: cfg.dir.clone(),
             max_file_bytes: cfg.max_file_bytes,
+            retry_every: cfg.retry_every,
             stats,
             stop,
             hold: cfg.hold.clone(),
+            disk_full: cfg.disk_full.clone(),
             pass,
             file: None,
             last_start: i64::MIN,
@@ -150,44 +146,53 @@ impl Writer {
         self.emit(at, 0);
     }
 
-    /// Writes `self.line` (holding `messages` messages), rotating first if due.
+    /// Buffers `self.line` (holding `messages` messages), rotating first if due.
     fn emit(&mut self, at: i64, messages: u64) {
         let len = self.line.len() as u64;
         let max = self.max_file_bytes;
-        if self.file.as_ref().is_some_and(|f| hour(at) > f.hour || (f.bytes > 0 && f.bytes + len > max)) {
+        if self.file.as_ref().is_some_and(|f| hour(at) > f.hour || (f.size() > 0 && f.size() + len > max)) {
             self.close(false);
         }
         if self.file.is_none() && !self.reopen() {
             return self.lose(at, messages);
         }
         let Some(f) = self.file.as_mut() else { return };
-        match f.out.write_all(&self.line) {
-            Ok(()) => {
-                f.bytes += len;
-                self.stats.wrote(messages, self.line.len());
-                self.stats.set_file_bytes(f.bytes);
-            }
-            Err(e) => {
-                let what = format!("cannot write {}: {e}", f.name);
-                self.fail(what);
-                self.abandon();
-                self.lose(at, messages);
-            }
+        f.push(&self.line, (messages > 0).then_some(at));
+        if f.buffered() >= BUFFER {
+            self.flush();
         }
     }
 
     /// Flushes every [`FLUSH_EVERY`]; closes the file once its hour has passed.
     fn tick(&mut self) {
-        let Some(f) = self.file.as_mut() else { return };
+        let Some(f) = self.file.as_ref() else { return };
         if hour(crate::clock::now_micros()) > f.hour {
             return self.close(false);
         }
-        if f.flushed.elapsed() >= FLUSH_EVERY {
-            f.flushed = Instant::now();
-            if let Err(e) = f.out.flush() {
-                let what = format!("cannot write {}: {e}", f.name);
-                self.fail(what);
+        if f.flushed_at.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    /// Flushes the open file and counts what reached it; on an error, counts
+    /// what did not and abandons the file. False if there is no file after.
+    fn flush(&mut self) -> bool {
+        let Some(f) = self.file.as_mut() else { return false };
+        match f.flush() {
+            Ok(done) => {
+                self.stats.wrote(done.messages, done.bytes);
+                self.stats.set_file_bytes(f.flushed());
+                if done.bytes > 0 && std::mem::take(&mut self.failing) {
+                    log::info!("record: writing again, into {}", f.name);
+                }
+                true
+            }
+            Err(failed) => {
+                self.stats.lost(failed.pending.map_or(0, |h| h.count));
+                self.lost = Hole::join(Hole::join(self.lost, failed.carried), failed.pending);
+                self.fail(failed.what);
                 self.abandon();
+                false
             }
         }
     }
@@ -201,7 +206,7 @@ impl Writer {
             Ok(()) => true,
             Err(e) => {
                 self.fail(format!("cannot create a file in {}: {e}", self.dir.display()));
-                self.retry_at = Some(Instant::now() + RETRY_EVERY);
+                self.retry_at = Some(Instant::now() + self.retry_every);
                 false
             }
         }
@@ -212,65 +217,56 @@ impl Writer {
     fn open(&mut self) -> io::Result<()> {
         let now = crate::clock::now_micros();
         let mut start = now.max(self.last_start.saturating_add(1));
-        let (name, file) = loop {
+        let mut f = loop {
             let name = file_name(start);
             self.pass.opening(&name);
-            match OpenOptions::new().write(true).create_new(true).open(self.dir.join(&name)) {
-                Ok(file) => break (name, file),
+            match OpenFile::create(&self.dir, name, hour(now), self.disk_full.clone()) {
+                Ok(f) => break f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && start - now < 1000 => start += 1,
                 Err(e) => return Err(e),
             }
         };
         self.last_start = start;
-        let mut f = Open {
-            name,
-            out: BufWriter::with_capacity(BUFFER, file),
-            bytes: 0,
-            hour: hour(now),
-            flushed: Instant::now(),
-        };
         if let Some(h) = self.lost.take() {
             let (n, from, to) = (h.count, format_time(h.from), format_time(h.to));
-            let note = format!("# hedgehog: {n} messages lost to disk errors between {from} and {to}\n");
-            f.out.write_all(note.as_bytes())?;
-            f.bytes += note.len() as u64;
-        }
-        if std::mem::take(&mut self.failing) {
-            log::info!("record: writing again, into {}", f.name);
+            f.carry(h, format!("# hedgehog: {n} messages lost to disk errors between {from} and {to}\n").as_bytes());
         }
         self.stats.set_file(Some(f.name.clone()));
         self.file = Some(f);
         Ok(())
     }
 
-    /// Flushes and closes the file; an empty one is removed. `last`: the stop's
-    /// close, which also syncs, and leaves the file uncompressed (for a fast stop;
-    /// the next start compresses it).
+    /// Flushes and closes the file; one that nothing reached is removed.
+    /// `last`: the stop's close, which also syncs, and leaves the file
+    /// uncompressed (for a fast stop; the next start compresses it).
     fn close(&mut self, last: bool) {
-        let Some(mut f) = self.file.take() else { return };
+        if !self.flush() {
+            return;
+        }
+        let Some(f) = self.file.take() else { return };
         self.stats.set_file(None);
         self.stats.set_file_bytes(0);
-        let done = f.out.flush().and_then(|()| if last { f.out.get_ref().sync_data() } else { Ok(()) });
-        if let Err(e) = done {
-            self.fail(format!("cannot write {}: {e}", f.name));
+        if let Err(e) = if last { f.sync() } else { Ok(()) } {
+            self.fail(format!("cannot sync {}: {e}", f.name));
         }
-        drop(f.out);
-        if f.bytes == 0 {
-            let _ = std::fs::remove_file(self.dir.join(&f.name));
-        }
+        f.close();
         self.pass.closed(last);
     }
 
     /// After a disk error: the file is given up (what reached it is kept and
-    /// compressed), and no new one is tried for [`RETRY_EVERY`].
+    /// compressed; if nothing did, it is removed), and no new one is tried for
+    /// `retry_every`.
     fn abandon(&mut self) {
-        self.file = None;
+        if let Some(f) = self.file.take() {
+            f.close();
+        }
         self.stats.set_file(None);
         self.stats.set_file_bytes(0);
-        self.retry_at = Some(Instant::now() + RETRY_EVERY);
+        self.retry_at = Some(Instant::now() + self.retry_every);
         self.pass.closed(false);
     }
 
+    /// Messages that came while no file could be opened.
     fn lose(&mut self, at: i64, messages: u64) {
         if messages > 0 {
             self.stats.lost(messages);
@@ -291,8 +287,15 @@ mod tests {
     use super::*;
     use crate::record::files::Compressor;
 
-    fn writer(dir: &std::path::Path) -> (Writer, Arc<Stats>) {
-        let cfg = RecordConfig::new(dir.to_path_buf());
+    fn writer(dir: &std::path::Path, adjust: impl FnOnce(&mut RecordConfig)) -> (Writer, Arc<Stats>) {
+        static LOGGER: std::sync::Once = std::sync::Once::new();
+        LOGGER.call_once(|| {
+            if log::set_logger(&CAPTURE).is_ok() {
+                log::set_max_level(log::LevelFilter::Info);
+            }
+        });
+        let mut cfg = RecordConfig::new(dir.to_path_buf());
+        adjust(&mut cfg);
         let stats = Arc::new(Stats::default());
         let (_compressor, pass) = Compressor::new(&cfg, stats.clone());
         (Writer::new(&cfg, stats.clone(), Arc::new(AtomicBool::new(false)), pass), stats)
@@ -327,7 +330,7 @@ mod tests {
     #[test]
     fn a_new_hour_starts_a_new_file() {
         let dir = temp("hour");
-        let (mut w, _) = writer(&dir);
+        let (mut w, _) = writer(&dir, |_| {});
         w.open_first().unwrap();
         let now = crate::clock::now_micros();
         w.take(entry(now));
@@ -342,25 +345,111 @@ mod tests {
     #[test]
     fn a_lost_directory_is_counted_and_noted_in_the_next_file() {
         let dir = temp("lost");
-        let (mut w, stats) = writer(&dir);
+        let (mut w, stats) = writer(&dir, |_| {});
         w.open_first().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let now = crate::clock::now_micros();
-        w.take(entry(now)); // into the open (now unlinked) file
-        w.take(entry(now + 3_600_000_000)); // a new hour: no directory for the new file
+        w.take(entry(now)); // buffered for the open (now unlinked) file
+        w.take(entry(now + 3_600_000_000)); // a new hour: the flush finds the file gone; no directory for a new one
         let r = stats.report();
-        assert_eq!((r.messages, r.lost, r.errors), (1, 1, 1), "{r:?}");
+        assert_eq!((r.messages, r.lost, r.errors), (0, 2, 1), "{r:?}");
         std::fs::create_dir_all(&dir).unwrap();
-        w.take(entry(now + 3_600_000_001)); // too soon: waits for RETRY_EVERY
+        w.take(entry(now + 3_600_000_001)); // too soon: waits for retry_every
         w.retry_at = None;
         w.take(entry(now + 3_600_000_002));
         w.close(true);
         let texts = texts(&dir);
         assert_eq!(texts.len(), 1, "{texts:?}");
         let lines: Vec<&str> = texts[0].lines().collect();
-        assert!(lines[0].starts_with("# hedgehog: 2 messages lost to disk errors between "), "{lines:?}");
+        assert!(lines[0].starts_with("# hedgehog: 3 messages lost to disk errors between "), "{lines:?}");
         assert_eq!(lines.len(), 2);
-        assert_eq!(stats.report().lost, 2);
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors), (1, 3, 1), "{r:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_replaced_under_its_name_is_an_error_and_the_other_file_is_left() {
+        let dir = temp("replaced");
+        let (mut w, stats) = writer(&dir, |_| {});
+        w.open_first().unwrap();
+        let name = w.file.as_ref().unwrap().name.clone();
+        std::fs::remove_file(dir.join(&name)).unwrap();
+        std::fs::write(dir.join(&name), "theirs\n").unwrap();
+        w.take(entry(crate::clock::now_micros()));
+        assert!(!w.flush());
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors, r.file.as_deref()), (0, 1, 1, None), "{r:?}");
+        assert_eq!(texts(&dir), ["theirs\n"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_keeps_whole_lines_removes_empty_files_and_is_logged_once() {
+        let dir = temp("full");
+        let full = DiskFull::default();
+        let (mut w, stats) = writer(&dir, |c| c.disk_full = Some(full.clone()));
+        w.open_first().unwrap();
+        let now = crate::clock::now_micros();
+        w.take(entry(now));
+        assert!(w.flush());
+        full.set(true);
+        for i in 1..=3 {
+            w.take(entry(now + i));
+        }
+        assert!(!w.flush());
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors), (1, 3, 1), "{r:?}");
+        let line = format!("{}: {{\"type\":\"ticker\"}}\n", format_time(now));
+        assert_eq!(texts(&dir), [&line[..]], "cut back to its last whole line");
+        // Retries on the full disk: each new file is removed, and nothing more is logged.
+        for i in 4..=5 {
+            w.retry_at = None;
+            w.take(entry(now + i));
+            assert!(w.file.is_some());
+            assert!(!w.flush());
+        }
+        assert_eq!(texts(&dir), [&line[..]], "no empty files left");
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors), (1, 5, 3), "{r:?}");
+        // Room again: the note of what was lost, and one line saying so.
+        full.set(false);
+        w.retry_at = None;
+        w.take(entry(now + 6));
+        assert!(w.flush());
+        let texts = texts(&dir);
+        assert!(texts[1].starts_with("# hedgehog: 5 messages lost to disk errors between "), "{texts:?}");
+        let r = stats.report();
+        assert_eq!((r.messages, r.lost, r.errors), (2, 5, 3), "{r:?}");
+        assert_eq!(r.bytes, texts.iter().map(|t| t.len() as u64).sum::<u64>());
+        let logged = logged();
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert!(logged[0].contains("No space left on device"), "{logged:?}");
+        assert!(logged[1].starts_with("record: writing again, into "), "{logged:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What the writer logged on this thread (tests run in parallel).
+    fn logged() -> Vec<String> {
+        let me = std::thread::current().id();
+        CAPTURE.0.lock().unwrap().iter().filter(|(t, _)| *t == me).map(|(_, m)| m.clone()).collect()
+    }
+
+    struct Capture(std::sync::Mutex<Vec<(std::thread::ThreadId, String)>>);
+
+    static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with(module_path!().trim_end_matches("::tests"))
+        }
+
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                self.0.lock().unwrap().push((std::thread::current().id(), r.args().to_string()));
+            }
+        }
+
+        fn flush(&self) {}
     }
 }

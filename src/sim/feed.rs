@@ -26,6 +26,8 @@ pub struct Conn {
     pub subs: BTreeMap<Channel, BTreeSet<String>>,
     pub subscribed: bool,
     pub since: Instant,
+    /// Since when its queue has held a replay up (see `server::replay_backlog`).
+    pub backlogged_since: Option<Instant>,
 }
 
 /// A book with the last trade's messages, repeated to new subscribers unchanged.

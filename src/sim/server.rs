@@ -30,8 +30,11 @@ const L2_BATCH: Duration = Duration::from_millis(50);
 /// behind is dropped, as Coinbase drops slow consumers.
 const OUTBOX_BYTES: usize = 64 << 20;
 /// A replay waits (its clock too) while any subscriber has this much queued: at
-/// full speed, that is what paces it.
+/// full speed, that is what paces it. One turn plays about this much at most.
 const REPLAY_BACKLOG: usize = 4 << 20;
+/// A subscriber that holds a replay up for this long is dropped as a slow
+/// consumer, so one reader that stops cannot stop the replay for the others.
+const REPLAY_HOLD_UP: Duration = Duration::from_secs(5);
 /// Largest client message accepted.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -204,7 +207,14 @@ async fn serve(
     }
     io.write_all(&response).await.map_err(|e| e.to_string())?;
     let outbox = Rc::new(Outbox::new(OUTBOX_BYTES));
-    let conn = Conn { outbox: outbox.clone(), fd, subs: Default::default(), subscribed: false, since: Instant::now() };
+    let conn = Conn {
+        outbox: outbox.clone(),
+        fd,
+        subs: Default::default(),
+        subscribed: false,
+        since: Instant::now(),
+        backlogged_since: None,
+    };
     feed.borrow_mut().conns.insert(id, conn);
     feed.borrow().control.record(SimEvent::Connected(id));
     let handler = SessionHandler { feed: feed.clone(), id };
@@ -370,7 +380,7 @@ fn replay(f: &mut Feed, elapsed: Option<Duration>) -> bool {
     // The clock starts at the first subscription to a product: a relay's
     // `status`-only subscribe, made to learn the products, does not start it.
     let subscribed = f.conns.values().any(|c| c.subs.iter().any(|(ch, ps)| ch.takes_products() && !ps.is_empty()));
-    let backlog = f.conns.values().any(|c| c.outbox.queued_bytes() > REPLAY_BACKLOG);
+    let backlog = replay_backlog(f);
     let Source::Replay(r) = &mut f.source else { return false };
     if subscribed {
         r.start();
@@ -379,11 +389,37 @@ fn replay(f: &mut Feed, elapsed: Option<Duration>) -> bool {
     if backlog {
         return false; // the clock waits with it, so nothing is skipped
     }
-    let turn = r.play(elapsed, 1024);
+    // A turn's worth is bounded in bytes too: a burst of big messages (level2
+    // snapshots) spreads over turns instead of overflowing a reader's outbox.
+    let turn = r.play(elapsed, 1024, REPLAY_BACKLOG);
     let Source::Replay(r) = &f.source else { return false };
     for i in turn.due {
         let (rec, product) = r.record(i);
         f.deliver(rec.channel, product, &rec.frame);
     }
     turn.more
+}
+
+/// Whether a subscriber's queue holds the replay up; a subscriber that has for
+/// [`REPLAY_HOLD_UP`] is dropped (and holds nothing up any more).
+fn replay_backlog(f: &mut Feed) -> bool {
+    let now = Instant::now();
+    let mut backlog = false;
+    for (id, conn) in f.conns.iter_mut() {
+        if conn.outbox.queued_bytes() <= REPLAY_BACKLOG || !conn.outbox.is_open() {
+            conn.backlogged_since = None;
+            continue;
+        }
+        let since = *conn.backlogged_since.get_or_insert(now);
+        if now.duration_since(since) >= REPLAY_HOLD_UP {
+            log::warn!(
+                "simulator: connection {id} dropped as a slow consumer (held the replay up for {REPLAY_HOLD_UP:?})"
+            );
+            conn.outbox.kill("slow consumer");
+            conn.backlogged_since = None;
+        } else {
+            backlog = true;
+        }
+    }
+    backlog
 }

@@ -234,6 +234,12 @@ impl Upstream {
         }
     }
 
+    /// Whether the server has (`channel`, `product`) or will have it: no
+    /// unsubscribe of it has gone out since it was asked for.
+    pub fn expects(&self, channel: Channel, product: &str) -> bool {
+        self.shared.subs.borrow().expects(channel, product)
+    }
+
     /// Unsubscribes every channel of `product` and subscribes them again.
     pub fn resubscribe(&self, product: &str) {
         self.shared.subs.borrow_mut().resubscribe(product);

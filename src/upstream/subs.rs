@@ -214,6 +214,12 @@ impl Subs {
         self.holding = false;
     }
 
+    /// Whether the server has (`channel`, `product`), or will once the requests
+    /// already sent are applied: false once an unsubscribe of it has gone out.
+    pub fn expects(&self, channel: Channel, product: &str) -> bool {
+        self.expected().contains(&Sub::new(channel, product))
+    }
+
     /// Records a cumulative `subscriptions` reply: it answers the oldest request.
     pub fn ack(&mut self, confirmed: BTreeSet<Sub>) {
         self.acked = confirmed;
@@ -408,6 +414,28 @@ mod tests {
         s.list(products.iter().cloned());
         s.reset();
         s
+    }
+
+    #[test]
+    fn a_pair_dropped_and_wanted_again_before_its_unsubscribe_went_is_still_expected() {
+        let mut s = listed(&["BTC-USD".to_string()]);
+        s.set(Channel::Level2Batch, "BTC-USD", true);
+        for r in send_all(&mut s) {
+            let mut confirmed = s.acked.clone();
+            r.apply(&mut confirmed);
+            s.ack(confirmed);
+        }
+        assert!(s.expects(Channel::Level2Batch, "BTC-USD"));
+        // Off and on again before the client sends anything: no request at all,
+        // and the server still has the pair (so it sends no fresh snapshot).
+        s.set(Channel::Level2Batch, "BTC-USD", false);
+        assert!(s.expects(Channel::Level2Batch, "BTC-USD"), "nothing has gone out yet");
+        s.set(Channel::Level2Batch, "BTC-USD", true);
+        assert!(send_all(&mut s).is_empty());
+        // Once the unsubscribe is out, it is no longer expected.
+        s.set(Channel::Level2Batch, "BTC-USD", false);
+        assert!(!send_all(&mut s).is_empty());
+        assert!(!s.expects(Channel::Level2Batch, "BTC-USD"));
     }
 
     #[test]

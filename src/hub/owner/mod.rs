@@ -115,7 +115,14 @@ impl Owner {
         }
         drop(interest);
         if was_empty != now_empty {
+            // Wanted again before the unsubscribe went out: the server never
+            // stopped, so it sends no fresh snapshot, ticker or last_match, while
+            // `unwatched` dropped ours. Asked afresh, it does.
+            let stale = was_empty && topic.channel.has_state() && self.upstream.expects(topic.channel, &topic.product);
             self.upstream.set(topic.channel, &topic.product, !now_empty);
+            if stale {
+                self.upstream.resubscribe(&topic.product);
+            }
         }
         if now_empty {
             self.feed.borrow_mut().unwatched(&topic.product, topic.channel);

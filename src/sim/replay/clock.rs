@@ -6,7 +6,8 @@
 //!   with the record before it, in its captured place;
 //! - a record whose time steps back (the exchange's `time` is not monotonic
 //!   across products) is due at once after the one before it, never waited for;
-//! - a time at or before 1970 (`0001-01-01T00:00:00.000000Z` has been seen) is no time.
+//! - a time at or before 1970 (`0001-01-01T00:00:00.000000Z` has been seen), or
+//!   after the horizon the loader sets (tomorrow), is no time.
 //!
 //! While playing, [`Played`] counts how much capture time has gone by since the
 //! clock started, at the replay's speed.
@@ -14,24 +15,38 @@
 use std::time::Duration;
 
 /// Gives records their due offsets, in capture order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pacer {
     origin: Option<i64>,
     latest: i64,
+    /// Times after this are no times (a stamp in the year 33658 has been seen).
+    horizon: i64,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer { origin: None, latest: 0, horizon: i64::MAX }
+    }
 }
 
 impl Pacer {
+    /// A pacer that takes times after `horizon` (microseconds) for no time.
+    pub fn with_horizon(horizon: i64) -> Self {
+        Pacer { horizon, ..Pacer::default() }
+    }
+
     /// The offset of the next record, whose time is `time` (microseconds since
     /// the epoch) if it has one.
     pub fn offset(&mut self, time: Option<i64>) -> i64 {
+        let time = time.filter(|&t| t > 0 && t <= self.horizon);
         let Some(origin) = self.origin else {
-            if let Some(t) = time.filter(|&t| t > 0) {
+            if let Some(t) = time {
                 self.origin = Some(t);
                 self.latest = t;
             }
             return 0;
         };
-        if let Some(t) = time.filter(|&t| t > 0) {
+        if let Some(t) = time {
             self.latest = self.latest.max(t);
         }
         self.latest - origin

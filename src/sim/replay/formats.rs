@@ -132,16 +132,46 @@ pub fn open(path: &Path) -> Result<(Box<dyn BufRead>, bool), String> {
     Ok((Box::new(reader), false))
 }
 
-/// Calls `each` with every line of `reader` (without its `\n`); stops at the
-/// first read error, which it returns.
-pub fn for_each_line(mut reader: impl BufRead, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+/// The longest line kept: the relay's largest upstream message (a longer one
+/// would make it drop the connection and, as a latest ticker, on every reconnect).
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Calls `each` with every line of `reader` (without its `\n`), or with `Err(n)`
+/// for a line of `n` bytes over [`MAX_LINE`], which is skipped without being held
+/// in memory; stops at the first read error, which it returns.
+pub fn for_each_line(mut reader: impl BufRead, mut each: impl FnMut(Result<&[u8], usize>)) -> std::io::Result<()> {
     let mut line = Vec::with_capacity(4096);
+    let mut skipped = 0; // bytes of an over-long line dropped so far
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            match (skipped, line.is_empty()) {
+                (0, true) => {}
+                (0, false) => each(Ok(&line)),
+                (n, _) => each(Err(n)),
+            }
             return Ok(());
         }
-        each(line.strip_suffix(b"\n").unwrap_or(&line));
+        let (chunk, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if skipped > 0 || line.len() + chunk.len() > MAX_LINE {
+            skipped += line.len() + chunk.len();
+            line.clear();
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        let used = end.unwrap_or(chunk.len());
+        reader.consume(used);
+        if end.is_some() {
+            match skipped {
+                0 => each(Ok(&line)),
+                n => each(Err(n)),
+            }
+            line.clear();
+            skipped = 0;
+        }
     }
 }
 
@@ -233,7 +263,7 @@ mod tests {
             let (reader, is_gzip) = open(path).unwrap();
             assert_eq!(is_gzip, gzip);
             let mut lines = Vec::new();
-            for_each_line(reader, |l| lines.push(String::from_utf8(l.to_vec()).unwrap())).unwrap();
+            for_each_line(reader, |l| lines.push(String::from_utf8(l.unwrap().to_vec()).unwrap())).unwrap();
             assert_eq!(lines, [MSG, "# marker", MSG], "{}", path.display());
         }
         assert!(open(&dir.join("missing")).err().unwrap().starts_with("cannot read "));

@@ -64,7 +64,9 @@ impl Replay {
     /// cannot be read, or holds nothing to replay, is a one-line error.
     pub fn load(path: &Path, speed: f64, looping: bool) -> Result<Replay, String> {
         let (reader, gzip) = formats::open(path)?;
-        let mut loader = Loader::default();
+        // A time past tomorrow is no time: one bad stamp would hold up the rest for ever.
+        let mut loader =
+            Loader { pacer: Pacer::with_horizon(crate::clock::now_micros() + 86_400_000_000), ..Loader::default() };
         if let Err(e) = formats::for_each_line(reader, |line| loader.line(line)) {
             // A gzip cut short (a recorder stopped mid-file) still replays what it holds.
             log::warn!("replay: reading {} stopped early: {e}", path.display());
@@ -73,7 +75,7 @@ impl Replay {
         if loader.records.is_empty() {
             return Err(format!("{} holds no replayable feed message ({summary})", path.display()));
         }
-        if loader.unparseable > 0 {
+        if loader.unparseable + loader.too_long + loader.misnamed > 0 {
             log::warn!("replay: {}: {summary}", path.display());
         } else {
             log::info!("replay: {}: {summary}", path.display());
@@ -114,11 +116,12 @@ impl Replay {
         }
     }
 
-    /// Plays on after `elapsed` of real time: up to `max` records now due, taken
-    /// into the state a fresh subscriber is answered from. At the end of a looping
+    /// Plays on after `elapsed` of real time: the records now due, up to `max` of
+    /// them and about `max_bytes` (the one that passes it included), taken into
+    /// the state a fresh subscriber is answered from. At the end of a looping
     /// capture it starts the next pass (and plays nothing in that turn, so even a
     /// tiny capture at full speed leaves the executor time between passes).
-    pub fn play(&mut self, elapsed: Duration, max: usize) -> Turn {
+    pub fn play(&mut self, elapsed: Duration, max: usize, max_bytes: usize) -> Turn {
         let idle = Turn { due: self.next..self.next, more: false };
         if !self.played.started() {
             return idle;
@@ -133,20 +136,25 @@ impl Replay {
             return Turn { due: self.next..self.next, more: false };
         }
         self.played.advance(elapsed);
-        let start = self.next;
-        while self.next < self.records.len() && self.next - start < max {
+        let (start, mut bytes) = (self.next, 0);
+        let mut cut = false;
+        while self.next < self.records.len() {
             let r = &self.records[self.next];
             if !self.played.due(r.at) {
                 break;
             }
+            if self.next - start == max || bytes >= max_bytes {
+                cut = true; // more is due: the next turn comes at once
+                break;
+            }
             self.state.take(r.product as usize, r.kind, &r.frame);
+            bytes += r.frame.len();
             self.next += 1;
         }
         if self.next > start {
             self.progress.set_played(self.next, self.records[self.next - 1].at);
         }
-        let more = self.played.unpaced() && self.next < self.records.len();
-        Turn { due: start..self.next, more }
+        Turn { due: start..self.next, more: cut }
     }
 
     /// What a fresh subscriber to (`product`, `channel`) gets first: the latest
@@ -173,31 +181,58 @@ struct Loader {
     aside: usize,
     /// JSON messages that are not a product's feed data (`subscriptions`, `status`, `error`, ...).
     other: usize,
+    /// Feed data whose product id is not as the feed writes it (`btc-usd`).
+    misnamed: usize,
+    /// Lines longer than [`formats::MAX_LINE`], skipped.
+    too_long: usize,
+}
+
+/// What became of a well-formed JSON message.
+enum Took {
+    /// A product's feed data: replayed.
+    Data,
+    /// Not a product's data (`subscriptions`, `status`, `error`, ...).
+    Other,
+    /// Feed data under a product id not written as the feed writes it.
+    Misnamed,
 }
 
 impl Loader {
-    fn line(&mut self, line: &[u8]) {
+    /// One line of the capture; `Err(n)`: a line of `n` bytes, too long to keep.
+    fn line(&mut self, line: Result<&[u8], usize>) {
+        let Ok(line) = line else {
+            self.too_long += 1;
+            return;
+        };
         match formats::parse_line(line) {
             Line::Aside => self.aside += 1,
             Line::Unparseable => self.unparseable += 1,
             Line::Message { format, stamp, json } => {
-                if serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
+                // The frame goes out as text: its bytes must be UTF-8 (serde_json
+                // lets invalid bytes through inside strings), or the relay takes
+                // the feed for broken and reconnects, forever on a latest ticker.
+                if std::str::from_utf8(json).is_err() || serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err()
+                {
                     self.unparseable += 1;
-                } else if self.message(stamp, json) {
-                    self.formats[format as usize] += 1;
-                } else {
-                    self.other += 1;
+                    return;
+                }
+                match self.message(stamp, json) {
+                    Took::Data => self.formats[format as usize] += 1,
+                    Took::Other => self.other += 1,
+                    Took::Misnamed => self.misnamed += 1,
                 }
             }
         }
     }
 
-    /// Takes one well-formed JSON message; false if it is no product's feed data.
-    fn message(&mut self, stamp: Option<i64>, json: &[u8]) -> bool {
-        let Some(key) = protocol::scan(json) else { return false };
-        let (Some(channel), Some(name)) = (Channel::of_message(key.kind), key.product_id) else { return false };
-        if protocol::normalize_product(name).is_none() {
-            return false;
+    /// Takes one well-formed JSON message if it is a product's feed data.
+    fn message(&mut self, stamp: Option<i64>, json: &[u8]) -> Took {
+        let Some(key) = protocol::scan(json) else { return Took::Other };
+        let (Some(channel), Some(name)) = (Channel::of_message(key.kind), key.product_id) else { return Took::Other };
+        // Ids as the feed writes them (upper case): a relay asks for those, so
+        // messages under `btc-usd` would be replayed to no one.
+        if protocol::normalize_product(name).as_deref() != Some(name) {
+            return Took::Misnamed;
         }
         let product = match self.products.iter().position(|p| p == name) {
             Some(i) => i,
@@ -222,7 +257,7 @@ impl Loader {
         }
         let at = self.pacer.offset(time);
         self.records.push(Record { channel, product: product as u32, kind, at, frame: ws::frame::text(json) });
-        true
+        Took::Data
     }
 
     /// One line saying what was read.
@@ -234,13 +269,17 @@ impl Loader {
             _ => "paced by the exchange's `time`",
         };
         format!(
-            "{} messages of {} products ({}{}; {paced}); skipped {} unparseable lines, {} other messages \
-             (subscriptions, status, errors), {} requests, markers, headers and blank lines",
+            "{} messages of {} products ({}{}; {paced}); skipped {} unparseable lines, {} lines over {} MiB, \
+             {} messages of products not written in upper case, {} other messages (subscriptions, status, \
+             errors), {} requests, markers, headers and blank lines",
             self.records.len(),
             self.products.len(),
             if formats.is_empty() { "no format".to_string() } else { formats.join(", ") },
             if gzip { ", gzip" } else { "" },
             self.unparseable,
+            self.too_long,
+            formats::MAX_LINE >> 20,
+            self.misnamed,
             self.other,
             self.aside,
         )
@@ -303,10 +342,54 @@ mod tests {
     }
 
     #[test]
+    fn what_a_relay_could_not_take_is_skipped_and_counted() {
+        // (matches: a product's first ticker is taken for a repeat, with no time)
+        let trade = |p: &str, t: &str| format!(r#"{{"type":"match","product_id":"{p}","time":"{t}"}}"#);
+        let (ok, later) = ("2021-04-17T16:43:37Z", "2021-04-17T16:43:38Z");
+        let mut lines = vec![trade("BTC-USD", ok), trade("btc-usd", ok), trade("BTC-USD", "9999-12-31T23:59:59Z")];
+        lines.push(trade("BTC-USD", later));
+        let dir = std::env::temp_dir().join(format!("hedgehog-replay-unit-skip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("skip");
+        let mut bytes = lines.join("\n").into_bytes();
+        // Not UTF-8 inside a string: serde_json alone would take it.
+        bytes.extend_from_slice(b"\n{\"type\":\"ticker\",\"product_id\":\"BTC-USD\",\"price\":\"\xff\"}\n");
+        // Longer than the relay takes.
+        bytes.extend_from_slice(
+            format!(r#"{{"type":"ticker","product_id":"BTC-USD","pad":"{}"}}"#, "p".repeat(formats::MAX_LINE))
+                .as_bytes(),
+        );
+        bytes.extend_from_slice(b"\n");
+        bytes.extend_from_slice(trade("BTC-USD", later).as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let r = Replay::load(&path, 1.0, false).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        // The lower-case id, the bad bytes and the long line are left out; the
+        // stamp in the year 9999 is no time, so nothing waits for it.
+        assert_eq!(r.records.len(), 4);
+        assert_eq!(offsets(&r), [0, 0, 1_000_000, 1_000_000]);
+    }
+
+    #[test]
+    fn a_turn_plays_about_its_byte_budget_and_says_more_is_due() {
+        let line = |i: u64| {
+            format!(r#"{{"type":"ticker","product_id":"BTC-USD","sequence":{i},"time":"2021-04-17T16:43:37Z"}}"#)
+        };
+        let lines: Vec<String> = (0..10).map(line).collect();
+        let mut r = load_lines("budget", &lines.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        r.start();
+        let size = r.records[0].frame.len();
+        let turn = r.play(Duration::ZERO, 1024, 3 * size);
+        assert_eq!((turn.due, turn.more), (0..3, true), "three fill the budget");
+        let turn = r.play(Duration::ZERO, 1024, usize::MAX);
+        assert_eq!((turn.due, turn.more), (3..10, false));
+    }
+
+    #[test]
     fn nothing_replayable_is_a_one_line_error() {
         let e = load_lines("junk", &["hello", r#"{"type":"subscriptions","channels":[]}"#, "", "[1]"]).err().unwrap();
         assert!(e.contains("holds no replayable feed message") && !e.contains('\n'), "{e}");
-        assert!(e.contains("2 unparseable lines, 1 other messages"), "{e}");
+        assert!(e.contains("2 unparseable lines") && e.contains("1 other messages"), "{e}");
         let e = Replay::load(Path::new("/nonexistent/capture"), 1.0, false).err().unwrap();
         assert!(e.starts_with("cannot read /nonexistent/capture"), "{e}");
     }
@@ -322,15 +405,19 @@ mod tests {
         )
         .unwrap();
         r.looping = true;
-        assert_eq!(r.play(Duration::from_secs(5), 10).due, 0..0, "not started");
+        assert_eq!(r.play(Duration::from_secs(5), 10, usize::MAX).due, 0..0, "not started");
         r.start();
-        assert_eq!(r.play(Duration::ZERO, 10).due, 0..1);
-        assert_eq!(r.play(Duration::from_millis(999), 10).due, 1..1);
-        assert_eq!(r.play(Duration::from_millis(1), 10).due, 1..2);
+        assert_eq!(r.play(Duration::ZERO, 10, usize::MAX).due, 0..1);
+        assert_eq!(r.play(Duration::from_millis(999), 10, usize::MAX).due, 1..1);
+        assert_eq!(r.play(Duration::from_millis(1), 10, usize::MAX).due, 1..2);
         assert!(r.first_frame("A-B", Channel::Matches).is_some());
-        assert_eq!(r.play(Duration::ZERO, 10).due, 0..0, "the turn that starts the next pass plays nothing");
+        assert_eq!(
+            r.play(Duration::ZERO, 10, usize::MAX).due,
+            0..0,
+            "the turn that starts the next pass plays nothing"
+        );
         assert!(r.first_frame("A-B", Channel::Matches).is_none(), "the state starts again too");
-        assert_eq!(r.play(Duration::ZERO, 10).due, 0..1);
+        assert_eq!(r.play(Duration::ZERO, 10, usize::MAX).due, 0..1);
         assert_eq!(r.progress().report()["passes_completed"], 1);
     }
 }
