@@ -43,7 +43,7 @@ fn dispatch(c: &mut Criterion) {
                 let mut table = Table::default();
                 let outboxes: Vec<Rc<Outbox>> = (0..10_000).map(|_| Rc::new(Outbox::new(1 << 20))).collect();
                 for (slot, o) in outboxes.iter().enumerate() {
-                    table.add("BTC-USD", hedgehog::protocol::Channel::Ticker, slot, o);
+                    table.add("BTC-USD", hedgehog::protocol::Channel::Ticker, slot, o, None);
                 }
                 (table, outboxes)
             },

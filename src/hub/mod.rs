@@ -19,6 +19,7 @@
 //! - [`client`]: one client's subscriptions and the operations on them.
 //! - [`seats`]: open sessions per principal and per class (access control).
 //! - [`table`]: a shard's subscribers per topic, walked by the fan-out.
+//! - [`throttle`]: the throttled delivery tier's per-(client, topic) slots.
 //! - [`bus`]: the channels between shards, ordering and bounds.
 //! - [`owner`]: shard 0's upstream owner, feed state and fan-out.
 
@@ -31,6 +32,7 @@ mod msg;
 mod owner;
 mod seats;
 mod table;
+mod throttle;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -48,7 +50,7 @@ pub use owner::{run as run_owner, Book, FeedState, Gap, HistoryLimits, HistoryQu
 pub use seats::{Seat, SeatRefused};
 pub use table::Table;
 
-use crate::access::Principal;
+use crate::access::{Principal, Tier};
 use crate::protocol::{self, Topic};
 use crate::ws::{frame, Frame, Outbox};
 
@@ -371,7 +373,13 @@ impl Hub {
                 for f in frames {
                     let _ = client.outbox.push(f);
                 }
-                self.table.borrow_mut().add(&topic.product, topic.channel, id.slot, &client.outbox);
+                // Its tier is decided here, once: which list of the table it joins.
+                let tier = client.principal.borrow().as_ref().map_or(Tier::Full, |p| p.class().tier());
+                let throttle = match tier {
+                    Tier::Throttle(every) if tier.thins(topic.channel) => Some(every),
+                    _ => None,
+                };
+                self.table.borrow_mut().add(&topic.product, topic.channel, id.slot, &client.outbox, throttle);
             }
             None if !self.wants(&topic) => self.send_to(0, ShardMsg::Interest { topic, on: false, from: self.id }),
             None => {}
@@ -422,6 +430,15 @@ impl Hub {
             if subscribed {
                 let _ = outbox.push(frame.clone());
             }
+        }
+    }
+
+    /// Sends the throttled subscribers' pending messages that are due, every
+    /// [`throttle::FLUSH_EVERY`], for ever: a task of its own on each shard.
+    pub async fn flush_throttled(&self) {
+        loop {
+            glommio::timer::sleep(throttle::FLUSH_EVERY).await;
+            self.table.borrow().flush_due(std::time::Instant::now());
         }
     }
 

@@ -224,7 +224,7 @@ fn announce_access(cfg: &ServeConfig) {
         }
         (Some(access), _) => log::warn!(
             "access control is ON: rules from {} ({} classes); not enforced yet by this build: \
-             throttle_ms (every class gets full delivery) and token expiry on open sessions",
+             token expiry on open sessions",
             access.source().display(),
             access.classes().count()
         ),

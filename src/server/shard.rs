@@ -87,6 +87,10 @@ impl Shard {
             };
             glommio::spawn_local_into(task, queue).map(|t| t.detach()).ok();
         }
+        // The throttled tier's due messages (a timer of its own, never raced
+        // against an accept or a connect).
+        let flusher = hub.clone();
+        glommio::spawn_local_into(async move { flusher.flush_throttled().await }, queue).map(|t| t.detach()).ok();
         if let Some(events) = events {
             glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
         }
