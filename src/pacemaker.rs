@@ -28,8 +28,6 @@ pub const PERIOD: Duration = Duration::from_millis(10);
 thread_local! {
     /// Beats this thread's executor has received.
     static BEATS: Cell<u64> = const { Cell::new(0) };
-    /// This thread's executor's socket, once attached.
-    static LOCAL: Cell<Option<SocketAddr>> = const { Cell::new(None) };
 }
 
 /// Beats this thread's executor has received (zero unless [`attach`]ed).
@@ -88,6 +86,15 @@ fn start() -> Result<Arc<Heart>, String> {
 /// The current executor's beat; it stops when this is dropped.
 pub struct Beat {
     _task: glommio::Task<()>,
+    /// The executor's socket, which the pacemaker beats.
+    addr: SocketAddr,
+}
+
+impl Beat {
+    /// The executor's socket, which the pacemaker beats.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 /// Gives the current glommio executor its beat: a task that keeps a receive
@@ -96,7 +103,7 @@ pub struct Beat {
 /// to the hang above; so a failure is logged, not fatal.
 pub fn attach() -> Option<Beat> {
     match try_attach() {
-        Ok(task) => Some(Beat { _task: task }),
+        Ok((task, addr)) => Some(Beat { _task: task, addr }),
         Err(e) => {
             log::warn!("pacemaker: {e}; this executor may sleep through a timer until its next socket event");
             None
@@ -104,14 +111,13 @@ pub fn attach() -> Option<Beat> {
     }
 }
 
-fn try_attach() -> Result<glommio::Task<()>, String> {
+fn try_attach() -> Result<(glommio::Task<()>, SocketAddr), String> {
     let heart = heart()?;
     let socket = glommio::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("cannot bind: {e}"))?;
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
     heart.targets.lock().map_err(|_| "the pacemaker's list is poisoned".to_string())?.push(addr);
     let registration = Registration { heart, addr };
-    LOCAL.with(|l| l.set(Some(addr)));
-    Ok(glommio::spawn_local(async move {
+    let task = glommio::spawn_local(async move {
         // Beats only from the pacemaker: a connected socket takes no other datagram.
         if let Err(e) = socket.connect(registration.heart.addr).await {
             log::warn!("pacemaker: cannot connect: {e}");
@@ -133,7 +139,8 @@ fn try_attach() -> Result<glommio::Task<()>, String> {
         }
         log::warn!("pacemaker: the socket keeps failing; this executor goes without its beat");
         drop(registration);
-    }))
+    });
+    Ok((task, addr))
 }
 
 #[cfg(test)]
@@ -145,8 +152,8 @@ mod tests {
         let heart = super::heart().unwrap();
         let (beats, addr) =
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(async {
-                let beat = super::attach();
-                let addr = super::LOCAL.with(|l| l.get()).expect("registered");
+                let beat = super::attach().expect("attached");
+                let addr = beat.addr();
                 let end = Instant::now() + Duration::from_secs(30);
                 while super::beats() < 3 && Instant::now() < end {
                     glommio::timer::sleep(Duration::from_millis(5)).await;

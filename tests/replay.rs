@@ -466,7 +466,7 @@ fn a_subscriber_that_stops_reading_does_not_stop_the_replay_for_the_others() {
     // One that subscribes and never reads again, with a small receive window.
     let addr = sim.url().trim_start_matches("ws://").trim_end_matches('/').to_string();
     let stream = std::net::TcpStream::connect(&addr).unwrap();
-    small_receive_buffer(&stream);
+    common::small_receive_buffer(&stream);
     let (mut stalled, _) = tungstenite::client(sim.url(), stream).unwrap();
     stalled.send(tungstenite::Message::text(subscribe)).unwrap();
     // And one that reads: it gets every message, in order, once the replay has
@@ -485,21 +485,4 @@ fn a_subscriber_that_stops_reading_does_not_stop_the_replay_for_the_others() {
     }
     drop(stalled);
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Caps the socket's receive buffer (which also stops the kernel growing it).
-fn small_receive_buffer(s: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 64 * 1024;
-    // SAFETY: setsockopt reads an int of the size given; a bad fd only fails.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF");
 }

@@ -35,7 +35,7 @@ fn a_stalled_tenth_of_the_clients_costs_the_others_nothing() {
     // The last client stops reading; its socket stays open. Its receive buffer is
     // kept small, so the relay notices within seconds (loopback's can grow to 32 MiB).
     let (stalled, _) = clients.pop().unwrap();
-    small_receive_buffer(stalled.ws.get_ref());
+    common::small_receive_buffer(stalled.ws.get_ref());
     // Each reader has a thread of its own, so that a busy machine slows the test's
     // reading no more than a real client's.
     let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -78,21 +78,4 @@ fn a_stalled_tenth_of_the_clients_costs_the_others_nothing() {
         r.join().expect("a reader kept every trade");
     }
     drop(stalled);
-}
-
-/// Caps the socket's receive buffer (which also stops the kernel growing it).
-fn small_receive_buffer(s: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 64 * 1024;
-    // SAFETY: setsockopt reads an int of the size given; a bad fd only fails.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF");
 }

@@ -2,7 +2,6 @@
 //! Coinbase's in-band `subscribe`/`unsubscribe`), and the `/echo` test endpoint.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
@@ -282,10 +281,10 @@ impl ws::Handler for Echo {
                 glommio::spawn_local(shard).detach();
             }
             if text == WEDGE_SHARD_REQUEST {
-                std::thread::sleep(Duration::from_secs(3600));
+                std::thread::sleep(std::time::Duration::from_secs(3600));
             }
             if text == STALL_SHARD_REQUEST {
-                std::thread::sleep(Duration::from_secs(3));
+                std::thread::sleep(std::time::Duration::from_secs(3));
             }
         }
         let _ = outbox.push(ws::frame::text(&text));
