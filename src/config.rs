@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod file;
-pub use file::{check_config, ConfigFile};
+pub use file::{check_config, reload_access, ConfigFile};
 
 use crate::access::Access;
 

@@ -59,19 +59,23 @@ struct Failure {
     message: String,
 }
 
-/// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully. A shard
+/// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully; SIGHUP
+/// reloads the access rules of the `--config` file. A shard
 /// that dies first ends the process (status 70) so a supervisor restarts it; a
 /// shard that does not stop on shutdown does too (status 1).
 fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let fail = |status: u8| move |message: String| Failure { status, message };
     // glommio has no signal handling: a plain thread waits for them.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}")).map_err(fail(1))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("signals: {e}"))
+        .map_err(fail(1))?;
     let (signal_tx, signal_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            let _ = signal_tx.send(signal);
+        for signal in signals.forever() {
+            if signal_tx.send(signal).is_err() {
+                return;
+            }
         }
     });
     let relay = hedgehog::server::start(cfg).map_err(fail(2))?;
@@ -80,9 +84,17 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
             log::error!("{end}; exiting so that a supervisor can restart hedgehog");
             return Err(Failure { status: 70, message: end.to_string() });
         }
-        if let Ok(signal) = signal_rx.try_recv() {
-            log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
-            break;
+        match signal_rx.try_recv() {
+            // SIGHUP: the access rules again; a bad file is logged and changes nothing.
+            Ok(SIGHUP) => match relay.reload() {
+                Ok(said) => log::warn!("SIGHUP: {said}"),
+                Err(why) => log::error!("SIGHUP: {why}"),
+            },
+            Ok(signal) => {
+                log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
+                break;
+            }
+            Err(_) => {}
         }
     }
     match relay.shutdown(hedgehog::SHUTDOWN_GRACE) {

@@ -45,7 +45,8 @@ pub use token::{TokenError, NBF_SKEW};
 
 use crate::protocol::Channel;
 
-/// The loaded rules. Immutable; compare two by identity (a reload is a new one).
+/// The loaded rules. Immutable; compare two by identity (a reload is a new one,
+/// and [`Access::reauthenticate`] carries each open session over to it).
 #[derive(Debug)]
 pub struct Access {
     source: PathBuf,
@@ -126,6 +127,9 @@ pub struct Principal {
     name: String,
     class: Arc<Class>,
     via: Via,
+    /// The hash of the key it came with ([`Via::Key`]): a reload finds the key
+    /// again by it, or knows it was revoked.
+    key: Option<KeyHash>,
     expires: Option<SystemTime>,
     narrowed: Option<Vec<PairPattern>>,
 }
@@ -168,7 +172,38 @@ impl Access {
         let hash = KeyHash::of(key);
         let found = self.keys.iter().fold(None, |found, k| if k.hash.ct_eq(&hash) { Some(k) } else { found });
         let k = found.ok_or(AuthError::UnknownKey)?;
-        Ok(Principal::new(k.principal.clone(), k.class.clone(), Via::Key))
+        let mut p = Principal::new(k.principal.clone(), k.class.clone(), Via::Key);
+        p.key = Some(hash);
+        Ok(p)
+    }
+
+    /// `p`, authenticated by other rules, under these ones: a key's principal
+    /// and class as this file has them, a token's class by its name. `Err`:
+    /// why `p` no longer has a place here (its key was removed, or its class);
+    /// the session should end. Expiry and a token's narrowing stay as they were.
+    pub fn reauthenticate(&self, p: &Principal) -> Result<Principal, String> {
+        let class = |name: &str| self.classes.get(name).cloned();
+        let mut again = match (p.via, &p.key) {
+            (Via::Key, Some(hash)) => {
+                let k = self.keys.iter().find(|k| k.hash.ct_eq(hash)).ok_or("its API key was removed")?;
+                let mut again = Principal::new(k.principal.clone(), k.class.clone(), Via::Key);
+                again.key = Some(*hash);
+                again
+            }
+            (Via::Key, None) => return Err("its API key was removed".into()),
+            (Via::Anonymous, _) => {
+                let anonymous = class(ANONYMOUS).ok_or("connections without credentials are no longer allowed")?;
+                Principal::new(p.name.clone(), anonymous, Via::Anonymous)
+            }
+            (Via::Token, _) => {
+                let name = p.class.name();
+                let c = class(name).ok_or_else(|| format!("its token's class `{name}` was removed"))?;
+                Principal::new(p.name.clone(), c, Via::Token)
+            }
+        };
+        again.expires = p.expires;
+        again.narrowed = p.narrowed.clone();
+        Ok(again)
     }
 
     fn by_token(&self, token: &str) -> Result<Principal, AuthError> {
@@ -195,7 +230,7 @@ impl Access {
 
 impl Principal {
     fn new(name: String, class: Arc<Class>, via: Via) -> Principal {
-        Principal { name, class, via, expires: None, narrowed: None }
+        Principal { name, class, via, key: None, expires: None, narrowed: None }
     }
 
     pub fn name(&self) -> &str {

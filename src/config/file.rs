@@ -155,17 +155,32 @@ impl ConfigFile {
 /// `hedgehog check-config FILE`: the file read, its settings taken as the relay
 /// would take them (without flags or environment), and a report of its rules.
 pub fn check_config(path: &std::path::Path) -> Result<String, String> {
-    let file = ConfigFile::load(path)?;
-    let mut c = ServeConfig::default();
-    file.apply(&mut c)?;
-    c.record = super::record_of(None, None, None, &file.server)?;
-    super::validate_serve(c)?;
+    let file = checked(path)?;
     Ok(match &file.access {
         Some(access) => format!("{}: ok\n{}", path.display(), access.describe()),
         None => {
             format!("{}: ok\naccess control: off (no [classes.NAME]): every client may do everything\n", path.display())
         }
     })
+}
+
+/// The access rules of `path`, read again for a reload (SIGHUP). The whole
+/// file is checked as at start, so a mistake anywhere in it refuses the
+/// reload; its `[server]` settings are not applied (they take effect at the
+/// next start). `None`: the file has no `[classes]`.
+pub fn reload_access(path: &std::path::Path) -> Result<Option<Arc<Access>>, String> {
+    Ok(checked(path)?.access)
+}
+
+/// `path` read and its settings taken as the relay would take them (without
+/// flags or environment).
+fn checked(path: &std::path::Path) -> Result<ConfigFile, String> {
+    let file = ConfigFile::load(path)?;
+    let mut c = ServeConfig::default();
+    file.apply(&mut c)?;
+    c.record = super::record_of(None, None, None, &file.server)?;
+    super::validate_serve(c)?;
+    Ok(file)
 }
 
 fn set<T>(field: &mut T, value: Option<T>) {

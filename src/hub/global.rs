@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
+use crate::access::Access;
 use crate::protocol::Channel;
 
 /// Log lines about refused clients per second, the whole process together;
@@ -56,8 +57,13 @@ pub struct Global {
     pub max_request_rate: u32,
     /// Whether `/echo` is served (`--echo`).
     pub echo: bool,
-    /// The access rules; `None`: access control is off, everything open.
-    pub access: Option<Arc<crate::access::Access>>,
+    /// The access rules; `None`: access control is off, everything open. A
+    /// reload swaps them (never on or off); read once per request or upgrade,
+    /// never per message.
+    access: RwLock<Option<Arc<Access>>>,
+    /// Rules loaded since start: each shard compares it with the last it
+    /// applied to its open sessions.
+    access_generation: AtomicU64,
     seats: Arc<super::seats::Seats>,
     refusals_logged: Mutex<crate::rate::LogBudget>,
     per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
@@ -105,7 +111,8 @@ impl Global {
             open: AtomicUsize::new(0),
             max_request_rate: cfg.max_request_rate,
             echo: cfg.echo,
-            access: cfg.access.clone(),
+            access: RwLock::new(cfg.access.clone()),
+            access_generation: AtomicU64::new(0),
             seats: Arc::default(),
             refusals_logged: Mutex::new(crate::rate::LogBudget::new(REFUSALS_LOGGED_PER_SECOND)),
             per_ip: Mutex::new(HashMap::new()),
@@ -159,6 +166,34 @@ impl Global {
         }
     }
 
+    /// The access rules now in force; `None`: access control is off.
+    pub fn access(&self) -> Option<Arc<Access>> {
+        self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether access control is on (a reload never turns it on or off).
+    pub fn access_on(&self) -> bool {
+        self.access.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Puts `rules` in force for every request from now on; the shards carry
+    /// their open sessions over at their next look (see `Hub::watch_access`).
+    /// Refused when access control is off: turning it on needs a restart.
+    pub fn replace_access(&self, rules: Arc<Access>) -> Result<(), String> {
+        let mut access = self.access.write().unwrap_or_else(|e| e.into_inner());
+        if access.is_none() {
+            return Err("access control is off; restart hedgehog to turn it on".into());
+        }
+        *access = Some(rules);
+        self.access_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many times the rules were replaced since start.
+    pub fn access_generation(&self) -> u64 {
+        self.access_generation.load(Ordering::SeqCst)
+    }
+
     /// A seat for one session of `p` (its class's connection limits), or why not.
     pub fn take_seat(&self, p: &crate::access::Principal) -> Result<super::Seat, super::SeatRefused> {
         self.seats.take(p)
@@ -169,9 +204,17 @@ impl Global {
         self.seats.of_principal(class, name)
     }
 
-    /// Whether a line about a refused client may be written now.
-    pub fn refusal_log_turn(&self) -> crate::rate::LogTurn {
-        self.refusals_logged.lock().map(|mut b| b.take()).unwrap_or(crate::rate::LogTurn::Suppress)
+    /// One log line about a refusal of access: who (`-` when unknown), what,
+    /// and why; never a credential. At most [`REFUSALS_LOGGED_PER_SECOND`] a
+    /// second; the next line written says how many were held back.
+    pub fn log_refusal(&self, principal: &str, class: &str, what: &str, why: &str) {
+        let turn = self.refusals_logged.lock().map(|mut b| b.take()).unwrap_or(crate::rate::LogTurn::Suppress);
+        if let crate::rate::LogTurn::Write { suppressed } = turn {
+            if suppressed > 0 {
+                log::warn!("access: {suppressed} refusals not logged (over the log rate)");
+            }
+            log::warn!("access: refused principal={principal} class={class} what={what:?}: {why}");
+        }
     }
 
     /// Open client connections, all shards together.

@@ -40,7 +40,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use access::ClientView;
+pub use access::{ClientView, ACCESS_SWEEP, EXPIRY_NOTICE, TOKEN_EXPIRED};
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
 pub use client_id::ClientId;
@@ -70,8 +70,25 @@ pub struct LocalClient {
     pure: bool,
     /// Who the client is, when access control is on: what it may subscribe to,
     /// how many subscriptions it may hold, and who may steer it by id. Set at
-    /// the upgrade, or by a key in its first in-band subscribe.
+    /// the upgrade, or by a key in its first in-band subscribe; replaced by a
+    /// reload of the rules or an in-band `auth` (see `access`).
     principal: RefCell<Option<Principal>>,
+    /// An SSE or NDJSON stream: it cannot subscribe again, so it ends when the
+    /// rules withdraw all it had.
+    stream: bool,
+    /// The token expiry (unix seconds) the client was last warned of.
+    warned: std::cell::Cell<Option<u64>>,
+}
+
+/// What kind of client registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A WebSocket, with hedgehog's notes.
+    WebSocket,
+    /// A WebSocket in pure Coinbase mode: Coinbase's messages only, no notes.
+    Pure,
+    /// An SSE or NDJSON stream of one pair.
+    Stream,
 }
 
 /// One shard's hub.
@@ -112,14 +129,14 @@ impl Hub {
     }
 
     /// Registers a new client; returns its id, or `None` when the table is full.
-    /// `pure`: the client wants Coinbase's messages only (no hedgehog notes).
-    /// `principal`: who it is, when access control is on.
-    pub fn register(&self, outbox: Rc<Outbox>, pure: bool, principal: Option<Principal>) -> Option<ClientId> {
+    pub fn register(&self, outbox: Rc<Outbox>, kind: ClientKind, principal: Option<Principal>) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         let subs = RefCell::new(Subscriptions::default());
-        entry.insert(LocalClient { id, outbox, subs, pure, principal: RefCell::new(principal) });
+        let (pure, stream) = (kind == ClientKind::Pure, kind == ClientKind::Stream);
+        let principal = RefCell::new(principal);
+        entry.insert(LocalClient { id, outbox, subs, pure, principal, stream, warned: Default::default() });
         self.global.client_joined(self.id);
         Some(id)
     }

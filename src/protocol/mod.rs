@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 pub use book::Book;
 pub use channel::{Channel, Topic};
-pub use request::{parse_request, subscriptions_message, Classified, Request, RequestKind};
+pub use request::{parse_auth, parse_request, subscriptions_message, Classified, Request, RequestKind, AUTH_FAILED};
 pub use scan::{scan, RoutingKey};
 
 /// Channels that need an authenticated subscribe on Coinbase.

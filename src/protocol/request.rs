@@ -149,6 +149,33 @@ pub fn parse_request(text: &[u8]) -> Result<Request, String> {
     Ok(Request { kind, channels, authenticated, key: wire.key })
 }
 
+/// An in-band `{"type":"auth","token":...}` (a fresh token or key for the
+/// session): `None` for any other message; else the token, or a ready `error`
+/// message when it has none.
+pub fn parse_auth(text: &[u8]) -> Option<Result<String, String>> {
+    #[derive(Deserialize)]
+    struct Auth {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        token: Option<Value>,
+    }
+    // Only a message that can be one is parsed twice.
+    if !text.windows(6).any(|w| w == b"\"auth\"") {
+        return None;
+    }
+    let auth: Auth = serde_json::from_slice(text).ok()?;
+    if auth.kind.as_deref() != Some("auth") {
+        return None;
+    }
+    Some(match auth.token {
+        Some(Value::String(token)) => Ok(token),
+        _ => Err(super::error_message(AUTH_FAILED, "an auth message needs a `token` string")),
+    })
+}
+
+/// The `message` of an error about an in-band `auth`.
+pub const AUTH_FAILED: &str = "Failed to authenticate";
+
 /// The cumulative `subscriptions` reply for a connection's whole subscription
 /// set, keyed by channel or channel name. Channels are listed by name, whatever
 /// order the keys sort in.
@@ -168,6 +195,15 @@ pub fn subscriptions_message<K: AsRef<str>>(subs: &BTreeMap<K, BTreeSet<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_auth_message_is_told_apart_from_requests() {
+        assert_eq!(parse_auth(br#"{"type":"auth","token":"hh_x"}"#), Some(Ok("hh_x".into())));
+        assert!(matches!(parse_auth(br#"{"type":"auth"}"#), Some(Err(e)) if e.contains("needs a `token`")));
+        assert!(matches!(parse_auth(br#"{"type":"auth","token":5}"#), Some(Err(_))));
+        assert_eq!(parse_auth(br#"{"type":"subscribe","channels":["auth"]}"#), None);
+        assert_eq!(parse_auth(b"not json \"auth\""), None);
+    }
 
     fn products(r: &Request, ch: &str) -> Vec<String> {
         r.channels[ch].iter().cloned().collect()

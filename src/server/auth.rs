@@ -11,7 +11,6 @@
 use crate::access::{AuthError, Credential, Denied, Principal};
 use crate::http::{Request, Route};
 use crate::hub::{Global, Hub, Seat};
-use crate::rate::LogTurn;
 
 use super::api::ApiError;
 
@@ -21,7 +20,7 @@ const CHALLENGE: &str = r#"Bearer realm="hedgehog""#;
 /// Who makes `req` to `route`: `Ok(None)` with access control off or on a route
 /// that names no pair (health, index, echo); else a principal, or a 401.
 pub fn who(hub: &Hub, route: &Route, req: &Request) -> Result<Option<Principal>, ApiError> {
-    let Some(access) = &hub.global.access else { return Ok(None) };
+    let Some(access) = hub.global.access() else { return Ok(None) };
     if matches!(route, Route::Index | Route::Health | Route::Live | Route::Ready | Route::Echo) {
         return Ok(None);
     }
@@ -90,17 +89,10 @@ pub fn forbidden(global: &Global, denied: Box<Denied>) -> ApiError {
 
 /// Logs a refusal of `denied` (rate limited).
 pub fn log_denied(global: &Global, denied: &Denied) {
-    log_refusal(global, &denied.principal, &denied.class, &denied.what, &denied.refusal.to_string());
+    global.log_refusal(&denied.principal, &denied.class, &denied.what, &denied.refusal.to_string());
 }
 
-/// One log line about a refusal: who (`-` when unknown), what, and why. At most
-/// [`crate::hub::REFUSALS_LOGGED_PER_SECOND`] a second; the next line written
-/// says how many were held back.
+/// One log line about a refusal (see [`Global::log_refusal`]).
 pub fn log_refusal(global: &Global, principal: &str, class: &str, what: &str, why: &str) {
-    if let LogTurn::Write { suppressed } = global.refusal_log_turn() {
-        if suppressed > 0 {
-            log::warn!("access: {suppressed} refusals not logged (over the log rate)");
-        }
-        log::warn!("access: refused principal={principal} class={class} what={what:?}: {why}");
-    }
+    global.log_refusal(principal, class, what, why)
 }

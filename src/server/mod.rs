@@ -58,6 +58,8 @@ pub struct RelayHandle {
     ended: mpsc::Receiver<ShardEnd>,
     simulator: Option<SimHandle>,
     recorder: Option<Recorder>,
+    /// `--config`'s file, read again by [`RelayHandle::reload`].
+    config_file: Option<std::path::PathBuf>,
 }
 
 /// A shard's thread ended.
@@ -78,6 +80,33 @@ impl std::fmt::Display for ShardEnd {
 }
 
 impl RelayHandle {
+    /// Reads the `--config` file again (SIGHUP) and puts its access rules in
+    /// force: for new requests at once, for open sessions at each shard's next
+    /// look (see `hub::ACCESS_SWEEP`). `Ok`: what was loaded; `Err`: why not,
+    /// and the rules in force stay. Access control is never turned on or off
+    /// by a reload (a restart does that); `[server]` settings wait for a restart.
+    pub fn reload(&self) -> Result<String, String> {
+        let Some(path) = &self.config_file else { return Err("no --config file to reload".into()) };
+        let refused = |why: String| format!("reload of {} refused, the rules in force stay: {why}", path.display());
+        let rules = crate::config::reload_access(path).map_err(refused)?;
+        match (rules, self.global.access_on()) {
+            (Some(rules), true) => {
+                let said = format!(
+                    "access rules reloaded from {} ({} classes, {} keys); [server] settings apply at the next start",
+                    path.display(),
+                    rules.classes().count(),
+                    rules.key_principals().count()
+                );
+                self.global.replace_access(rules).map_err(refused)?;
+                Ok(said)
+            }
+            (None, true) => {
+                Err(refused("the file has no [classes] now; restart hedgehog to turn access control off".into()))
+            }
+            (_, false) => Err(refused("access control is off; restart hedgehog to turn it on".into())),
+        }
+    }
+
     /// The simulator serving as upstream in offline mode.
     pub fn simulator(&self) -> Option<&SimHandle> {
         self.simulator.as_ref()
@@ -223,8 +252,7 @@ fn announce_access(cfg: &ServeConfig) {
             log::warn!("access control is OFF ({} has no [classes]): every client may do everything", file.display())
         }
         (Some(access), _) => log::warn!(
-            "access control is ON: rules from {} ({} classes); not enforced yet by this build: \
-             token expiry on open sessions",
+            "access control is ON: rules from {} ({} classes); SIGHUP reloads them",
             access.source().display(),
             access.classes().count()
         ),
@@ -302,7 +330,8 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         }
     }
     log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
-    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder })
+    let config_file = cfg.config_file.clone();
+    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder, config_file })
 }
 
 /// How long a shard may take to start listening.

@@ -91,6 +91,11 @@ impl Shard {
         // against an accept or a connect).
         let flusher = hub.clone();
         glommio::spawn_local_into(async move { flusher.flush_throttled().await }, queue).map(|t| t.detach()).ok();
+        // Reloaded rules and expiring tokens, for this shard's open sessions.
+        if hub.global.access_on() {
+            let watcher = hub.clone();
+            glommio::spawn_local_into(async move { watcher.watch_access().await }, queue).map(|t| t.detach()).ok();
+        }
         if let Some(events) = events {
             glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
         }

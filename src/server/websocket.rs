@@ -12,7 +12,7 @@ use super::conn::{close_after, Handoff, SHARD_HEADER};
 use super::task::contained;
 use crate::access::{Credential, Denied, Principal, KEY_PREFIX};
 use crate::http::Request;
-use crate::hub::{ClientId, Hub, Op, Seat};
+use crate::hub::{ClientId, ClientKind, Hub, Op, Seat};
 use crate::protocol::{self, Channel, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
@@ -63,7 +63,8 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     }
     drop(handshake);
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone(), pure, who.clone()) else {
+    let kind = if pure { ClientKind::Pure } else { ClientKind::WebSocket };
+    let Some(id) = hub.register(outbox.clone(), kind, who.clone()) else {
         outbox.close(close::INTERNAL, "no room for another client");
         let _ = ws::write_loop(&outbox, &mut stream).await;
         return;
@@ -80,7 +81,7 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     // stream and the session state are stored once, not once per layer of
     // async block (an idle connection's memory is mostly this).
     let rate = RateLimit::new(auth::request_rate(&hub.global, who.as_ref()));
-    let session = Session { hub: hub.clone(), id, pre, rate, who, seat };
+    let session = Session { hub: hub.clone(), id, pre, rate, seat };
     let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
     let session = async move {
         contained(&hub.global, "a WebSocket session", served).await;
@@ -102,9 +103,6 @@ struct Session {
     /// A subscription to make before anything is read (a pre-subscribed stream).
     pre: Option<Op>,
     rate: RateLimit,
-    /// Who the client is, when access control is on: its in-band subscriptions
-    /// are checked against its class.
-    who: Option<Principal>,
     /// Its place in its principal's and class's counts (access control on).
     seat: Option<Seat>,
 }
@@ -141,6 +139,12 @@ impl Session {
         if !self.rate.allow() {
             return send(&protocol::error_message("rate limited", "too many messages per second; slow down"));
         }
+        if let Some(auth) = protocol::parse_auth(&text) {
+            let refreshed = auth.and_then(|token| {
+                self.refresh(&token, outbox).map_err(|reason| protocol::error_message(protocol::AUTH_FAILED, &reason))
+            });
+            return refreshed.unwrap_or_else(|error| send(&error));
+        }
         let req = match protocol::parse_request(&text) {
             Ok(req) => req,
             Err(error) => return send(&error),
@@ -157,8 +161,9 @@ impl Session {
         for error in &classified.errors {
             send(error);
         }
-        if let (true, Some(who)) = (subscribe, &self.who) {
-            for denied in allowed_only(who, &mut classified.channels) {
+        // Who the client is now (a reload or a fresh token may have changed it).
+        if let (true, Some(who)) = (subscribe, self.hub.principal_of(self.id)) {
+            for denied in allowed_only(&who, &mut classified.channels) {
                 auth::log_denied(&self.hub.global, &denied);
                 send(&protocol::error_message(req.kind.failure(), &denied.to_string()));
             }
@@ -175,7 +180,7 @@ impl Session {
     /// with its seat and rate, if it holds no subscription yet. `Err`: the
     /// reason for Coinbase's `error` message; nothing else of the request is done.
     fn adopt(&mut self, key: &str) -> Result<(), String> {
-        let Some(access) = &self.hub.global.access else { return Ok(()) };
+        let Some(access) = self.hub.global.access() else { return Ok(()) };
         if !key.starts_with(KEY_PREFIX) && key.split('.').count() != 3 {
             return Ok(());
         }
@@ -184,7 +189,8 @@ impl Session {
             auth::log_refusal(global, "-", "-", "to authenticate in-band", &e.to_string());
             e.to_string()
         })?;
-        if self.who.as_ref().is_some_and(|w| (w.name(), w.class().name()) == (p.name(), p.class().name())) {
+        let who = self.hub.principal_of(self.id);
+        if who.is_some_and(|w| (w.name(), w.class().name()) == (p.name(), p.class().name())) {
             return Ok(());
         }
         let seat = auth::seat(global, Some(&p)).map_err(|e| e.message)?;
@@ -192,7 +198,49 @@ impl Session {
             return Err("a key comes with the first subscribe, before any subscription".into());
         }
         self.rate.set_rate(auth::request_rate(global, Some(&p)));
-        (self.who, self.seat) = (Some(p), seat);
+        self.seat = seat;
+        Ok(())
+    }
+
+    /// An in-band `{"type":"auth","token":...}`: a fresh token (or a key) of the
+    /// session's own principal and class, so that it outlives its first token.
+    /// The session's subscriptions the new token does not allow (its `allow`
+    /// may differ) end with a note, after the `auth` acceptance. `Err`: the
+    /// reason for Coinbase's `error` message (nothing changed, and the old
+    /// token's expiry still stands).
+    fn refresh(&mut self, token: &str, outbox: &Outbox) -> Result<(), String> {
+        let global = &self.hub.global;
+        let Some(access) = global.access() else {
+            return Err("access control is off: there is nothing to authenticate".into());
+        };
+        let Some(current) = self.hub.principal_of(self.id) else {
+            return Err("this session has no principal".into());
+        };
+        let p = access.authenticate(Credential::Bearer(token)).map_err(|e| {
+            auth::log_refusal(
+                global,
+                current.name(),
+                current.class().name(),
+                "to authenticate in-band",
+                &e.to_string(),
+            );
+            e.to_string()
+        })?;
+        if (p.name(), p.class().name()) != (current.name(), current.class().name()) {
+            let why = format!(
+                "the credential is `{}`'s of class `{}`; this session is `{}`'s of class `{}` (reconnect to change)",
+                p.name(),
+                p.class().name(),
+                current.name(),
+                current.class().name()
+            );
+            auth::log_refusal(global, current.name(), current.class().name(), "to authenticate in-band", &why);
+            return Err(why);
+        }
+        let expires = p.expires().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        let accepted = protocol::notes::auth_accepted(p.name(), p.class().name(), expires);
+        let _ = outbox.push(ws::frame::text(accepted.as_bytes()));
+        self.hub.replace_principal(self.id, p);
         Ok(())
     }
 }
