@@ -13,6 +13,11 @@
 #                            capture of the real feed (README: Record and replay), looped,
 #                            instead of the generated market
 #
+# Access control (issue 13): one fan-out step is run with access control off
+# ("hedgehog") and on ("hedgehog-access", a key of a class allowing everything),
+# taking turns, then by a throttled class ("hedgehog-throttled") on `ticker`;
+# RESULTS.md's "Access control" section compares them.
+#
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
 # the other core(s). Everything targets loopback only, bounded in time and count.
@@ -90,7 +95,8 @@ install() {
   cargo build --release --quiet -p hedgehog -p hedgehog-loadgen
 }
 
-BIN=target/release
+# Where `cargo build` put the binaries (CARGO_TARGET_DIR, if set, moves them).
+BIN=${CARGO_TARGET_DIR:-target}/release
 # REV's release build: its own target dir, so the dependencies built once are reused
 # by later runs (and this tree's target/release is left alone), and the binary kept
 # per commit, so comparing against the same REV again builds nothing.
@@ -159,11 +165,13 @@ start_sim() { # rate products [hold seconds]
 # Starts TARGET's server for RATE msg/s per product over PRODUCTS; sets SERVER_PID, ADDR.
 start_target() { # target rate products
   case "$1" in
-    hedgehog|hedgehog-baseline)
+    hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled)
       # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
-      local bin=$BIN/hedgehog budget option
-      [ "$1" = hedgehog ] || bin=$BASE_BIN
+      local bin=$BIN/hedgehog budget option config=()
+      [ "$1" != hedgehog-baseline ] || bin=$BASE_BIN
+      # The same binary, with access rules (see write_access_configs).
+      case "$1" in hedgehog-access|hedgehog-throttled) config=(--config "$WORK/$1.toml") ;; esac
       # The load comes from a few 127.0.0.x addresses (up to 9,000 clients each) and
       # the idle step holds 19,000 connections: lift the per-address and total
       # connection budgets (a quarter and 95% of the file limit by default) to the
@@ -173,7 +181,7 @@ start_target() { # target rate products
         if supports "$bin" "$option"; then budget+=("$option" "$(ulimit -n)"); fi
       done
       WEB_CONCURRENCY=1 RUST_LOG=warn taskset -c "$SERVER_CORE" "$bin" --host 127.0.0.1 --port "$HH_PORT" \
-        --upstream-url "ws://127.0.0.1:$SIM_PORT" "${budget[@]}" >"$WORK/$1.log" 2>&1 &
+        --upstream-url "ws://127.0.0.1:$SIM_PORT" "${budget[@]}" "${config[@]}" >"$WORK/$1.log" 2>&1 &
       SERVER_PID=$!; PIDS+=($SERVER_PID); ADDR="127.0.0.1:$HH_PORT"
       ;;
     nats)
@@ -196,15 +204,19 @@ start_target() { # target rate products
 }
 
 # One measured run; appends a JSON line tagged with the scenario to $RAW and
-# leaves the loadgen's result in $WORK/last.json.
+# leaves the loadgen's result in $WORK/last.json. The extra arguments come last
+# and win (`--channel ticker` replaces `matches`).
 run() { # scenario target clients rate products subs extra-loadgen-args...
   local scenario=$1 target=$2 clients=$3 rate=$4 products=$5 subs=$6; shift 6
   start_target "$target" "$rate" "$products"
-  local out
-  # The load generator speaks hedgehog's protocol to either hedgehog.
-  if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "${target%-baseline}" --addr "$ADDR" --clients "$clients" \
+  local out protocol=$target auth=()
+  # The load generator speaks hedgehog's protocol to every hedgehog, and presents
+  # the key to those with access control on.
+  case "$target" in hedgehog-*) protocol=hedgehog ;; esac
+  case "$target" in hedgehog-access|hedgehog-throttled) auth=(--bearer "$BENCH_KEY") ;; esac
+  if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "$protocol" --addr "$ADDR" --clients "$clients" \
       --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
-      --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "$@" 2>>"$WORK/loadgen.log"); then
+      --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "${auth[@]}" "$@" 2>>"$WORK/loadgen.log"); then
     printf '{"scenario":"%s","target":"%s","rate":%s,"subs":%s,"result":%s}\n' "$scenario" "$target" "$rate" "$subs" "$out" >>"$RAW"
   else
     log "$scenario/$target/$clients/$rate failed: $(tail -1 "$WORK/loadgen.log")"
@@ -246,6 +258,53 @@ fanout() {
     ladder "$clients" nats
     ladder "$clients" ceiling
   done
+}
+
+# The throttled class's interval. The access step publishes a ticker every 20 ms
+# (50/s) in --quick and --full: 100 ms lets about one in five through, about 10 a
+# second per client, so most tickers are thinned (held in the client's slot and
+# replaced) rather than sent, and the thinned stream is still several deliveries
+# per client in each measuring second. (--smoke's 10/s is barely thinned: it only
+# proves the harness works.)
+THROTTLE_MS=100
+
+# One principal's key (`hedgehog hash-key`), and two config files naming its hash:
+# hedgehog-access.toml with a class allowing every pair and channel at full
+# delivery, hedgehog-throttled.toml with the same class throttled. Each is checked
+# as `serve` would check it, so a mistake stops the run here.
+write_access_configs() {
+  local out hash class
+  out=$("$BIN/hedgehog" hash-key)
+  BENCH_KEY=$(awk '$1 == "key:" {print $2}' <<<"$out")
+  hash=$(awk '$1 == "hash:" {print $2}' <<<"$out")
+  for class in access throttled; do
+    {
+      printf '[classes.%s]\nallow = ["*"]\nallow_channels = ["*"]\n' "$class"
+      [ "$class" = access ] || printf 'throttle_ms = %s\n' "$THROTTLE_MS"
+      printf '\n[[keys]]\nprincipal = "bench"\nclass = "%s"\nhash = "%s"\n' "$class" "$hash"
+    } >"$WORK/hedgehog-$class.toml"
+    "$BIN/hedgehog" check-config "$WORK/hedgehog-$class.toml" >/dev/null
+  done
+  printf '{"scenario":"access-config","target":"-","result":{"throttle_ms":%s}}\n' "$THROTTLE_MS" >>"$RAW"
+}
+
+# Access control's cost: the first fan-out size at ACCESS_RATE, on `ticker` (the
+# channel a throttle thins; full-tier tickers carry consecutive trade ids, so loss
+# is still checked), with access control off and on, ACCESS_ROUNDS rounds taking
+# turns at going first (off, on; on, off; ...); then the throttled class once, its
+# trade-id gaps counted as skipped, not lost (--thinned).
+access() {
+  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-access)
+  write_access_configs
+  for round in $(seq 1 "$ACCESS_ROUNDS"); do
+    for target in "${order[@]}"; do
+      log "access control: $target, $clients clients, $ACCESS_RATE tickers/s (round $round)"
+      run access "$target" "$clients" "$ACCESS_RATE" BTC-USD 1 --channel ticker
+    done
+    order=("${order[1]}" "${order[0]}")
+  done
+  log "access control: hedgehog-throttled (throttle_ms = $THROTTLE_MS), $clients clients, $ACCESS_RATE tickers/s"
+  run access hedgehog-throttled "$clients" "$ACCESS_RATE" BTC-USD 1 --channel ticker --thinned
 }
 
 market_mix() {
@@ -334,17 +393,21 @@ PY
 
 case "$MODE" in
   --smoke)
-    WARMUP=0.2; DURATION=0.5; FANOUT_CLIENTS="20"; FANOUT_RATES="10"; MIX_CLIENTS=30; MIX_HOLD=1; IDLE_CLIENTS=50; STORM_CLIENTS=50; REST_SECONDS=1 ;;
+    WARMUP=0.2; DURATION=0.5; FANOUT_CLIENTS="20"; FANOUT_RATES="10"; MIX_CLIENTS=30; MIX_HOLD=1; IDLE_CLIENTS=50; STORM_CLIENTS=50; REST_SECONDS=1
+    ACCESS_RATE=10; ACCESS_ROUNDS=1 ;;
   --quick)
-    WARMUP=1; DURATION=2; FANOUT_CLIENTS="1000"; FANOUT_RATES="10 50 200 800"; MIX_CLIENTS=2000; MIX_HOLD=6; IDLE_CLIENTS=5000; STORM_CLIENTS=2000; REST_SECONDS=3 ;;
+    WARMUP=1; DURATION=2; FANOUT_CLIENTS="1000"; FANOUT_RATES="10 50 200 800"; MIX_CLIENTS=2000; MIX_HOLD=6; IDLE_CLIENTS=5000; STORM_CLIENTS=2000; REST_SECONDS=3
+    ACCESS_RATE=50; ACCESS_ROUNDS=2 ;;
   --full)
-    WARMUP=1; DURATION=4; FANOUT_CLIENTS="1000 5000 15000"; FANOUT_RATES="10 50 100 200 400 800 1600"; MIX_CLIENTS=10000; MIX_HOLD=15; IDLE_CLIENTS=19000; STORM_CLIENTS=10000; REST_SECONDS=8 ;;
+    WARMUP=1; DURATION=4; FANOUT_CLIENTS="1000 5000 15000"; FANOUT_RATES="10 50 100 200 400 800 1600"; MIX_CLIENTS=10000; MIX_HOLD=15; IDLE_CLIENTS=19000; STORM_CLIENTS=10000; REST_SECONDS=8
+    ACCESS_RATE=50; ACCESS_ROUNDS=3 ;;
 esac
 
 started=$(date +%s)
 install
 [ -z "$BASELINE" ] || build_baseline
 fanout
+access
 market_mix
 idle
 storm

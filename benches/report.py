@@ -122,6 +122,94 @@ def fanout_section(rows, out):
     return runs, knees
 
 
+# Access control's step (bench.sh `access`): the same binary without a config (off),
+# with a full-tier key (on), and with a throttled class's key.
+ACCESS_OFF, ACCESS_ON, THROTTLED = "hedgehog", "hedgehog-access", "hedgehog-throttled"
+
+
+def pooled_per_cpu(runs):
+    """Deliveries per server CPU-second over several runs: all deliveries over all CPU seconds."""
+    cpu = sum(r.get("server_cpu", 0) for r in runs)
+    return sum(r.get("deliveries", 0) for r in runs) / cpu if cpu else None
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def per_client_rate(r):
+    return r.get("deliveries_per_s", 0) / r["clients"] if r.get("clients") else None
+
+
+def arrived(r):
+    """The share of the published tickers a thinned stream delivered, by trade ids: each delivery
+    stands for itself and the ids it passed over since the one before."""
+    seen = r.get("deliveries", 0) + r.get("skipped", 0)
+    return r.get("deliveries", 0) / seen if seen else None
+
+
+def access_section(rows, config, out):
+    by = defaultdict(list)
+    for row in rows:
+        by[row["target"]].append(row)
+    if not by[ACCESS_OFF] or not by[ACCESS_ON]:
+        return
+    first = by[ACCESS_OFF][0]
+    clients, rate = first["result"].get("clients", 0), first["rate"]
+    throttle = config[0]["result"].get("throttle_ms") if config else None
+    out.append(f"## Access control ({clients:,} clients, 1 product, `ticker`, {rate} msg/s)\n")
+    out.append(f"`{ACCESS_OFF}`: no config, access control off. `{ACCESS_ON}`: the same binary with `--config`, "
+               "every client presenting an API key (`Authorization: Bearer`) of a class allowing every pair and "
+               "channel at full delivery. Access is decided at subscribe, not per message, so deliveries per "
+               "CPU-second and latency should match within noise. Rounds take turns at going first (off, on; "
+               "on, off; ...). Full-tier tickers carry consecutive trade ids, so `lost` is checked as in the sweep.\n")
+    out.append("| round | target | deliveries/s | server CPU-s | deliveries/CPU-s | p50 ms | p99 ms | lost | valid |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    pairs = list(zip(by[ACCESS_OFF], by[ACCESS_ON]))
+    for i, (off, on) in enumerate(pairs, 1):
+        for row in sorted((off, on), key=rows.index):
+            r = row["result"]
+            out.append(f"| {i} | {row['target']} | {fmt(r.get('deliveries_per_s'), 0)} | {fmt(r.get('server_cpu'), 2)} | "
+                       f"{fmt(r.get('per_cpu_s'), 0)} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | "
+                       f"{fmt(r.get('lost'))} | {'no' if r.get('loadgen_saturated') else 'yes'} |")
+    out.append("\nOn over off (deliveries per CPU-second: 1.00x is no cost; latency: 1.00x is no cost). "
+               "All rounds: all deliveries over all server CPU seconds, and the mean of each round's latency.\n")
+    out.append("| round | deliveries/CPU-s on/off | p50 on/off | p99 on/off |")
+    out.append("|---|---:|---:|---:|")
+    for i, (off, on) in enumerate(pairs, 1):
+        a, b = on["result"], off["result"]
+        out.append(f"| {i} | {ratio(a.get('per_cpu_s'), b.get('per_cpu_s'))} | {ratio(a.get('p50_ms'), b.get('p50_ms'))} | "
+                   f"{ratio(a.get('p99_ms'), b.get('p99_ms'))} |")
+    ons, offs = [on["result"] for _, on in pairs], [off["result"] for off, _ in pairs]
+    lat = lambda runs, k: mean([r.get(k) for r in runs])
+    out.append(f"| all rounds | {ratio(pooled_per_cpu(ons), pooled_per_cpu(offs))} | "
+               f"{ratio(lat(ons, 'p50_ms'), lat(offs, 'p50_ms'))} | {ratio(lat(ons, 'p99_ms'), lat(offs, 'p99_ms'))} |")
+    throttled_table(by[THROTTLED], ons, throttle, out)
+    out.append("")
+
+
+def throttled_table(rows, full, throttle, out):
+    if not rows:
+        return
+    t = rows[0]["result"]
+    full_rate, full_cpu = mean([per_client_rate(r) for r in full]), mean([r.get("server_cpu") for r in full])
+    out.append(f"\n`{THROTTLED}`: the same step, the key's class with `throttle_ms = {throttle}` (at most one ticker "
+               "per product per interval per client, the newest winning). Trade-id gaps are thinning here, not loss: "
+               "`arrived` is the share of the published tickers delivered (deliveries over deliveries plus the ids "
+               "passed over). Per-client rate and CPU are set against the full tier's (`hedgehog-access`, mean of its "
+               "rounds). Its latency includes the wait for the interval, by design.\n")
+    out.append("| deliveries/s | per client/s | full tier per client/s | throttled/full | arrived | server CPU-s | "
+               "CPU throttled/full | deliveries/CPU-s | p50 ms | p99 ms | dups | valid |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    share = arrived(t)
+    out.append(f"| {fmt(t.get('deliveries_per_s'), 0)} | {fmt(per_client_rate(t))} | {fmt(full_rate)} | "
+               f"{ratio(per_client_rate(t), full_rate)} | {'-' if share is None else f'{share:.1%}'} | "
+               f"{fmt(t.get('server_cpu'), 2)} | {ratio(t.get('server_cpu'), full_cpu)} | {fmt(t.get('per_cpu_s'), 0)} | "
+               f"{fmt(t.get('p50_ms'))} | {fmt(t.get('p99_ms'))} | {fmt(t.get('dups'))} | "
+               f"{'no' if t.get('loadgen_saturated') else 'yes'} |")
+
+
 def simple_section(title, rows, cols, out, note=""):
     out.append(f"## {title}\n")
     if note:
@@ -213,10 +301,13 @@ def main():
         rows = load(sys.argv[2])
         scenarios = {r["scenario"] for r in rows}
         missing = {"fanout", "mix", "idle", "storm", "rest", "micro"} - scenarios
+        # The access step: off, on and throttled, each delivering something.
+        access = {r["target"] for r in rows if r["scenario"] == "access" and r["result"].get("deliveries", 0) > 0}
+        missing |= {"access " + t for t in (ACCESS_OFF, ACCESS_ON, THROTTLED) if t not in access}
         if any(r["scenario"] == "baseline" for r in rows):
             ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
             missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
-        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed") and r["result"].get("ready", 0) == 0]
+        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed", "access-config") and r["result"].get("ready", 0) == 0]
         if missing or bad:
             print(f"bench smoke failed: missing {sorted(missing)}, empty runs {len(bad)}", file=sys.stderr)
             sys.exit(1)
@@ -247,6 +338,7 @@ def main():
         baseline_section(by_scenario, out)
     runs, knees = fanout_section(by_scenario["fanout"], out)
     out.append("")
+    access_section(by_scenario["access"], by_scenario["access-config"], out)
     feed = [r["result"] for r in by_scenario["feed"]][:1]
     title = "Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)"
     latency = [("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),

@@ -31,8 +31,30 @@ pub struct Plan {
     /// Products per client.
     pub subs: Vec<Vec<String>>,
     pub channel: String,
+    /// The `type` of the messages measured: `match` for `matches`, `ticker` for `ticker`.
+    pub kind: &'static str,
     /// Connect only: no subscriptions (idle capacity).
     pub idle: bool,
+    /// An API key or token, sent as `Authorization: Bearer` on the upgrade and on
+    /// every REST subscribe (hedgehog with access control on).
+    pub bearer: Option<String>,
+    /// The stream is thinned on purpose (a throttled class): a gap in trade ids is
+    /// counted as `skipped`, not `lost`; a repeat or a step back is still a dup.
+    pub thinned: bool,
+}
+
+/// The message `type` a channel's stream is measured by.
+pub fn kind_of(channel: &str) -> Result<&'static str, String> {
+    match channel {
+        "matches" => Ok("match"),
+        "ticker" => Ok("ticker"),
+        c => Err(format!("--channel {c}: only matches and ticker carry trade ids to measure by")),
+    }
+}
+
+/// `Authorization: Bearer ...` and its line end, or nothing.
+fn auth_header(bearer: Option<&str>) -> String {
+    bearer.map_or_else(String::new, |b| format!("Authorization: Bearer {b}\r\n"))
 }
 
 /// Opens a TCP connection from `source` (any port) to `addr`.
@@ -58,9 +80,23 @@ pub fn connect(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream>
     Ok(TcpStream::from(s))
 }
 
+/// The upgrade request, with the bearer's header if there is one; and its key.
+fn upgrade_request(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (Vec<u8>, String) {
+    let (mut req, key) = ws::client_request(&addr.to_string(), path);
+    // The request ends with its blank line: the header goes before it.
+    req.truncate(req.len() - 2);
+    req.extend_from_slice(format!("{}\r\n", auth_header(bearer)).as_bytes());
+    (req, key)
+}
+
 /// A WebSocket client handshake on `stream`; returns bytes read past the response.
-async fn handshake(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
-    let (req, key) = ws::client_request(&addr.to_string(), path);
+async fn handshake(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let (req, key) = upgrade_request(addr, path, bearer);
     stream.write_all(&req).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     loop {
@@ -95,7 +131,7 @@ async fn run(i: usize, plan: &Plan, stats: &Rc<RefCell<Stats>>, rest: &RestPool)
     let mut stream = connect(plan.source, plan.addr).map_err(|e| format!("connect: {e}"))?;
     stats.borrow_mut().connected += 1;
     let path = if plan.target == Target::Hedgehog { "/ws" } else { "/" };
-    let leftover = handshake(&mut stream, plan.addr, path).await?;
+    let leftover = handshake(&mut stream, plan.addr, path, plan.bearer.as_deref()).await?;
     let mut dec = Decoder::new(Role::Client, 1 << 22).with_read_size(16 * 1024);
     dec.feed(&leftover);
     let products = &plan.subs[i % plan.subs.len()];
@@ -149,10 +185,10 @@ async fn run(i: usize, plan: &Plan, stats: &Rc<RefCell<Stats>>, rest: &RestPool)
                 if m == b"PING" {
                     pongs.push(());
                 } else {
-                    measure(m, stats, &mut seen);
+                    measure(m, plan, stats, &mut seen);
                 }
             }),
-            _ => measure(&payload, stats, &mut seen),
+            _ => measure(&payload, plan, stats, &mut seen),
         }
         for _ in pongs {
             send_text(&mut stream, "PONG\r\n").await.map_err(|e| e.to_string())?;
@@ -176,10 +212,10 @@ async fn next_text(dec: &mut Decoder, stream: &mut TcpStream) -> Result<Vec<u8>,
     }
 }
 
-fn measure(payload: &[u8], stats: &Rc<RefCell<Stats>>, seen: &mut Seen) {
+fn measure(payload: &[u8], plan: &Plan, stats: &Rc<RefCell<Stats>>, seen: &mut Seen) {
     let Ok(text) = std::str::from_utf8(payload) else { return };
     let f = fields(text);
-    if f.kind != "match" {
+    if f.kind != plan.kind {
         return;
     }
     let now = hedgehog::clock::now_micros();
@@ -191,6 +227,8 @@ fn measure(payload: &[u8], stats: &Rc<RefCell<Stats>>, seen: &mut Seen) {
                 if s.measuring {
                     if id <= *last {
                         s.dups += 1;
+                    } else if plan.thinned {
+                        s.skipped += id - *last - 1;
                     } else {
                         s.lost += id - *last - 1;
                     }
@@ -260,7 +298,8 @@ pub struct RestPool {
 type Job = (String, String, LocalSender<Result<u16, String>>);
 
 impl RestPool {
-    pub fn new(addr: SocketAddr, source: Ipv4Addr, size: usize) -> RestPool {
+    pub fn new(addr: SocketAddr, source: Ipv4Addr, size: usize, bearer: Option<&str>) -> RestPool {
+        let auth = auth_header(bearer);
         // Its own latency-matters queue: subscribing must not wait behind thousands
         // of clients busy reading messages.
         let queue = glommio::executor().create_task_queue(
@@ -273,10 +312,11 @@ impl RestPool {
                 // Each worker serves its jobs in order; the queue bounds how many
                 // clients wait on it (a full queue makes the next client wait).
                 let (tx, rx) = local_channel::new_bounded::<Job>(1024);
+                let auth = auth.clone();
                 let worker = async move {
                     let mut conn: Option<TcpStream> = None;
                     while let Some((path, id, reply)) = rx.recv().await {
-                        let r = post(&mut conn, addr, source, &path, &id).await;
+                        let r = post(&mut conn, addr, source, &path, &id, &auth).await;
                         if r.is_err() {
                             conn = None;
                         }
@@ -307,12 +347,13 @@ async fn post(
     source: Ipv4Addr,
     path: &str,
     id: &str,
+    auth: &str,
 ) -> Result<u16, String> {
     if conn.is_none() {
         *conn = Some(connect(source, addr).map_err(|e| format!("REST connect: {e}"))?);
     }
     let s = conn.as_mut().expect("just connected");
-    let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Client-Id: {id}\r\nContent-Length: 0\r\n\r\n");
+    let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Client-Id: {id}\r\n{auth}Content-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     loop {
@@ -341,6 +382,19 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_is_a_header_of_the_upgrade() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().expect("an address");
+        for bearer in [None, Some("hh_00ff")] {
+            let (req, _) = upgrade_request(addr, "/ws", bearer);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Request::new(&mut headers);
+            assert_eq!(parsed.parse(&req), Ok(httparse::Status::Complete(req.len())));
+            let auth = parsed.headers.iter().find(|h| h.name == "Authorization").map(|h| h.value);
+            assert_eq!(auth, bearer.map(|b| format!("Bearer {b}")).as_deref().map(str::as_bytes));
+        }
+    }
 
     #[test]
     fn nats_messages_split_across_frames() {

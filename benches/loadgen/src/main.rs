@@ -4,6 +4,10 @@
 //!   the ceiling, spread over `--procs` processes (the 20,000 open files per process
 //!   limit), subscribes them, and measures deliveries, latency (receive time minus the
 //!   message's `time`), losses and duplicates. Prints one JSON object.
+//!   `--channel matches|ticker` picks the stream (both carry consecutive trade ids);
+//!   `--bearer KEY` presents an API key or token to hedgehog (access control on);
+//!   `--thinned` counts trade-id gaps as `skipped` rather than `lost`, for a
+//!   throttled class, whose tickers are thinned on purpose.
 //! - `loadgen ceiling ...` runs the ceiling program (see ceiling.rs).
 //! - `loadgen bridge ...` publishes the simulator's messages into nats-server.
 //! - `loadgen client-id ...` holds one hedgehog client and prints its id (for wrk).
@@ -143,7 +147,10 @@ fn child(f: &Flags) -> Result<(), String> {
             index * clients,
         ),
         channel: flag(f, "channel", "matches").to_string(),
+        kind: clients::kind_of(flag(f, "channel", "matches"))?,
         idle: f.contains_key("idle"),
+        bearer: f.get("bearer").filter(|b| !b.is_empty()).cloned(),
+        thinned: f.contains_key("thinned"),
     });
     let (warmup, duration) = (num(f, "warmup", 2.0), num(f, "duration", 5.0));
     let ready_timeout = num(f, "ready-timeout", 60.0);
@@ -168,7 +175,7 @@ fn child(f: &Flags) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     ex.run(async move {
         let stats = Rc::new(RefCell::new(Stats::new()));
-        let rest = Rc::new(RestPool::new(plan.rest, plan.source, 32));
+        let rest = Rc::new(RestPool::new(plan.rest, plan.source, 32, plan.bearer.as_deref()));
         let started = Instant::now();
         for i in 0..clients {
             glommio::spawn_local(clients::client(i, plan.clone(), stats.clone(), rest.clone())).detach();
@@ -215,7 +222,7 @@ fn child(f: &Flags) -> Result<(), String> {
         }
         let v = serde_json::json!({
             "clients": clients, "connected": s.connected, "ready": s.ready, "errors": s.errors,
-            "first_error": s.first_error, "deliveries": s.deliveries, "lost": s.lost, "dups": s.dups,
+            "first_error": s.first_error, "deliveries": s.deliveries, "lost": s.lost, "skipped": s.skipped, "dups": s.dups,
             "seconds": seconds, "own_cpu": own_cpu, "saturated": own_cpu / seconds.max(0.001) > 0.9,
             "ready_seconds": ready_seconds,
         });
@@ -287,7 +294,8 @@ fn parent(f: &Flags) -> Result<(), String> {
     let window = t0.elapsed().as_secs_f64();
     let mut hist = stats::histogram();
     let mut total = serde_json::Map::new();
-    let (mut deliveries, mut lost, mut dups, mut saturated, mut first_error) = (0u64, 0u64, 0u64, false, None);
+    let (mut deliveries, mut lost, mut skipped, mut dups) = (0u64, 0u64, 0u64, 0u64);
+    let (mut saturated, mut first_error) = (false, None);
     for (mut c, mut out, path) in children {
         let mut line = String::new();
         out.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -295,6 +303,7 @@ fn parent(f: &Flags) -> Result<(), String> {
         let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("child output {line:?}: {e}"))?;
         deliveries += v["deliveries"].as_u64().unwrap_or(0);
         lost += v["lost"].as_u64().unwrap_or(0);
+        skipped += v["skipped"].as_u64().unwrap_or(0);
         dups += v["dups"].as_u64().unwrap_or(0);
         errors = errors.max(v["errors"].as_u64().unwrap_or(0));
         saturated |= v["saturated"].as_bool().unwrap_or(false);
@@ -320,6 +329,7 @@ fn parent(f: &Flags) -> Result<(), String> {
         ("deliveries", deliveries.into()),
         ("deliveries_per_s", (deliveries as f64 / window).into()),
         ("lost", lost.into()),
+        ("skipped", skipped.into()),
         ("dups", dups.into()),
         ("server_cpu", server_cpu.into()),
         ("core_cpu", core_cpu.into()),

@@ -14,6 +14,8 @@ pub struct Stats {
     pub hist: Histogram<u64>,
     pub deliveries: u64,
     pub lost: u64,
+    /// Trade ids a thinned stream passed over on purpose (`--thinned`).
+    pub skipped: u64,
     pub dups: u64,
     pub connected: u64,
     pub ready: u64,
@@ -30,6 +32,7 @@ impl Stats {
             hist: histogram(),
             deliveries: 0,
             lost: 0,
+            skipped: 0,
             dups: 0,
             connected: 0,
             ready: 0,
