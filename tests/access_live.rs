@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::access::{bearer, capture_log, client_as, key_entry, key_of, now, token, ws_as, SECRET};
@@ -31,14 +31,14 @@ fn config_file(name: &str, text: &str) -> PathBuf {
 }
 
 /// A simulator and a two-shard relay whose rules are read from `path`.
-fn start(path: &PathBuf) -> (SimHandle, RelayHandle) {
+fn start(path: &Path) -> (SimHandle, RelayHandle) {
     capture_log();
     let sim = simulator(|c| c.rate = 20.0);
     let rules = hedgehog::config::reload_access(path).expect("a good file").expect("classes");
     let relay = common::relay_with(&sim.url(), |c| {
         c.shards = 2;
         c.channels = vec![Channel::Ticker, Channel::Matches];
-        c.config_file = Some(path.clone());
+        c.config_file = Some(path.to_path_buf());
         c.access = Some(rules);
     });
     (sim, relay)
