@@ -127,7 +127,7 @@ fn hash_key_prints_a_key_and_its_hash() {
 }
 
 /// `serve` says at start, at warn level, whether access control is off or its
-/// rules are enforced, and what is not yet.
+/// rules are enforced (and that SIGHUP reloads them).
 #[test]
 fn serve_says_whether_access_control_is_on() {
     let path = config("serve", GOOD);
@@ -162,5 +162,26 @@ fn serve_says_whether_access_control_is_on() {
         child.wait().unwrap();
         let line = found.unwrap_or_else(|| panic!("{args:?}: no {want:?} within 20 s"));
         assert!(line.contains("WARN"), "{line}");
+    }
+}
+
+/// The README's complete example file is one `check-config` takes (with its
+/// placeholder hash made a real one and its issuer's public key in place).
+#[test]
+fn the_readme_example_file_checks() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("### The config file").nth(1).expect("the section");
+    let example = section.split("```toml\n").nth(1).and_then(|s| s.split("```").next()).expect("a toml block");
+    let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    assert!(example.contains("\"9f2c...64 hex digits...\""), "the placeholder this test replaces");
+    let path = config("readme", &example.replace("9f2c...64 hex digits...", hash));
+    let keys = path.parent().unwrap().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(format!("{FIXTURES}/rsa.pub.pem"), keys.join("issuer-2026.pem")).unwrap();
+    let out = hedgehog(&["check-config", path.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    for want in ["class `anonymous`", "class `pro`", "key of `alice`: class `pro`"] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
     }
 }
