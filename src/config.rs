@@ -113,6 +113,10 @@ pub struct ServeConfig {
     pub record: Option<Box<RecordConfig>>,
     /// `--config FILE` (or `HEDGEHOG_CONFIG`), for a reload to read again.
     pub config_file: Option<PathBuf>,
+    /// `--metrics-addr`: a listener of its own serving `GET /metrics` (open:
+    /// bind it where only the scraper reaches). `None`: only the main port's
+    /// `/metrics` (admins only, with access control).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The file's access rules; `None`: access control is off, everything open.
     /// (Loaded and checked here; the entry points do not enforce them yet.)
     pub access: Option<Arc<Access>>,
@@ -155,6 +159,7 @@ impl Default for ServeConfig {
             echo: false,
             record: None,
             config_file: None,
+            metrics_addr: None,
             access: None,
         }
     }
@@ -239,6 +244,8 @@ Relay options (environment variable in brackets):
                          every UTC hour (default 268435456)
   --record-max-bytes N   recording files in DIR total at most N bytes, oldest deleted
                          first (default 4294967296)
+  --metrics-addr ADDR    also serve GET /metrics, open, on ADDR (host:port) of its own
+                         [HEDGEHOG_METRICS_ADDR] (default: only /metrics on the main port)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -331,6 +338,7 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "record",
     "record-max-file-bytes",
     "record-max-bytes",
+    "metrics-addr",
 ];
 
 /// The simulator's flags that take a value.
@@ -482,6 +490,11 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     Ok(c)
 }
 
+/// A `--metrics-addr`: `host:port` (`[::1]:9100` for IPv6).
+pub(crate) fn metrics_addr(a: &str) -> Result<std::net::SocketAddr, String> {
+    a.trim().parse().map_err(|_| format!("--metrics-addr {a:?} is not an address (host:port, e.g. 127.0.0.1:9100)"))
+}
+
 fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
     let mut c = ServeConfig::default();
     let path = f.get("config").map(str::to_string).or_else(|| env("HEDGEHOG_CONFIG").filter(|p| !p.is_empty()));
@@ -505,6 +518,9 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     }
     if let Some(ca) = f.get("upstream-ca").map(str::to_string).or_else(|| env("COINBASE_CA_FILE")) {
         c.upstream.ca_file = Some(PathBuf::from(ca));
+    }
+    if let Some(a) = f.get("metrics-addr").map(str::to_string).or_else(|| env("HEDGEHOG_METRICS_ADDR")) {
+        c.metrics_addr = Some(metrics_addr(&a)?);
     }
     if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
         c.channels = list(&ch).iter().map(|name| relayed_channel(name)).collect::<Result<_, _>>()?;

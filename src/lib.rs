@@ -38,6 +38,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod net;
 pub mod pacemaker;
 pub mod protocol;

@@ -46,6 +46,7 @@ pub struct ServerFile {
     shards: Option<Spanned<i64>>,
     upstream_url: Option<String>,
     upstream_ca: Option<PathBuf>,
+    metrics_addr: Option<Spanned<String>>,
     channels: Option<Vec<Spanned<String>>>,
     stall_timeout: Option<Spanned<f64>>,
     simulate: Option<bool>,
@@ -108,6 +109,9 @@ impl ConfigFile {
         }
         set(&mut c.upstream.url, s.upstream_url.clone());
         c.upstream.ca_file = s.upstream_ca.clone().or(c.upstream.ca_file.take());
+        if let Some(a) = &s.metrics_addr {
+            c.metrics_addr = Some(super::metrics_addr(a.get_ref()).map_err(|e| at(a.span(), e))?);
+        }
         if let Some(list) = &s.channels {
             let one = |n: &Spanned<String>| super::relayed_channel(n.get_ref()).map_err(|e| at(n.span(), e));
             c.channels = list.iter().map(one).collect::<Result<_, _>>()?;

@@ -51,6 +51,11 @@ impl Response {
         Response { status, headers: vec![("Content-Type", "application/json".into())], body }
     }
 
+    /// A plain-text response of `content_type`.
+    pub fn text(status: u16, content_type: &str, body: String) -> Self {
+        Response { status, headers: vec![("Content-Type", content_type.into())], body: body.into_bytes() }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));

@@ -31,6 +31,30 @@ pub enum Route {
     Clients,
     /// `DELETE /api/v1/clients/{id}`: disconnect a client (admins only).
     Disconnect(String),
+    /// `GET /metrics`: Prometheus metrics (admins only, with access control).
+    Metrics,
+}
+
+impl Route {
+    /// The route's name, a metrics label: a fixed set, never the pair or id.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::WebSocket => "websocket",
+            Route::Index => "index",
+            Route::Health => "healthz",
+            Route::Live => "livez",
+            Route::Ready => "readyz",
+            Route::List => "list",
+            Route::Subscribe(_) => "subscribe",
+            Route::Unsubscribe(_) => "unsubscribe",
+            Route::Pair(_) => "pair",
+            Route::Echo => "echo",
+            Route::History(_) => "history",
+            Route::Clients => "clients",
+            Route::Disconnect(_) => "disconnect",
+            Route::Metrics => "metrics",
+        }
+    }
 }
 
 const PREFIX: &str = "/api/v1/subscribe";
@@ -52,6 +76,7 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/livez" => only_get(Route::Live),
         "/readyz" => only_get(Route::Ready),
         "/echo" => only_get(Route::Echo),
+        "/metrics" => only_get(Route::Metrics),
         PREFIX => only_get(Route::List),
         CLIENTS => only_get(Route::Clients),
         _ if path.starts_with(CLIENTS) => match path[CLIENTS.len()..].strip_prefix('/') {
@@ -107,6 +132,8 @@ mod tests {
         assert_eq!(route("DELETE", "/api/v1/clients/1-2-3", false), Ok(Route::Disconnect("1-2-3".into())));
         assert_eq!(route("GET", "/api/v1/clients/1-2-3", false).unwrap_err().status, 405);
         assert_eq!(route("DELETE", "/api/v1/clients/", false).unwrap_err().status, 404);
+        assert_eq!(route("GET", "/metrics", false), Ok(Route::Metrics));
+        assert_eq!(route("POST", "/metrics", false).unwrap_err().status, 405);
     }
 
     #[test]

@@ -72,11 +72,15 @@ pub struct Global {
     malformed: AtomicU64,
     panics: AtomicU64,
     gaps: AtomicU64,
+    /// Access refusals answered 401, 403 and 429 (or their in-band forms).
+    refusals: [AtomicU64; 3],
     history_messages: AtomicUsize,
     history_bytes: AtomicUsize,
     /// What shard 0 keeps of each topic's recent messages.
     pub history: super::HistoryLimits,
     upstream: Mutex<UpstreamInfo>,
+    /// Where `--metrics-addr` listens, once bound.
+    metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// `--record`'s counters, kept by the recorder's threads.
     recording: Option<Arc<crate::record::Stats>>,
 }
@@ -121,6 +125,7 @@ impl Global {
             malformed: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            refusals: Default::default(),
             history_messages: AtomicUsize::new(0),
             history_bytes: AtomicUsize::new(0),
             history: super::HistoryLimits {
@@ -130,6 +135,7 @@ impl Global {
             },
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
             recording: None,
+            metrics_addr: std::sync::OnceLock::new(),
         }
     }
 
@@ -236,6 +242,30 @@ impl Global {
         }
         let why = up.last_error.map(|e| format!(": {e}")).unwrap_or_default();
         Err(format!("upstream {} for {} s{why}", up.state, since.elapsed().as_secs()))
+    }
+
+    /// Where `--metrics-addr` listens (its port chosen when 0); `None` without it.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.get().copied()
+    }
+
+    pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.metrics_addr.set(addr);
+    }
+
+    /// Counts an access refusal answered with `status` (401, 403 or 429).
+    pub fn count_refusal(&self, status: u16) {
+        let i = match status {
+            401 => 0,
+            403 => 1,
+            _ => 2,
+        };
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Access refusals so far: 401, 403, 429.
+    pub fn refusals(&self) -> [u64; 3] {
+        self.refusals.each_ref().map(|a| a.load(Ordering::Relaxed))
     }
 
     /// Panics contained (each ended one connection, not its shard).

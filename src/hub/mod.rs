@@ -28,6 +28,7 @@ mod bus;
 mod client;
 mod client_id;
 mod global;
+mod metrics;
 mod msg;
 mod owner;
 mod seats;
@@ -78,6 +79,8 @@ pub struct LocalClient {
     stream: bool,
     /// The token expiry (unix seconds) the client was last warned of.
     warned: std::cell::Cell<Option<u64>>,
+    /// How it is connected (metrics).
+    transport: crate::metrics::Transport,
 }
 
 /// What kind of client registers.
@@ -87,8 +90,21 @@ pub enum ClientKind {
     WebSocket,
     /// A WebSocket in pure Coinbase mode: Coinbase's messages only, no notes.
     Pure,
-    /// An SSE or NDJSON stream of one pair.
-    Stream,
+    /// An SSE stream of one pair.
+    Sse,
+    /// An NDJSON stream of one pair.
+    Ndjson,
+}
+
+impl ClientKind {
+    fn transport(self) -> crate::metrics::Transport {
+        use crate::metrics::Transport;
+        match self {
+            ClientKind::WebSocket | ClientKind::Pure => Transport::WebSocket,
+            ClientKind::Sse => Transport::Sse,
+            ClientKind::Ndjson => Transport::Ndjson,
+        }
+    }
 }
 
 /// One shard's hub.
@@ -106,6 +122,8 @@ pub struct Hub {
     /// Joins sent to shard 0 and not yet answered, per topic: while any is out,
     /// the topic's stream to this shard stays on.
     joining: RefCell<HashMap<Topic, usize>>,
+    /// This shard's metrics (see `metrics`).
+    metrics: RefCell<crate::metrics::Snapshot>,
 }
 
 impl Hub {
@@ -118,6 +136,7 @@ impl Hub {
             bus,
             products: RefCell::new(None),
             joining: RefCell::new(HashMap::new()),
+            metrics: RefCell::new(crate::metrics::Snapshot::new()),
             global,
             owner,
         })
@@ -134,9 +153,10 @@ impl Hub {
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         let subs = RefCell::new(Subscriptions::default());
-        let (pure, stream) = (kind == ClientKind::Pure, kind == ClientKind::Stream);
-        let principal = RefCell::new(principal);
-        entry.insert(LocalClient { id, outbox, subs, pure, principal, stream, warned: Default::default() });
+        let (pure, stream) = (kind == ClientKind::Pure, matches!(kind, ClientKind::Sse | ClientKind::Ndjson));
+        let (principal, transport) = (RefCell::new(principal), kind.transport());
+        entry.insert(LocalClient { id, outbox, subs, pure, principal, stream, warned: Default::default(), transport });
+        self.count_opened(transport);
         self.global.client_joined(self.id);
         Some(id)
     }
@@ -146,6 +166,7 @@ impl Hub {
         let Some(client) = self.clients.take(id.slot) else { return };
         self.outboxes.borrow_mut().remove(&id.slot);
         self.global.client_left(self.id);
+        self.count_closed(client.transport, &client.outbox);
         let changes = client.subs.borrow_mut().take_all();
         self.carry_out(changes, id, None);
     }
@@ -259,7 +280,8 @@ impl Hub {
         match msg {
             ShardMsg::Feed { msg, channel } => {
                 if let Some(product) = msg.product() {
-                    self.table.borrow().deliver(product, channel, &msg.frame);
+                    let n = self.table.borrow().deliver(product, channel, &msg.frame);
+                    self.count_delivery(&msg, channel, n);
                 }
             }
             ShardMsg::Interest { topic, on, from } => {
@@ -297,6 +319,7 @@ impl Hub {
             },
             Ask::Ping => Ok(Answer::Pong),
             Ask::Clients => Ok(Answer::Clients(self.client_views())),
+            Ask::Metrics => Ok(Answer::Metrics(Box::new(self.metrics_snapshot()))),
         }
     }
 

@@ -49,6 +49,8 @@ pub enum Ask {
     Ping,
     /// Your clients (`GET /api/v1/clients`).
     Clients,
+    /// Your metrics (`GET /metrics`).
+    Metrics,
 }
 
 /// Who asks for an operation on a client by its id (REST), when access control is
@@ -80,6 +82,7 @@ pub enum Answer {
     History(String),
     Pong,
     Clients(Vec<super::ClientView>),
+    Metrics(Box<crate::metrics::Snapshot>),
 }
 
 /// An operation on one client's subscriptions.

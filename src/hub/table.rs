@@ -130,6 +130,17 @@ impl Table {
         subs.len() + thin.len()
     }
 
+    /// Subscribers held, by channel (full and throttled tiers together).
+    pub fn subscriptions_by_channel(&self) -> [u64; Channel::COUNT] {
+        let mut out = [0; Channel::COUNT];
+        for topic in self.topics.values() {
+            for c in Channel::ALL {
+                out[c.index()] += (topic.channels[c.index()].len() + topic.thinned[c.index()].len()) as u64;
+            }
+        }
+        out
+    }
+
     /// Sends every throttled subscriber's pending message that is due `now`.
     pub fn flush_due(&self, now: Instant) {
         for topic in self.topics.values() {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::access::Principal;
 use crate::http::{Request, Response, Route};
+use crate::metrics::Entry;
 use crate::hub::{Caller, ClientId, ClientView, HistoryQuery, Hub, HubError, Op, Outcome, Since};
 use crate::protocol::Channel;
 
@@ -59,6 +60,7 @@ impl From<HubError> for ApiError {
 pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Principal>) -> Response {
     respond(hub, route, req, who).await.unwrap_or_else(|e| {
         if let (403, Some(p)) = (e.status, who) {
+            hub.global.count_refusal(403);
             super::auth::log_refusal(&hub.global, p.name(), p.class().name(), req.path.as_str(), &e.message);
         }
         e.response()
@@ -95,6 +97,7 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             let product = product(hub, &pair)?;
             let channels = channels(hub, req)?;
             let replay = replay(hub, req)?;
+            hub.count_operation(Entry::Rest, true);
             changed(id, hub.execute_as(id, Op::Subscribe { product, channels, replay }, caller).await?)
         }
         Route::Unsubscribe(pair) => {
@@ -104,6 +107,7 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
                 Some(_) => Some(channels(hub, req)?),
                 None => None,
             };
+            hub.count_operation(Entry::Rest, false);
             changed(id, hub.execute_as(id, Op::Unsubscribe { product, channels }, caller).await?)
         }
         Route::Pair(pair) => {
@@ -134,6 +138,12 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             let list: Vec<_> = hub.all_clients().await?.iter().map(client_json).collect();
             ok(json!({"count": list.len(), "clients": list}))
         }
+        Route::Metrics => {
+            if who.is_some() {
+                admin(who)?;
+            }
+            Ok(metrics(hub).await?)
+        }
         Route::Disconnect(raw) => {
             admin(who)?;
             let id = ClientId::parse(&raw).ok_or(HubError::UnknownClient)?;
@@ -143,13 +153,18 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
     }
 }
 
+/// `GET /metrics`: every shard's figures, in Prometheus' text format.
+pub async fn metrics(hub: &Hub) -> Result<Response, HubError> {
+    Ok(Response::text(200, crate::metrics::CONTENT_TYPE, hub.all_metrics().await?))
+}
+
 /// The admin endpoints: 404 without access control (there are no admins), 403
 /// for a class that is not `admin`.
 fn admin(who: Option<&Principal>) -> Result<(), ApiError> {
     match who {
         None => Err(ApiError::new(404, "not_found", "the admin endpoints exist only with access control")),
         Some(p) if !p.class().is_admin() => {
-            let why = format!("/api/v1/clients: class `{}` is not an admin class", p.class().name());
+            let why = format!("class `{}` is not an admin class (admin endpoints and /metrics)", p.class().name());
             Err(ApiError::new(403, "forbidden", why))
         }
         Some(_) => Ok(()),

@@ -31,6 +31,7 @@ pub fn who(hub: &Hub, route: &Route, req: &Request) -> Result<Option<Principal>,
         Bearer::OtherScheme => Credential::Bearer(""),
     };
     access.authenticate(credential).map(Some).map_err(|e| {
+        hub.global.count_refusal(401);
         log_refusal(&hub.global, "-", "-", "to authenticate", &e.to_string());
         unauthorized(&e)
     })
@@ -76,6 +77,7 @@ pub fn request_rate(global: &Global, who: Option<&Principal>) -> u32 {
 pub fn seat(global: &Global, who: Option<&Principal>) -> Result<Option<Seat>, ApiError> {
     let Some(p) = who else { return Ok(None) };
     global.take_seat(p).map(Some).map_err(|e| {
+        global.count_refusal(429);
         log_refusal(global, p.name(), p.class().name(), "a connection", &e.to_string());
         ApiError::new(429, "too_many_connections", e.to_string()).with_header("Retry-After", "1")
     })
@@ -89,6 +91,7 @@ pub fn forbidden(global: &Global, denied: Box<Denied>) -> ApiError {
 
 /// Logs a refusal of `denied` (rate limited).
 pub fn log_denied(global: &Global, denied: &Denied) {
+    global.count_refusal(403);
     global.log_refusal(&denied.principal, &denied.class, &denied.what, &denied.refusal.to_string());
 }
 

@@ -130,16 +130,21 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
                 let part = if phase == Phase::Head { "head" } else { "body" };
                 let resp =
                     Response::error(408, "request_timeout", format!("the request {part} did not arrive in time"));
+                hub.count_request(UNROUTED, resp.status, Instant::now());
                 return Box::pin(close_after(stream, &resp, hub.id)).await;
             }
             Err(ReadError::Parse(e)) => {
                 let (status, code) = e.status();
                 let resp = Response::error(status, code, e.to_string());
+                hub.count_request(UNROUTED, resp.status, Instant::now());
                 return Box::pin(close_after(stream, &resp, hub.id)).await;
             }
         };
         idle = deadlines.keep_alive;
-        let resp = match http::route(&req.method, &req.path, ws::is_upgrade(&req)) {
+        let started = Instant::now();
+        let routed = http::route(&req.method, &req.path, ws::is_upgrade(&req));
+        let name = routed.as_ref().map_or(UNROUTED, Route::name);
+        let resp = match routed {
             _ if !rate.allow() => rate_limited(rate.per_second()),
             Ok(route) => match auth::who(&hub, &route, &req) {
                 Err(e) => e.response(),
@@ -168,6 +173,8 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             },
             Err(resp) => resp,
         };
+        // Upgrades and streams left above: they are counted as connections.
+        hub.count_request(name, resp.status, started);
         if !req.keep_alive() {
             return Box::pin(close_after(stream, &resp, hub.id)).await;
         }
@@ -206,6 +213,9 @@ fn handoff(
 pub(super) fn with_shard(resp: Response, shard: usize) -> Response {
     resp.with_header(SHARD_HEADER, shard.to_string())
 }
+
+/// The route label of a request that matched no route (or was not read whole).
+const UNROUTED: &str = "unmatched";
 
 /// The header that names the shard.
 pub const SHARD_HEADER: &str = "X-Hedgehog-Shard";

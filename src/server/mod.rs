@@ -20,6 +20,7 @@ mod api;
 mod auth;
 mod conn;
 mod health;
+mod metrics_port;
 mod shard;
 mod stream;
 mod task;
@@ -262,6 +263,7 @@ fn announce_access(cfg: &ServeConfig) {
 /// Starts the relay; returns once every shard listens.
 pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     record_panics();
+    crate::metrics::mark_start();
     let mut addr: SocketAddr = format!("{}:{}", bracket(&cfg.host), cfg.port)
         .parse()
         .map_err(|_| format!("{}:{} is not a listen address", cfg.host, cfg.port))?;

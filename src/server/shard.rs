@@ -54,6 +54,23 @@ impl Shard {
                 return;
             }
         };
+        // Shard 0 serves `--metrics-addr`; a listener it cannot have ends start-up.
+        let metrics_listener = match self.cfg.metrics_addr.filter(|_| self.id == 0) {
+            Some(addr) => match TcpListener::bind(addr) {
+                Ok(l) => {
+                    if let Ok(bound) = l.local_addr() {
+                        self.global.set_metrics_addr(bound);
+                        log::info!("metrics on http://{bound}/metrics");
+                    }
+                    Some(l)
+                }
+                Err(e) => {
+                    let _ = self.ready.send(Err(format!("cannot listen on --metrics-addr {addr}: {e}")));
+                    return;
+                }
+            },
+            None => None,
+        };
         let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
         // Every peer must connect; one that failed to start never will, and then
         // the stop signal ends the wait (start() raises it on any failure).
@@ -107,8 +124,12 @@ impl Shard {
         // shard that accepted nothing for ~655 s died ("Waker invariant broken").
         // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
         let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues));
+        let scrapes = metrics_listener.map(|l| glommio::spawn_local(super::metrics_port::accept_loop(l, hub.clone())));
         let stop = self.stop;
         stop.wait(true).await;
+        if let Some(scrapes) = scrapes {
+            scrapes.cancel().await;
+        }
         acceptor.cancel().await; // drops the listener: this shard takes no new connection
                                  // Draining: tell everyone and let them go.
         hub.close_all(crate::ws::close::GOING_AWAY, "server shutting down");

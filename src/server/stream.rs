@@ -14,6 +14,7 @@ use super::{api, auth, websocket};
 use crate::access::Principal;
 use crate::http::{Request, Response};
 use crate::hub::{ClientId, ClientKind, Hub, Op};
+use crate::metrics::Entry;
 use crate::ws::{self, Outbox};
 
 /// How a stream of one pair is written.
@@ -33,6 +34,7 @@ pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
         Ok(op) => op,
         Err(e) => return Box::pin(close_after(conn.stream, &e.response(), hub.id)).await,
     };
+    hub.count_operation(Entry::Stream, true);
     if ws::is_upgrade(&req) {
         return websocket::upgrade(conn, &req, Some(op)).await;
     }
@@ -44,7 +46,7 @@ pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone(), ClientKind::Stream, who) else {
+    let Some(id) = hub.register(outbox.clone(), if sse { ClientKind::Sse } else { ClientKind::Ndjson }, who) else {
         let resp = with_shard(Response::error(503, "full", "no room for another client"), hub.id);
         let _ = stream.write_all(&resp.to_bytes(true)).await;
         return;

@@ -13,6 +13,7 @@ use super::task::contained;
 use crate::access::{Credential, Denied, Principal, KEY_PREFIX};
 use crate::http::Request;
 use crate::hub::{ClientId, ClientKind, Hub, Op, Seat};
+use crate::metrics::Entry;
 use crate::protocol::{self, Channel, RequestKind};
 use crate::rate::RateLimit;
 use crate::ws::{self, close, Outbox};
@@ -168,6 +169,7 @@ impl Session {
                 send(&protocol::error_message(req.kind.failure(), &denied.to_string()));
             }
         }
+        self.hub.count_operation(Entry::InBand, subscribe);
         let op = Op::Coinbase { subscribe, channels: classified.channels };
         if let Err(e) = self.hub.execute(self.id, op).await {
             send(&protocol::error_message(req.kind.failure(), &e.to_string()));

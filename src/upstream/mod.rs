@@ -78,6 +78,8 @@ pub struct FeedMessage {
     /// `trade_id`; on a heartbeat, its `last_trade_id`.
     pub trade_id: Option<u64>,
     time: Option<Range<usize>>,
+    /// When the relay read it from the feed.
+    received: std::time::Instant,
 }
 
 impl FeedMessage {
@@ -99,6 +101,7 @@ impl FeedMessage {
             trade_id: key.trade_id,
             time: key.time.map(range),
             frame,
+            received: std::time::Instant::now(),
         })
     }
 
@@ -112,11 +115,17 @@ impl FeedMessage {
         std::str::from_utf8(&self.frame[self.kind.clone()]).unwrap_or("")
     }
 
-    /// Its `time` in microseconds since the epoch, when it has one (read only
-    /// when asked: history queries, not the per-message path).
+    /// Its `time` in microseconds since the epoch, when it has one (read when
+    /// asked: by history queries, and once per message and shard for the
+    /// latency metrics, never per delivery).
     pub fn time(&self) -> Option<i64> {
         let r = self.time.clone()?;
         crate::clock::parse_iso(std::str::from_utf8(&self.frame[r]).ok()?)
+    }
+
+    /// When the relay read it from the feed (made).
+    pub fn received(&self) -> std::time::Instant {
+        self.received
     }
 
     /// Its `product_id`, if any.

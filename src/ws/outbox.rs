@@ -13,6 +13,7 @@ use std::task::{Poll, Waker};
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Frame};
+use crate::metrics::End;
 
 /// Most bytes coalesced into one write.
 const MAX_BATCH: usize = 256 * 1024;
@@ -65,6 +66,19 @@ struct Inner {
     /// Answers to the newest pings (at most `MAX_PENDING_PONGS`, oldest dropped
     /// first), sent in order ahead of the queue. Their bytes count against the cap.
     pongs: VecDeque<Frame>,
+    /// Batches taken for the socket, their bytes, and frames conflated away:
+    /// the shard's metrics add them up.
+    counts: Counts,
+    /// Why the connection is ending, once it is.
+    ended: Option<End>,
+}
+
+/// What one outbox has done, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub writes: u64,
+    pub written_bytes: u64,
+    pub conflated: u64,
 }
 
 /// One connection's outbound frames. Bounded: a push that would take the queued
@@ -93,6 +107,8 @@ impl Outbox {
                 writer: None,
                 watcher: None,
                 pongs: VecDeque::new(),
+                counts: Counts::default(),
+                ended: None,
             }),
         }
     }
@@ -156,6 +172,7 @@ impl Outbox {
         if i.state == State::Open {
             i.queue.push_back((frame::close_frame(code, reason), None));
             i.state = State::Closing;
+            i.ended = Some(end_of(code, reason));
             wake(&mut i.writer);
         }
     }
@@ -165,6 +182,8 @@ impl Outbox {
         let mut i = self.inner.borrow_mut();
         if !matches!(i.state, State::Killed(_)) {
             i.state = State::Killed(why);
+            let killed = if why == SLOW_CONSUMER { End::SlowConsumer } else { End::Error };
+            i.ended = Some(i.ended.unwrap_or(killed));
             i.queue.clear();
             i.pongs.clear();
             i.bytes = 0;
@@ -176,6 +195,17 @@ impl Outbox {
     /// Whether the outbox still takes data frames.
     pub fn is_open(&self) -> bool {
         self.inner.borrow().state == State::Open
+    }
+
+    /// What it has done so far.
+    pub fn counts(&self) -> Counts {
+        self.inner.borrow().counts
+    }
+
+    /// Why the connection ended (or is ending): the client's doing unless the
+    /// relay closed it.
+    pub fn end(&self) -> End {
+        self.inner.borrow().ended.unwrap_or(End::Client)
     }
 
     /// Bytes queued and not yet written.
@@ -247,6 +277,8 @@ impl Outbox {
                 1 => {
                     let Some((f, _)) = i.queue.pop_front() else { return Poll::Ready(None) };
                     i.bytes -= f.len().min(i.bytes);
+                    i.counts.writes += 1;
+                    i.counts.written_bytes += f.len() as u64;
                     Poll::Ready(Some(Batch::One(f)))
                 }
                 _ => {
@@ -260,6 +292,8 @@ impl Outbox {
                         i.queue.pop_front();
                         i.bytes -= n.min(i.bytes);
                     }
+                    i.counts.writes += 1;
+                    i.counts.written_bytes += scratch.len() as u64;
                     Poll::Ready(Some(Batch::Many))
                 }
             }
@@ -276,6 +310,7 @@ fn overflow(i: &mut Inner) {
     i.bytes = 0;
     i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
     i.state = State::Closing;
+    i.ended = Some(End::SlowConsumer);
     i.slow = true;
     wake(&mut i.writer);
     wake(&mut i.watcher);
@@ -285,6 +320,7 @@ fn overflow(i: &mut Inner) {
 /// room for one more frame of `incoming`.
 fn conflate(i: &mut Inner, incoming: Option<u64>) {
     let mut seen: Vec<u64> = incoming.into_iter().collect();
+    let before = i.queue.len();
     let mut kept: VecDeque<(Frame, Option<u64>)> = VecDeque::with_capacity(i.queue.len());
     for (f, topic) in i.queue.drain(..).rev() {
         match topic {
@@ -297,7 +333,21 @@ fn conflate(i: &mut Inner, incoming: Option<u64>) {
         }
     }
     i.bytes = kept.iter().map(|(f, _)| f.len()).sum();
+    i.counts.conflated += (before - kept.len()) as u64;
     i.queue = kept;
+}
+
+/// Why a close with `code` and `reason` ends a connection: an empty reason is
+/// the answer to the client's own close.
+fn end_of(code: u16, reason: &str) -> End {
+    match (code, reason) {
+        (_, "") => End::Client,
+        (super::close::GOING_AWAY, _) => End::Shutdown,
+        (_, r) if r.starts_with("idle timeout") => End::Idle,
+        (_, SLOW_CONSUMER) => End::SlowConsumer,
+        (super::close::POLICY, _) => End::Policy,
+        _ => End::Error,
+    }
 }
 
 enum Batch {

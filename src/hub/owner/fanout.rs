@@ -31,6 +31,7 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
         Event::Message(msg) => {
             hub.global.count_message();
             let Some(channel) = Channel::of_message(msg.kind()) else { return };
+            hub.count_upstream(&msg, channel);
             let Some(product) = msg.product() else { return };
             // Only a heartbeat needs it (its last trade id is checked against the
             // matches seen only while matches are subscribed).
@@ -71,6 +72,7 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
         Event::Malformed { total } => hub.global.set_malformed(total),
         Event::Connected => announce(hub, owner, State::Connected, None),
         Event::Disconnected { reason } => {
+            hub.count_reconnect(&reason);
             // A new connection starts every book and trade count afresh.
             owner.feed.borrow_mut().forget_all();
             announce(hub, owner, State::Reconnecting, Some(&reason))
