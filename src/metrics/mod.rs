@@ -27,8 +27,7 @@ pub const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Outbox size buckets, in bytes: empty to the largest default cap (16 MiB).
-pub const BYTES_BUCKETS: &[f64] =
-    &[0.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
+pub const BYTES_BUCKETS: &[f64] = &[0.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
 
 /// A cumulative histogram with fixed bucket bounds (Prometheus' `le`).
 #[derive(Debug, Clone, PartialEq)]
@@ -331,7 +330,11 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
         let v = s.upstream_bytes[c.index()] as f64;
         out.sample("hedgehog_upstream_received_bytes_total", &[("channel", c.name())], v);
     }
-    out.counter("hedgehog_upstream_malformed_total", "Upstream messages skipped as malformed.", p.upstream_malformed as f64);
+    out.counter(
+        "hedgehog_upstream_malformed_total",
+        "Upstream messages skipped as malformed.",
+        p.upstream_malformed as f64,
+    );
     out.counter("hedgehog_upstream_refused_total", "Requests the feed refused as a whole.", p.upstream_refused as f64);
     out.counter("hedgehog_upstream_gaps_total", "Gaps found in the feed (a product resubscribed).", p.gaps as f64);
     if let Some(last) = s.last_message {
@@ -347,9 +350,17 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
     for c in Channel::ALL {
         out.sample("hedgehog_delivered_bytes_total", &[("channel", c.name())], s.delivered_bytes[c.index()] as f64);
     }
-    out.counter("hedgehog_socket_writes_total", "Socket writes to clients (each may carry many frames).", s.writes as f64);
+    out.counter(
+        "hedgehog_socket_writes_total",
+        "Socket writes to clients (each may carry many frames).",
+        s.writes as f64,
+    );
     out.counter("hedgehog_socket_written_bytes_total", "Bytes written to client sockets.", s.written_bytes as f64);
-    out.counter("hedgehog_conflated_frames_total", "Frames dropped by conflation of a slow client.", s.conflated as f64);
+    out.counter(
+        "hedgehog_conflated_frames_total",
+        "Frames dropped by conflation of a slow client.",
+        s.conflated as f64,
+    );
     out.family("hedgehog_outbox_bytes", "histogram", "Bytes queued per client at the scrape.");
     out.histogram("hedgehog_outbox_bytes", &[], &s.outbox_bytes);
 

@@ -19,13 +19,21 @@ pub(super) fn write(out: &mut Exposition) {
     // SAFETY: sysconf reads a configuration value; it has no preconditions.
     let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
     if let Some(pages) = statm_resident() {
-        out.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", (pages * page.max(0) as u64) as f64);
+        out.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            (pages * page.max(0) as u64) as f64,
+        );
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         out.gauge("process_open_fds", "Open file descriptors.", fds.count() as f64);
     }
     if let (Some(t), true) = (cpu_ticks(), ticks > 0) {
-        out.counter("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", t as f64 / ticks as f64);
+        out.counter(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            t as f64 / ticks as f64,
+        );
     }
     if let Some(start) = STARTED.get() {
         out.gauge("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.", *start);
@@ -54,7 +62,12 @@ mod tests {
     fn the_process_figures_are_read() {
         let mut out = Exposition::default();
         write(&mut out);
-        for name in ["process_resident_memory_bytes ", "process_open_fds ", "process_cpu_seconds_total ", "process_start_time_seconds "] {
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+        ] {
             assert!(out.0.contains(name), "{name} in {}", out.0);
         }
     }

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::access::Principal;
 use crate::http::{Request, Response, Route};
-use crate::metrics::Entry;
 use crate::hub::{Caller, ClientId, ClientView, HistoryQuery, Hub, HubError, Op, Outcome, Since};
+use crate::metrics::Entry;
 use crate::protocol::Channel;
 
 /// An API error: the HTTP status, a machine-readable code and a sentence.
