@@ -48,7 +48,9 @@ fn dispatch(c: &mut Criterion) {
                 (table, outboxes)
             },
             |(table, outboxes)| {
-                black_box(table.deliver("BTC-USD", hedgehog::protocol::Channel::Ticker, &msg.frame));
+                let channel = hedgehog::protocol::Channel::Ticker;
+                let stamp = hedgehog::metrics::Stamp { channel, received: msg.received(), exchange_micros: msg.time() };
+                black_box(table.deliver("BTC-USD", channel, &msg.frame, stamp));
                 (table, outboxes)
             },
             BatchSize::LargeInput,

@@ -23,18 +23,9 @@ impl Hub {
 
     /// A feed message of `channel` queued for `n` local clients.
     pub(super) fn count_delivery(&self, msg: &FeedMessage, channel: Channel, n: usize) {
-        if n == 0 {
-            return;
-        }
         let mut m = self.metrics.borrow_mut();
-        let c = channel.index();
-        m.deliveries[c] += n as u64;
-        m.delivered_bytes[c] += (n * msg.frame.len()) as u64;
-        if let Some(time) = msg.time() {
-            let lag = (crate::clock::now_micros() - time).max(0) as f64 / 1e6;
-            m.feed_latency[c].observe(lag);
-        }
-        m.relay_latency.observe(msg.received().elapsed().as_secs_f64());
+        m.deliveries[channel.index()] += n as u64;
+        m.delivered_bytes[channel.index()] += (n * msg.frame.len()) as u64;
     }
 
     /// An upstream message of `channel` taken in (shard 0).
@@ -79,6 +70,7 @@ impl Hub {
             s.outbox_bytes.observe(outbox.queued_bytes() as f64);
         }
         s.subscriptions = self.table.borrow().subscriptions_by_channel();
+        s.latency = self.latency.borrow().clone();
         s
     }
 

@@ -52,6 +52,7 @@ pub use seats::{Seat, SeatRefused};
 pub use table::Table;
 
 use crate::access::{Principal, Tier};
+use crate::metrics::Stamp;
 use crate::protocol::{self, Topic};
 use crate::ws::{frame, Frame, Outbox};
 
@@ -124,6 +125,8 @@ pub struct Hub {
     joining: RefCell<HashMap<Topic, usize>>,
     /// This shard's metrics (see `metrics`).
     metrics: RefCell<crate::metrics::Snapshot>,
+    /// Its clients' socket-write latencies, shared with their outboxes.
+    latency: Rc<RefCell<crate::metrics::Latency>>,
 }
 
 impl Hub {
@@ -137,6 +140,7 @@ impl Hub {
             products: RefCell::new(None),
             joining: RefCell::new(HashMap::new()),
             metrics: RefCell::new(crate::metrics::Snapshot::new()),
+            latency: Rc::default(),
             global,
             owner,
         })
@@ -144,7 +148,9 @@ impl Hub {
 
     /// A new client's outbox, bounded and with the policy configured.
     pub fn new_outbox(&self) -> Rc<Outbox> {
-        Rc::new(Outbox::with_policy(self.global.queue_bytes, self.global.slow_policy))
+        Rc::new(
+            Outbox::with_policy(self.global.queue_bytes, self.global.slow_policy).with_latency(self.latency.clone()),
+        )
     }
 
     /// Registers a new client; returns its id, or `None` when the table is full.
@@ -280,7 +286,8 @@ impl Hub {
         match msg {
             ShardMsg::Feed { msg, channel } => {
                 if let Some(product) = msg.product() {
-                    let n = self.table.borrow().deliver(product, channel, &msg.frame);
+                    let stamp = Stamp { channel, received: msg.received(), exchange_micros: msg.time() };
+                    let n = self.table.borrow().deliver(product, channel, &msg.frame, stamp);
                     self.count_delivery(&msg, channel, n);
                 }
             }

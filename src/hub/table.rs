@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Stamp;
 use crate::protocol::Channel;
 use crate::ws::{Frame, Outbox};
 
@@ -113,12 +114,12 @@ impl Table {
     /// Queues `frame` for every subscriber of (`product`, `channel`). A subscriber
     /// whose outbox overflows is dealt with by its policy; its session cleans up.
     /// Throttled subscribers get it through their slot (sent, held or merged).
-    pub fn deliver(&self, product: &str, channel: Channel, frame: &Frame) -> usize {
+    pub fn deliver(&self, product: &str, channel: Channel, frame: &Frame, stamp: Stamp) -> usize {
         let Some(topic) = self.topics.get(product) else { return 0 };
         let subs = &topic.channels[channel.index()];
         let id = topic.id(channel);
         for (_, outbox) in subs {
-            let _ = outbox.push_topic(frame.clone(), id);
+            let _ = outbox.push_stamped(frame.clone(), id, Some(stamp));
         }
         let thin = &topic.thinned[channel.index()];
         if !thin.is_empty() {
@@ -177,6 +178,10 @@ impl Table {
 mod tests {
     use super::*;
 
+    fn stamp(channel: Channel) -> Stamp {
+        Stamp { channel, received: Instant::now(), exchange_micros: None }
+    }
+
     #[test]
     fn first_and_last_subscribers_are_reported() {
         let mut t = Table::default();
@@ -186,7 +191,7 @@ mod tests {
         assert!(!t.add("BTC-USD", ticker, 2, &b, None));
         assert!(!t.add("BTC-USD", ticker, 2, &b, None), "idempotent");
         assert!(t.add("BTC-USD", matches, 2, &b, None), "another channel is another topic");
-        assert_eq!(t.deliver("BTC-USD", ticker, &crate::ws::frame::text(b"x")), 2);
+        assert_eq!(t.deliver("BTC-USD", ticker, &crate::ws::frame::text(b"x"), stamp(ticker)), 2);
         assert_eq!(a.queued_bytes(), 3);
         assert!(!t.remove("BTC-USD", ticker, 1));
         assert!(t.remove("BTC-USD", ticker, 2));
@@ -205,7 +210,7 @@ mod tests {
         assert!(!t.add("BTC-USD", Channel::Ticker, 1, &a, None), "idempotent across the lists");
         assert!(!t.add("BTC-USD", Channel::Ticker, 2, &b, None));
         for _ in 0..3 {
-            assert_eq!(t.deliver("BTC-USD", Channel::Ticker, &crate::ws::frame::text(b"x")), 2);
+            assert_eq!(t.deliver("BTC-USD", Channel::Ticker, &crate::ws::frame::text(b"x"), stamp(Channel::Ticker)), 2);
         }
         assert_eq!((a.queued_bytes(), b.queued_bytes()), (0, 9), "held until due; the full one gets all");
         assert_eq!(t.subscribers_of("BTC-USD"), [1, 2]);

@@ -77,6 +77,38 @@ impl Default for Histogram {
     }
 }
 
+/// What a feed message's frame carries into a client's outbox, so that the
+/// write that hands it to the socket can tell its latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub channel: Channel,
+    /// When the relay read the message from the feed.
+    pub received: Instant,
+    /// The message's `time` (microseconds since the epoch), when it has one.
+    pub exchange_micros: Option<i64>,
+}
+
+/// A shard's latency histograms, observed by its clients' writes: each write
+/// observes the first feed frame it carries (so a write of many frames counts
+/// once, for its oldest).
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    /// From the exchange's `time` to the socket write, by channel.
+    pub feed: [Histogram; Channel::COUNT],
+    /// From the upstream read to the socket write: what the relay adds.
+    pub relay: Histogram,
+}
+
+impl Latency {
+    pub fn observe(&mut self, stamp: &Stamp) {
+        if let Some(t) = stamp.exchange_micros {
+            let lag = (crate::clock::now_micros() - t).max(0) as f64 / 1e6;
+            self.feed[stamp.channel.index()].observe(lag);
+        }
+        self.relay.observe(stamp.received.elapsed().as_secs_f64());
+    }
+}
+
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -185,13 +217,8 @@ pub struct Snapshot {
     pub conflated: u64,
     /// Bytes queued per client outbox (filled at the scrape).
     pub outbox_bytes: Histogram,
-    /// From the exchange's `time` to the frame queued for its clients on their
-    /// shard, by channel, once per message and shard (messages without `time`
-    /// are not observed).
-    pub feed_latency: [Histogram; Channel::COUNT],
-    /// From the upstream read to the frame queued for its clients on their
-    /// shard: what the relay adds.
-    pub relay_latency: Histogram,
+    /// Latency at the socket write (see [`Latency`]; filled at the scrape).
+    pub latency: Latency,
     /// HTTP answers, by route and status.
     pub requests: BTreeMap<(&'static str, u16), u64>,
     /// HTTP request durations (whole request read to answer ready), by route.
@@ -228,8 +255,8 @@ impl Snapshot {
         self.written_bytes += other.written_bytes;
         self.conflated += other.conflated;
         self.outbox_bytes.merge(&other.outbox_bytes);
-        self.feed_latency.iter_mut().zip(&other.feed_latency).for_each(|(a, b)| a.merge(b));
-        self.relay_latency.merge(&other.relay_latency);
+        self.latency.feed.iter_mut().zip(&other.latency.feed).for_each(|(a, b)| a.merge(b));
+        self.latency.relay.merge(&other.latency.relay);
         for (k, v) in &other.requests {
             *self.requests.entry(*k).or_default() += v;
         }
@@ -364,14 +391,14 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
     out.family("hedgehog_outbox_bytes", "histogram", "Bytes queued per client at the scrape.");
     out.histogram("hedgehog_outbox_bytes", &[], &s.outbox_bytes);
 
-    let help = "Exchange `time` of a message to the frame queued for its clients on their shard, by channel.";
+    let help = "Exchange `time` of a message to its write to a client's socket (each write's first), by channel.";
     out.family("hedgehog_feed_latency_seconds", "histogram", help);
     for c in Channel::ALL {
-        out.histogram("hedgehog_feed_latency_seconds", &[("channel", c.name())], &s.feed_latency[c.index()]);
+        out.histogram("hedgehog_feed_latency_seconds", &[("channel", c.name())], &s.latency.feed[c.index()]);
     }
-    let help = "Upstream read of a message to the frame queued for its clients on their shard.";
+    let help = "Upstream read of a message to its write to a client's socket (each write's first).";
     out.family("hedgehog_relay_latency_seconds", "histogram", help);
-    out.histogram("hedgehog_relay_latency_seconds", &[], &s.relay_latency);
+    out.histogram("hedgehog_relay_latency_seconds", &[], &s.latency.relay);
 
     out.family("hedgehog_http_requests_total", "counter", "HTTP answers, by route and status.");
     for ((route, status), n) in &s.requests {

@@ -8,12 +8,13 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Frame};
-use crate::metrics::End;
+use crate::metrics::{End, Latency, Stamp};
 
 /// Most bytes coalesced into one write.
 const MAX_BATCH: usize = 256 * 1024;
@@ -54,7 +55,7 @@ enum State {
 
 struct Inner {
     /// Frames with their topic (product and channel) when they carry feed data.
-    queue: VecDeque<(Frame, Option<u64>)>,
+    queue: VecDeque<Queued>,
     bytes: usize,
     cap: usize,
     policy: SlowPolicy,
@@ -71,6 +72,23 @@ struct Inner {
     counts: Counts,
     /// Why the connection is ending, once it is.
     ended: Option<End>,
+    /// The shard's latency histograms: each write observes its first stamped
+    /// frame (none: not measured, as for the echo endpoint).
+    latency: Option<Rc<RefCell<Latency>>>,
+}
+
+/// A queued frame: its topic (product and channel) and, for a feed message,
+/// its stamp for the latency metrics.
+struct Queued {
+    frame: Frame,
+    topic: Option<u64>,
+    stamp: Option<Stamp>,
+}
+
+impl Queued {
+    fn plain(frame: Frame) -> Queued {
+        Queued { frame, topic: None, stamp: None }
+    }
 }
 
 /// What one outbox has done, for the metrics.
@@ -109,8 +127,15 @@ impl Outbox {
                 pongs: VecDeque::new(),
                 counts: Counts::default(),
                 ended: None,
+                latency: None,
             }),
         }
+    }
+
+    /// With each write's latency observed in `latency` (the shard's).
+    pub fn with_latency(self, latency: Rc<RefCell<Latency>>) -> Self {
+        self.inner.borrow_mut().latency = Some(latency);
+        self
     }
 
     /// Queues a frame that belongs to no topic.
@@ -122,6 +147,12 @@ impl Outbox {
     /// policy decides: conflate older frames of the same topics away, or close the
     /// connection as a slow consumer (`Overflow`).
     pub fn push_topic(&self, f: Frame, topic: Option<u64>) -> Result<(), Overflow> {
+        self.push_stamped(f, topic, None)
+    }
+
+    /// [`Outbox::push_topic`] of a feed message with its `stamp`: the write
+    /// that hands it to the socket may observe its latency.
+    pub fn push_stamped(&self, f: Frame, topic: Option<u64>, stamp: Option<Stamp>) -> Result<(), Overflow> {
         let mut i = self.inner.borrow_mut();
         if i.state != State::Open {
             return Ok(());
@@ -134,7 +165,7 @@ impl Outbox {
             return Err(Overflow);
         }
         i.bytes += f.len();
-        i.queue.push_back((f, topic));
+        i.queue.push_back(Queued { frame: f, topic, stamp });
         wake(&mut i.writer);
         Ok(())
     }
@@ -170,7 +201,7 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &str) {
         let mut i = self.inner.borrow_mut();
         if i.state == State::Open {
-            i.queue.push_back((frame::close_frame(code, reason), None));
+            i.queue.push_back(Queued::plain(frame::close_frame(code, reason)));
             i.state = State::Closing;
             i.ended = Some(end_of(code, reason));
             wake(&mut i.writer);
@@ -251,7 +282,7 @@ impl Outbox {
             }
             i.bytes = 0;
             let pongs = std::mem::take(&mut i.pongs);
-            Poll::Ready(Some(pongs.into_iter().chain(i.queue.drain(..).map(|(f, _)| f)).collect()))
+            Poll::Ready(Some(pongs.into_iter().chain(i.queue.drain(..).map(|q| q.frame)).collect()))
         })
         .await
     }
@@ -275,25 +306,29 @@ impl Outbox {
                     Poll::Pending
                 }
                 1 => {
-                    let Some((f, _)) = i.queue.pop_front() else { return Poll::Ready(None) };
-                    i.bytes -= f.len().min(i.bytes);
+                    let Some(q) = i.queue.pop_front() else { return Poll::Ready(None) };
+                    i.bytes -= q.frame.len().min(i.bytes);
                     i.counts.writes += 1;
-                    i.counts.written_bytes += f.len() as u64;
-                    Poll::Ready(Some(Batch::One(f)))
+                    i.counts.written_bytes += q.frame.len() as u64;
+                    observe(&i, q.stamp);
+                    Poll::Ready(Some(Batch::One(q.frame)))
                 }
                 _ => {
                     scratch.clear();
-                    while let Some((f, _)) = i.queue.front() {
-                        if !scratch.is_empty() && scratch.len() + f.len() > MAX_BATCH {
+                    let mut first = None;
+                    while let Some(q) = i.queue.front() {
+                        if !scratch.is_empty() && scratch.len() + q.frame.len() > MAX_BATCH {
                             break;
                         }
-                        scratch.extend_from_slice(f);
-                        let n = f.len();
+                        scratch.extend_from_slice(&q.frame);
+                        first = first.or(q.stamp);
+                        let n = q.frame.len();
                         i.queue.pop_front();
                         i.bytes -= n.min(i.bytes);
                     }
                     i.counts.writes += 1;
                     i.counts.written_bytes += scratch.len() as u64;
+                    observe(&i, first);
                     Poll::Ready(Some(Batch::Many))
                 }
             }
@@ -308,7 +343,7 @@ fn overflow(i: &mut Inner) {
     i.queue.clear();
     i.pongs.clear();
     i.bytes = 0;
-    i.queue.push_back((frame::close_frame(super::close::POLICY, SLOW_CONSUMER), None));
+    i.queue.push_back(Queued::plain(frame::close_frame(super::close::POLICY, SLOW_CONSUMER)));
     i.state = State::Closing;
     i.ended = Some(End::SlowConsumer);
     i.slow = true;
@@ -321,20 +356,27 @@ fn overflow(i: &mut Inner) {
 fn conflate(i: &mut Inner, incoming: Option<u64>) {
     let mut seen: Vec<u64> = incoming.into_iter().collect();
     let before = i.queue.len();
-    let mut kept: VecDeque<(Frame, Option<u64>)> = VecDeque::with_capacity(i.queue.len());
-    for (f, topic) in i.queue.drain(..).rev() {
-        match topic {
+    let mut kept: VecDeque<Queued> = VecDeque::with_capacity(i.queue.len());
+    for q in i.queue.drain(..).rev() {
+        match q.topic {
             Some(t) if seen.contains(&t) => {}
             Some(t) => {
                 seen.push(t);
-                kept.push_front((f, topic));
+                kept.push_front(q);
             }
-            None => kept.push_front((f, topic)),
+            None => kept.push_front(q),
         }
     }
-    i.bytes = kept.iter().map(|(f, _)| f.len()).sum();
+    i.bytes = kept.iter().map(|q| q.frame.len()).sum();
     i.counts.conflated += (before - kept.len()) as u64;
     i.queue = kept;
+}
+
+/// A write is about to hand a frame stamped `stamp` to the socket: its latency.
+fn observe(i: &Inner, stamp: Option<Stamp>) {
+    if let (Some(latency), Some(stamp)) = (&i.latency, stamp) {
+        latency.borrow_mut().observe(&stamp);
+    }
 }
 
 /// Why a close with `code` and `reason` ends a connection: an empty reason is
@@ -388,6 +430,25 @@ mod tests {
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         futures_lite::future::block_on(f)
+    }
+
+    #[test]
+    fn each_write_observes_the_latency_of_its_first_stamped_frame() {
+        use crate::protocol::Channel;
+        let latency = Rc::new(RefCell::new(Latency::default()));
+        let o = Outbox::new(1024).with_latency(latency.clone());
+        let stamp = |channel| Some(Stamp { channel, received: std::time::Instant::now(), exchange_micros: Some(0) });
+        o.push(frame::text(b"note")).unwrap();
+        o.push_stamped(frame::text(b"a"), Some(1), stamp(Channel::Ticker)).unwrap();
+        o.push_stamped(frame::text(b"b"), Some(2), stamp(Channel::Matches)).unwrap();
+        o.close(1000, "");
+        let mut out = Vec::new();
+        run(write_loop(&o, &mut out)).unwrap();
+        let l = latency.borrow();
+        assert_eq!(l.relay.count(), 1, "one write of three frames and the close: one observation");
+        assert_eq!((l.feed[Channel::Ticker.index()].count(), l.feed[Channel::Matches.index()].count()), (1, 0));
+        assert_eq!(o.counts().writes, 1);
+        assert_eq!(o.end(), End::Client, "a close with no reason answers the client's");
     }
 
     #[test]
