@@ -313,3 +313,58 @@ fn sighup_reloads_the_rules_of_the_binary() {
     );
     assert_eq!((clients_as("alice"), clients_as("carol")), (200, 200), "the old rules stay");
 }
+
+/// A validly signed token whose `exp` the clock cannot hold is a bad claim
+/// (401, or Coinbase's error in-band), not a panic.
+#[test]
+fn a_token_with_an_exp_past_the_clock_is_refused() {
+    let path = config_file("exp-max", &format!("{PRO}{}", tokens_table()));
+    let (_sim, relay) = start(&path);
+    let huge = token(json!({"sub": "bob", "class": "pro", "exp": u64::MAX}));
+    let (status, _, body) = http(relay.addr, "GET", "/api/v1/clients", &bearer(&huge));
+    assert_eq!((status, body["message"].as_str()), (401, Some("token's `exp` claim is malformed")), "{body}");
+    let (mut c, _) = client_as(relay.addr, Some(&pro_token("bob", 3600, None)));
+    c.send(&json!({"type": "auth", "token": huge}).to_string());
+    let reply: Value = serde_json::from_str(&c.until("the answer", |v| v["type"] == "error")).unwrap();
+    assert_eq!(reply["message"], "Failed to authenticate", "{reply}");
+    assert!(relay.shard_ended(Duration::ZERO).is_none());
+}
+
+/// A reload verifies open sessions' tokens again: after the secret is rotated
+/// (a leak), a session of an old token is closed; a key that now names
+/// another class is closed too, so that it connects again into that class's
+/// limits; a refresh to a sooner expiry is warned and closed then; a key a
+/// Coinbase client brought in its subscribe, removed, closes its session.
+#[test]
+fn a_reload_closes_sessions_whose_credential_changed() {
+    let basic = "[classes.basic]\nallow = [\"*\"]\nallow_channels = [\"*\"]\nmax_connections_per_principal = 1\n";
+    let anon = "[classes.anonymous]\nallow = [\"BTC-USD\"]\nallow_channels = [\"ticker\"]\n";
+    let v1 = format!("{anon}{PRO}{basic}{}{}{}", key_entry("alice", "pro"), key_entry("carol", "pro"), tokens_table());
+    let path = config_file("credentials", &v1);
+    let (_sim, relay) = start(&path);
+    let (mut bob, _) = client_as(relay.addr, Some(&pro_token("bob", 24 * 3600, None)));
+    let (mut alice, _) = client_as(relay.addr, Some(&key_of("alice")));
+    let mut coinbase = ws_as(relay.addr, "/ws?mode=coinbase", None).unwrap_or_else(|e| panic!("{e:?}"));
+    let sub = json!({"type": "subscribe", "product_ids": ["ETH-USD"], "channels": ["ticker"], "key": key_of("carol")});
+    coinbase.send(&sub.to_string());
+    coinbase.until("carol's ETH-USD data", |v| is_ticker_of(v, "ETH-USD"));
+    // A sooner expiry by refresh: warned and closed then.
+    let (mut dave, _) = client_as(relay.addr, Some(&pro_token("dave", 3600, None)));
+    dave.send(&json!({"type": "auth", "token": pro_token("dave", 3, None)}).to_string());
+    dave.until("the notice", |v| v["type"] == "auth" && v["event"] == "expiring");
+    assert_eq!(dave.close_frame(), (1008, "token expired".to_string()));
+
+    let rotated = "[tokens]\nhs256_secret = \"a brand new HS256 secret of 32+ bytes, after a leak\"\n";
+    std::fs::write(&path, format!("{anon}{PRO}{basic}{}{rotated}", key_entry("alice", "basic"))).unwrap();
+    relay.reload().expect("reloaded");
+    let (code, reason) = bob.close_frame();
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("access withdrawn: its token is refused by the new rules"), "{reason}");
+    let (code, reason) = alice.close_frame();
+    assert_eq!(code, 1008);
+    assert!(reason.contains("now belongs to `alice` of class `basic`; connect again"), "{reason}");
+    assert_eq!(coinbase.close_frame(), (1008, "access withdrawn: its API key was removed".to_string()));
+    // alice connects again, into basic's one seat.
+    let _again = client_as(relay.addr, Some(&key_of("alice")));
+    assert_eq!(ws_as(relay.addr, "/ws", Some(&key_of("alice"))).err().map(|e| e.0), Some(429));
+}

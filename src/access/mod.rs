@@ -32,7 +32,7 @@ mod pattern;
 mod tests;
 mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -111,6 +111,16 @@ pub struct Denied {
     pub refusal: Refusal,
 }
 
+/// A credential kept in memory for a later check; never printed.
+#[derive(Clone, PartialEq)]
+struct Held(String);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held(..)")
+    }
+}
+
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -130,6 +140,9 @@ pub struct Principal {
     /// The hash of the key it came with ([`Via::Key`]): a reload finds the key
     /// again by it, or knows it was revoked.
     key: Option<KeyHash>,
+    /// The token it came with ([`Via::Token`]): a reload verifies it again
+    /// (a rotated secret or a removed `kid` ends its sessions).
+    token: Option<Held>,
     expires: Option<SystemTime>,
     narrowed: Option<Vec<PairPattern>>,
 }
@@ -178,28 +191,28 @@ impl Access {
     }
 
     /// `p`, authenticated by other rules, under these ones: a key's principal
-    /// and class as this file has them, a token's class by its name. `Err`:
-    /// why `p` no longer has a place here (its key was removed, or its class);
-    /// the session should end. Expiry and a token's narrowing stay as they were.
+    /// and class as this file has them, a token verified again. `Err`: why `p`
+    /// no longer has a place here (its key was removed, its token is refused,
+    /// anonymous connections are no longer allowed); the session should end.
     pub fn reauthenticate(&self, p: &Principal) -> Result<Principal, String> {
         let class = |name: &str| self.classes.get(name).cloned();
-        let mut again = match (p.via, &p.key) {
-            (Via::Key, Some(hash)) => {
+        let mut again = match (p.via, &p.key, &p.token) {
+            (Via::Key, Some(hash), _) => {
                 let k = self.keys.iter().find(|k| k.hash.ct_eq(hash)).ok_or("its API key was removed")?;
                 let mut again = Principal::new(k.principal.clone(), k.class.clone(), Via::Key);
                 again.key = Some(*hash);
                 again
             }
-            (Via::Key, None) => return Err("its API key was removed".into()),
-            (Via::Anonymous, _) => {
+            (Via::Key, None, _) => return Err("its API key was removed".into()),
+            (Via::Anonymous, _, _) => {
                 let anonymous = class(ANONYMOUS).ok_or("connections without credentials are no longer allowed")?;
                 Principal::new(p.name.clone(), anonymous, Via::Anonymous)
             }
-            (Via::Token, _) => {
-                let name = p.class.name();
-                let c = class(name).ok_or_else(|| format!("its token's class `{name}` was removed"))?;
-                Principal::new(p.name.clone(), c, Via::Token)
+            // Verified again: a rotated secret or a removed `kid` ends it.
+            (Via::Token, _, Some(Held(token))) => {
+                return self.by_token(token).map_err(|e| format!("its token is refused by the new rules: {e}"));
             }
+            (Via::Token, _, None) => return Err("its token is no longer known".into()),
         };
         again.expires = p.expires;
         again.narrowed = p.narrowed.clone();
@@ -212,6 +225,7 @@ impl Access {
         let mut p = Principal::new(grant.sub, class.clone(), Via::Token);
         p.expires = Some(grant.expires);
         p.narrowed = grant.allow;
+        p.token = Some(Held(token.to_string()));
         Ok(p)
     }
 
@@ -230,7 +244,7 @@ impl Access {
 
 impl Principal {
     fn new(name: String, class: Arc<Class>, via: Via) -> Principal {
-        Principal { name, class, via, key: None, expires: None, narrowed: None }
+        Principal { name, class, via, key: None, token: None, expires: None, narrowed: None }
     }
 
     pub fn name(&self) -> &str {
@@ -279,6 +293,28 @@ impl Principal {
             checked.map_err(|refusal| self.denied(format!("{pair} {channel}"), refusal))?;
         }
         Ok(())
+    }
+
+    /// Keeps, of an in-band subscribe's channels and products, what this
+    /// principal may have; returns the refusals, one per product and channel.
+    /// A channel left with no product is dropped (its products were all refused).
+    pub fn allowed_only(&self, channels: &mut BTreeMap<Channel, BTreeSet<String>>) -> Vec<Denied> {
+        let (mut refused, mut emptied) = (Vec::new(), Vec::new());
+        for (channel, products) in channels.iter_mut() {
+            let named = !products.is_empty();
+            products.retain(|p| match self.may_subscribe(p, *channel) {
+                Ok(()) => true,
+                Err(refusal) => {
+                    refused.push(*self.denied(format!("{p} {channel}"), refusal));
+                    false
+                }
+            });
+            if named && products.is_empty() {
+                emptied.push(*channel);
+            }
+        }
+        emptied.iter().for_each(|c| drop(channels.remove(c)));
+        refused
     }
 
     /// `refusal` of `what`, with who was refused.

@@ -154,7 +154,8 @@ fn grant(c: Claims, now: SystemTime) -> Result<Grant, TokenError> {
     Ok(Grant {
         sub: c.sub.filter(|s| !s.is_empty()).ok_or(TokenError::MissingClaim("sub"))?,
         class: c.class.filter(|s| !s.is_empty()).ok_or(TokenError::MissingClaim("class"))?,
-        expires: UNIX_EPOCH + Duration::from_secs(exp),
+        // A time the clock cannot hold is a bad claim, not a panic.
+        expires: UNIX_EPOCH.checked_add(Duration::from_secs(exp)).ok_or(TokenError::BadClaim("exp"))?,
         allow,
     })
 }

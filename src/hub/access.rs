@@ -139,7 +139,15 @@ impl Hub {
     fn carry_over(&self, rules: &Access) {
         for id in self.local_ids() {
             let Some(old) = self.principal_of(id) else { continue };
-            match rules.reauthenticate(&old) {
+            let again = rules.reauthenticate(&old).and_then(|p| match (p.name(), p.class().name()) {
+                // Its seat counts it under its principal and class: a key that
+                // now names others must connect again, into the new counts.
+                (name, class) if (name, class) != (old.name(), old.class().name()) => {
+                    Err(format!("its key now belongs to `{name}` of class `{class}`; connect again"))
+                }
+                _ => Ok(p),
+            });
+            match again {
                 Ok(p) => drop(self.replace_principal(id, p)),
                 Err(why) => {
                     self.global.log_refusal(old.name(), old.class().name(), "its open session", &why);

@@ -363,7 +363,16 @@ impl Hub {
                 client.outbox.close(DISCONNECTED.0, DISCONNECTED.1);
                 (Outcome::Done, Vec::new(), None)
             }
-            Op::Coinbase { subscribe, channels } => {
+            Op::Coinbase { subscribe, mut channels } => {
+                // The session checked its principal's rules before it asked; a
+                // reload may have come between (while it waited for the bus).
+                if let (true, Some(p)) = (subscribe, principal) {
+                    for denied in p.allowed_only(&mut channels) {
+                        let error =
+                            protocol::error_message(protocol::RequestKind::Subscribe.failure(), &denied.to_string());
+                        let _ = client.outbox.push(frame::text(error.as_bytes()));
+                    }
+                }
                 let changes = match subscribe {
                     true => subs.coinbase_subscribe(&channels, max)?,
                     false => subs.coinbase_unsubscribe(&channels),

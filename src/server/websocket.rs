@@ -5,12 +5,10 @@ use std::rc::Rc;
 
 use futures_lite::AsyncWriteExt;
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::auth;
 use super::conn::{close_after, Handoff, SHARD_HEADER};
 use super::task::contained;
-use crate::access::{Credential, Denied, Principal, KEY_PREFIX};
+use crate::access::{Credential, KEY_PREFIX};
 use crate::http::Request;
 use crate::hub::{ClientId, ClientKind, Hub, Op, Seat};
 use crate::metrics::Entry;
@@ -164,7 +162,7 @@ impl Session {
         }
         // Who the client is now (a reload or a fresh token may have changed it).
         if let (true, Some(who)) = (subscribe, self.hub.principal_of(self.id)) {
-            for denied in allowed_only(&who, &mut classified.channels) {
+            for denied in who.allowed_only(&mut classified.channels) {
                 auth::log_denied(&self.hub.global, &denied);
                 send(&protocol::error_message(req.kind.failure(), &denied.to_string()));
             }
@@ -245,28 +243,6 @@ impl Session {
         self.hub.replace_principal(self.id, p);
         Ok(())
     }
-}
-
-/// Keeps, of an in-band subscribe's channels and products, what `who` may
-/// have; returns the refusals, one per product and channel. A channel left
-/// with no product is dropped (its products were all refused).
-fn allowed_only(who: &Principal, channels: &mut BTreeMap<Channel, BTreeSet<String>>) -> Vec<Denied> {
-    let (mut refused, mut emptied) = (Vec::new(), Vec::new());
-    for (channel, products) in channels.iter_mut() {
-        let named = !products.is_empty();
-        products.retain(|p| match who.may_subscribe(p, *channel) {
-            Ok(()) => true,
-            Err(refusal) => {
-                refused.push(*who.denied(format!("{p} {channel}"), refusal));
-                false
-            }
-        });
-        if named && products.is_empty() {
-            emptied.push(*channel);
-        }
-    }
-    emptied.iter().for_each(|c| drop(channels.remove(c)));
-    refused
 }
 
 /// `GET /echo` (only with `--echo`): a WebSocket that sends back every message it
