@@ -293,6 +293,9 @@ fn admins_list_and_disconnect_clients_of_every_shard() {
     for (_, id) in &clients {
         let c = body["clients"].as_array().unwrap().iter().find(|c| c["client_id"] == id.as_str()).expect(id);
         assert_eq!((c["principal"].as_str(), c["class"].as_str()), (Some("alice"), Some("pro")), "{c}");
+        let local = clients.iter().find(|(_, i)| i == id).unwrap().0.ws.get_ref().local_addr().unwrap();
+        assert_eq!(c["address"], local.to_string(), "the client's own address: {c}");
+        assert!(c["queue_bytes"].is_u64(), "{c}");
     }
     let held = body["clients"].as_array().unwrap().iter().find(|c| c["client_id"] == clients[1].1.as_str()).unwrap();
     assert_eq!(held["subscriptions"], json!([{"product_id": "BTC-USD", "channels": ["ticker"]}]));

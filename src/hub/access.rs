@@ -37,6 +37,10 @@ pub struct ClientView {
     /// Its principal and class (`None`: access control off).
     pub principal: Option<(String, String)>,
     pub subscriptions: BTreeMap<String, BTreeSet<Channel>>,
+    /// Its address.
+    pub peer: Option<std::net::SocketAddr>,
+    /// Bytes queued for it, not yet written.
+    pub queued_bytes: usize,
 }
 
 impl Hub {
@@ -194,6 +198,8 @@ impl Hub {
                 id: c.id,
                 principal: c.principal.borrow().as_ref().map(|p| (p.name().to_string(), p.class().name().to_string())),
                 subscriptions: c.subs.borrow().by_product().clone(),
+                peer: c.peer,
+                queued_bytes: c.outbox.queued_bytes(),
             })
             .collect()
     }

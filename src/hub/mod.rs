@@ -82,6 +82,8 @@ pub struct LocalClient {
     warned: std::cell::Cell<Option<u64>>,
     /// How it is connected (metrics).
     transport: crate::metrics::Transport,
+    /// Its address (the admin endpoints).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What kind of client registers.
@@ -154,14 +156,22 @@ impl Hub {
     }
 
     /// Registers a new client; returns its id, or `None` when the table is full.
-    pub fn register(&self, outbox: Rc<Outbox>, kind: ClientKind, principal: Option<Principal>) -> Option<ClientId> {
+    /// `peer`: its address, for the admin endpoints.
+    pub fn register(
+        &self,
+        outbox: Rc<Outbox>,
+        kind: ClientKind,
+        principal: Option<Principal>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
         let id = ClientId::new(self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         let subs = RefCell::new(Subscriptions::default());
         let (pure, stream) = (kind == ClientKind::Pure, matches!(kind, ClientKind::Sse | ClientKind::Ndjson));
         let (principal, transport) = (RefCell::new(principal), kind.transport());
-        entry.insert(LocalClient { id, outbox, subs, pure, principal, stream, warned: Default::default(), transport });
+        let warned = Default::default();
+        entry.insert(LocalClient { id, outbox, subs, pure, principal, stream, warned, transport, peer });
         self.count_opened(transport);
         self.global.client_joined(self.id);
         Some(id)

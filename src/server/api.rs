@@ -175,7 +175,15 @@ fn admin(who: Option<&Principal>) -> Result<(), ApiError> {
 fn client_json(c: &ClientView) -> serde_json::Value {
     let subs: Vec<_> = c.subscriptions.iter().map(|(p, chs)| json!({"product_id": p, "channels": chs})).collect();
     let (principal, class) = c.principal.clone().unzip();
-    json!({"client_id": c.id.to_string(), "shard": c.id.shard, "principal": principal, "class": class, "subscriptions": subs})
+    json!({
+        "client_id": c.id.to_string(),
+        "shard": c.id.shard,
+        "principal": principal,
+        "class": class,
+        "address": c.peer.map(|a| a.to_string()),
+        "subscriptions": subs,
+        "queue_bytes": c.queued_bytes,
+    })
 }
 
 /// A subscription made or ended.

@@ -46,7 +46,12 @@ pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
     let sse = req.header_str("Accept").is_some_and(|a| a.contains("text/event-stream"));
     let kind = if sse { StreamKind::Sse } else { StreamKind::Ndjson };
     let outbox = hub.new_outbox();
-    let Some(id) = hub.register(outbox.clone(), if sse { ClientKind::Sse } else { ClientKind::Ndjson }, who) else {
+    let Some(id) = hub.register(
+        outbox.clone(),
+        if sse { ClientKind::Sse } else { ClientKind::Ndjson },
+        who,
+        stream.peer_addr().ok(),
+    ) else {
         let resp = with_shard(Response::error(503, "full", "no room for another client"), hub.id);
         let _ = stream.write_all(&resp.to_bytes(true)).await;
         return;

@@ -63,7 +63,7 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     drop(handshake);
     let outbox = hub.new_outbox();
     let kind = if pure { ClientKind::Pure } else { ClientKind::WebSocket };
-    let Some(id) = hub.register(outbox.clone(), kind, who.clone()) else {
+    let Some(id) = hub.register(outbox.clone(), kind, who.clone(), stream.peer_addr().ok()) else {
         outbox.close(close::INTERNAL, "no room for another client");
         let _ = ws::write_loop(&outbox, &mut stream).await;
         return;
