@@ -31,11 +31,14 @@ pub enum Route {
     Clients,
     /// `DELETE /api/v1/clients/{id}`: disconnect a client (admins only).
     Disconnect(String),
+    /// `GET /api/v1/openapi.yaml`: the API described (`openapi.yaml`).
+    OpenApi,
 }
 
 const PREFIX: &str = "/api/v1/subscribe";
 const HISTORY: &str = "/api/v1/history";
 const CLIENTS: &str = "/api/v1/clients";
+const OPENAPI: &str = "/api/v1/openapi.yaml";
 
 /// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
 pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
@@ -54,6 +57,7 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/echo" => only_get(Route::Echo),
         PREFIX => only_get(Route::List),
         CLIENTS => only_get(Route::Clients),
+        OPENAPI => only_get(Route::OpenApi),
         _ if path.starts_with(CLIENTS) => match path[CLIENTS.len()..].strip_prefix('/') {
             Some(id) if !id.is_empty() && !id.contains('/') => match method {
                 "DELETE" => Ok(Route::Disconnect(percent_decode(id))),
@@ -107,6 +111,8 @@ mod tests {
         assert_eq!(route("DELETE", "/api/v1/clients/1-2-3", false), Ok(Route::Disconnect("1-2-3".into())));
         assert_eq!(route("GET", "/api/v1/clients/1-2-3", false).unwrap_err().status, 405);
         assert_eq!(route("DELETE", "/api/v1/clients/", false).unwrap_err().status, 404);
+        assert_eq!(route("GET", "/api/v1/openapi.yaml", false), Ok(Route::OpenApi));
+        assert_eq!(route("POST", "/api/v1/openapi.yaml", false).unwrap_err().status, 405);
     }
 
     #[test]

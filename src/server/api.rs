@@ -11,6 +11,9 @@ use crate::http::{Request, Response, Route};
 use crate::hub::{Caller, ClientId, ClientView, HistoryQuery, Hub, HubError, Op, Outcome, Since};
 use crate::protocol::Channel;
 
+/// The API described in OpenAPI 3.1, served at `GET /api/v1/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
 /// An API error: the HTTP status, a machine-readable code and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -81,7 +84,13 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             "health": "/healthz",
             "live": "/livez",
             "ready": "/readyz",
+            "openapi": "/api/v1/openapi.yaml",
         })),
+        Route::OpenApi => Ok(Response {
+            status: 200,
+            headers: vec![("Content-Type", "application/yaml".into())],
+            body: OPENAPI_YAML.as_bytes().to_vec(),
+        }),
         Route::List => {
             let id = client_id(req)?;
             let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
