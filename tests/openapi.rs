@@ -130,3 +130,19 @@ fn the_document_is_served_without_credentials() {
     assert_eq!(status, 401, "the data routes do want one: {head}");
 }
 
+/// Found by the fuzzer: the client view of a pair ignored `?channels=` and
+/// `?replay=`, so a malformed one was 200 there and 400 on the stream form.
+#[test]
+fn the_client_view_checks_its_query_as_the_stream_does() {
+    let sim = simulator(|_| {});
+    let relay = relay(1, &sim.url());
+    let (_client, id) = common::relay_client(relay.addr);
+    let header = format!("X-Client-Id: {id}\r\n");
+    for (query, code) in [("channels=nope", "bad_channel"), ("replay=x", "bad_replay")] {
+        let (status, head, body) =
+            common::http(relay.addr, "GET", &format!("/api/v1/subscribe/BTC-USD?{query}"), &header);
+        assert_eq!((status, body["error"].as_str()), (400, Some(code)), "{query}: {head}");
+    }
+    let (status, _, body) = common::http(relay.addr, "GET", "/api/v1/subscribe/BTC-USD?channels=ticker", &header);
+    assert_eq!((status, &body["subscribed"]), (200, &serde_json::Value::Bool(false)));
+}

@@ -118,6 +118,10 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
         Route::Pair(pair) => {
             let id = client_id(req)?;
             let product = pair_syntax(&pair)?;
+            // Not used by this view, but checked as the stream form checks them:
+            // a bad `?channels=` or `?replay=` is 400 whichever form is asked for.
+            channels(hub, req)?;
+            replay(hub, req)?;
             let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
                 return Err(unexpected());
             };
