@@ -33,6 +33,8 @@ pub enum Route {
     Disconnect(String),
     /// `GET /metrics`: Prometheus metrics (admins only, with access control).
     Metrics,
+    /// `GET /api/v1/openapi.yaml`: the API described (`openapi.yaml`).
+    OpenApi,
 }
 
 impl Route {
@@ -53,6 +55,7 @@ impl Route {
             Route::Clients => "clients",
             Route::Disconnect(_) => "disconnect",
             Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
         }
     }
 }
@@ -60,6 +63,7 @@ impl Route {
 const PREFIX: &str = "/api/v1/subscribe";
 const HISTORY: &str = "/api/v1/history";
 const CLIENTS: &str = "/api/v1/clients";
+const OPENAPI: &str = "/api/v1/openapi.yaml";
 
 /// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
 pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
@@ -79,6 +83,7 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         "/metrics" => only_get(Route::Metrics),
         PREFIX => only_get(Route::List),
         CLIENTS => only_get(Route::Clients),
+        OPENAPI => only_get(Route::OpenApi),
         _ if path.starts_with(CLIENTS) => match path[CLIENTS.len()..].strip_prefix('/') {
             Some(id) if !id.is_empty() && !id.contains('/') => match method {
                 "DELETE" => Ok(Route::Disconnect(percent_decode(id))),
@@ -134,6 +139,8 @@ mod tests {
         assert_eq!(route("DELETE", "/api/v1/clients/", false).unwrap_err().status, 404);
         assert_eq!(route("GET", "/metrics", false), Ok(Route::Metrics));
         assert_eq!(route("POST", "/metrics", false).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/api/v1/openapi.yaml", false), Ok(Route::OpenApi));
+        assert_eq!(route("POST", "/api/v1/openapi.yaml", false).unwrap_err().status, 405);
     }
 
     #[test]

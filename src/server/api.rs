@@ -12,6 +12,9 @@ use crate::hub::{Caller, ClientId, ClientView, HistoryQuery, Hub, HubError, Op, 
 use crate::metrics::Entry;
 use crate::protocol::Channel;
 
+/// The API described in OpenAPI 3.1, served at `GET /api/v1/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
 /// An API error: the HTTP status, a machine-readable code and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -83,7 +86,13 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             "health": "/healthz",
             "live": "/livez",
             "ready": "/readyz",
+            "openapi": "/api/v1/openapi.yaml",
         })),
+        Route::OpenApi => Ok(Response {
+            status: 200,
+            headers: vec![("Content-Type", "application/yaml".into())],
+            body: OPENAPI_YAML.as_bytes().to_vec(),
+        }),
         Route::List => {
             let id = client_id(req)?;
             let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
@@ -113,6 +122,10 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
         Route::Pair(pair) => {
             let id = client_id(req)?;
             let product = pair_syntax(&pair)?;
+            // Not used by this view, but checked as the stream form checks them:
+            // a bad `?channels=` or `?replay=` is 400 whichever form is asked for.
+            channels(hub, req)?;
+            replay(hub, req)?;
             let Outcome::Subscriptions(subs) = hub.execute_as(id, Op::List, caller).await? else {
                 return Err(unexpected());
             };
