@@ -66,7 +66,7 @@ impl Shard {
             0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
                 Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
                 Err(e) => {
-                    log::error!("upstream: {e}");
+                    log::error!(event = "upstream_failed"; "upstream: {e}");
                     return;
                 }
             },
