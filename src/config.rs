@@ -16,6 +16,7 @@ mod file;
 pub use file::{check_config, reload_access, ConfigFile};
 
 use crate::access::Access;
+use crate::logs::LogFormat;
 
 use crate::protocol::Channel;
 use crate::record::RecordConfig;
@@ -120,6 +121,8 @@ pub struct ServeConfig {
     /// The file's access rules; `None`: access control is off, everything open.
     /// (Loaded and checked here; the entry points do not enforce them yet.)
     pub access: Option<Arc<Access>>,
+    /// `--log-format`: human lines or one JSON object per line.
+    pub log_format: LogFormat,
 }
 
 impl Default for ServeConfig {
@@ -161,6 +164,7 @@ impl Default for ServeConfig {
             config_file: None,
             metrics_addr: None,
             access: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -237,6 +241,7 @@ Relay options (environment variable in brackets):
   --history-size N       messages kept per product and channel; 0 = none (default 1000)
   --history-age S        drop kept messages older than S seconds (default 600)
   --history-bytes N      bytes the history may hold in all (default 67108864)
+  --log-format F         text (default) or json: one JSON object per line [HEDGEHOG_LOG_FORMAT]
   --echo                 serve /echo, a WebSocket echo endpoint (a test aid; off by default)
   --record DIR           record every upstream message, timestamped, into files in DIR
                          [HEDGEHOG_RECORD_DIR]
@@ -339,6 +344,7 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "record-max-file-bytes",
     "record-max-bytes",
     "metrics-addr",
+    "log-format",
 ];
 
 /// The simulator's flags that take a value.
@@ -588,6 +594,9 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.slow_consumer = slow_policy(p)?;
     }
     c.record = record(&mut f, env, file.as_ref())?;
+    if let Some(v) = f.get("log-format").map(str::to_string).or_else(|| env("HEDGEHOG_LOG_FORMAT")) {
+        c.log_format = v.parse()?;
+    }
     f.finish()?;
     validate_serve(c)
 }
@@ -929,5 +938,19 @@ mod tests {
             let e = run(line, &[]).unwrap_err();
             assert!(e.contains(want) && !e.contains('\n'), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn the_log_format_from_flag_environment_or_file() {
+        assert_eq!(serve_cfg("", &[]).log_format, LogFormat::Text);
+        assert_eq!(serve_cfg("--log-format json", &[]).log_format, LogFormat::Json);
+        assert_eq!(serve_cfg("", &[("HEDGEHOG_LOG_FORMAT", "json")]).log_format, LogFormat::Json);
+        let file = config_file("[server]\nlog_format = \"json\"\n");
+        assert_eq!(serve_cfg(&format!("--config {file}"), &[]).log_format, LogFormat::Json);
+        let c = serve_cfg(&format!("--config {file} --log-format=text"), &[("HEDGEHOG_LOG_FORMAT", "json")]);
+        assert_eq!(c.log_format, LogFormat::Text, "a flag beats the environment and the file");
+        assert_eq!(run("--log-format xml", &[]).unwrap_err(), "--log-format \"xml\": use text or json");
+        let e = run(&format!("--config {}", config_file("[server]\nlog_format = \"xml\"\n")), &[]).unwrap_err();
+        assert!(e.ends_with(":2: log-format \"xml\": use text or json"), "{e}");
     }
 }

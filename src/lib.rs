@@ -7,6 +7,7 @@
 //!
 //! # Layout (lowest layer first: a module imports only from those listed before it)
 //! - [`clock`], [`rate`]: the feed's microsecond times; the request-rate limit.
+//! - [`logs`]: `--log-format text|json`, the stable fields, the per-client log budget.
 //! - [`http`]: HTTP/1.1 requests (httparse), the router, JSON responses.
 //! - [`protocol`]: the feed's vocabulary (`Channel`, `Topic`), requests, error
 //!   texts, hedgehog's own notes, the routing-key scanner.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod pacemaker;

@@ -7,9 +7,9 @@
 use std::process::ExitCode;
 
 use hedgehog::config::{self, Command};
+use hedgehog::logs::LogFormat;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match config::parse(&args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
@@ -18,6 +18,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The format is a setting, so the logger starts once the settings are read.
+    let format = match &command {
+        Command::Serve(cfg) => cfg.log_format,
+        _ => LogFormat::Text,
+    };
+    hedgehog::logs::init(format);
     let result = match command {
         Command::Help => {
             print!("{}", config::USAGE);
@@ -47,7 +53,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { status, message }) => {
-            eprintln!("hedgehog: {message}");
+            match format {
+                // Every line of a JSON log is JSON, the last one too.
+                LogFormat::Json => log::error!(event = "exit", status; "hedgehog: {message}"),
+                LogFormat::Text => eprintln!("hedgehog: {message}"),
+            }
             ExitCode::from(status)
         }
     }
@@ -81,27 +91,31 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
     let relay = hedgehog::server::start(cfg).map_err(fail(2))?;
     loop {
         if let Some(end) = relay.shard_ended(std::time::Duration::from_millis(100)) {
-            log::error!("{end}; exiting so that a supervisor can restart hedgehog");
+            log::error!(event = "shard_ended"; "{end}; exiting so that a supervisor can restart hedgehog");
             return Err(Failure { status: 70, message: end.to_string() });
         }
         match signal_rx.try_recv() {
             // SIGHUP: the access rules again; a bad file is logged and changes nothing.
             Ok(SIGHUP) => match relay.reload() {
-                Ok(said) => log::warn!("SIGHUP: {said}"),
-                Err(why) => log::error!("SIGHUP: {why}"),
+                Ok(said) => log::warn!(event = "reload"; "SIGHUP: {said}"),
+                Err(why) => log::error!(event = "reload_failed", reason = why.as_str(); "SIGHUP: {why}"),
             },
             Ok(signal) => {
-                log::info!("signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
+                log::info!(event = "stopping", signal;
+                    "signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);
                 break;
             }
             Err(_) => {}
         }
     }
     match relay.shutdown(hedgehog::SHUTDOWN_GRACE) {
-        Ok(true) => log::info!("shut down cleanly"),
-        Ok(false) => log::warn!("clients still connected after {:?}; stopped anyway", hedgehog::SHUTDOWN_GRACE),
+        Ok(true) => log::info!(event = "stopped"; "shut down cleanly"),
+        Ok(false) => {
+            log::warn!(event = "stopped";
+                "clients still connected after {:?}; stopped anyway", hedgehog::SHUTDOWN_GRACE)
+        }
         Err(stuck) => {
-            log::error!("{stuck}; exiting without them");
+            log::error!(event = "shard_stuck"; "{stuck}; exiting without them");
             return Err(Failure { status: 1, message: stuck });
         }
     }

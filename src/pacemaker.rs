@@ -105,7 +105,8 @@ pub fn attach() -> Option<Beat> {
     match try_attach() {
         Ok((task, addr)) => Some(Beat { _task: task, addr }),
         Err(e) => {
-            log::warn!("pacemaker: {e}; this executor may sleep through a timer until its next socket event");
+            log::warn!(event = "pacemaker";
+                "pacemaker: {e}; this executor may sleep through a timer until its next socket event");
             None
         }
     }
@@ -120,7 +121,7 @@ fn try_attach() -> Result<(glommio::Task<()>, SocketAddr), String> {
     let task = glommio::spawn_local(async move {
         // Beats only from the pacemaker: a connected socket takes no other datagram.
         if let Err(e) = socket.connect(registration.heart.addr).await {
-            log::warn!("pacemaker: cannot connect: {e}");
+            log::warn!(event = "pacemaker"; "pacemaker: cannot connect: {e}");
             return;
         }
         let mut buf = [0u8; 16];
@@ -137,7 +138,7 @@ fn try_attach() -> Result<(glommio::Task<()>, SocketAddr), String> {
                 Err(_) => failures += 1,
             }
         }
-        log::warn!("pacemaker: the socket keeps failing; this executor goes without its beat");
+        log::warn!(event = "pacemaker"; "pacemaker: the socket keeps failing; this executor goes without its beat");
         drop(registration);
     });
     Ok((task, addr))

@@ -72,6 +72,7 @@ pub struct ServerFile {
     history_age: Option<Spanned<f64>>,
     history_bytes: Option<usize>,
     echo: Option<bool>,
+    log_format: Option<Spanned<String>>,
     pub(super) record: Option<PathBuf>,
     pub(super) record_max_file_bytes: Option<u64>,
     pub(super) record_max_bytes: Option<u64>,
@@ -132,6 +133,9 @@ impl ConfigFile {
         set(&mut c.history_size, s.history_size);
         set(&mut c.history_bytes, s.history_bytes);
         set(&mut c.echo, s.echo);
+        if let Some(f) = &s.log_format {
+            c.log_format = f.get_ref().parse().map_err(|e| at(f.span(), e))?;
+        }
         for (name, value, field) in [
             ("stall_timeout", &s.stall_timeout, &mut c.upstream.stall_timeout),
             ("ping_interval", &s.ping_interval, &mut c.ping_interval),

@@ -217,9 +217,11 @@ impl Global {
         let turn = self.refusals_logged.lock().map(|mut b| b.take()).unwrap_or(crate::rate::LogTurn::Suppress);
         if let crate::rate::LogTurn::Write { suppressed } = turn {
             if suppressed > 0 {
-                log::warn!("access: {suppressed} refusals not logged (over the log rate)");
+                log::warn!(event = "log_suppressed", count = suppressed;
+                    "access: {suppressed} refusals not logged (over the log rate)");
             }
-            log::warn!("access: refused principal={principal} class={class} what={what:?}: {why}");
+            log::warn!(event = "refused", principal, class, what, reason = why;
+                "access: refused principal={principal} class={class} what={what:?}: {why}");
         }
     }
 

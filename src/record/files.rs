@@ -202,7 +202,7 @@ impl Compressor {
     fn fail(&self, what: String) {
         self.failed.set(true);
         if !self.failing.replace(true) {
-            log::warn!("record: {what}");
+            log::warn!(event = "record_error"; "record: {what}");
         }
         self.stats.error(what);
     }

@@ -163,7 +163,8 @@ impl Drop for Tap {
         if let Some(hole) = self.hole.take() {
             let entry = Entry { at: hole.to, frame: None, start: 0, hole: Some(hole) };
             if self.tx.send_timeout(entry, Duration::from_secs(1)).is_err() {
-                log::warn!("record: the note of {} messages dropped at the end could not be queued", hole.count);
+                log::warn!(event = "record_error";
+                    "record: the note of {} messages dropped at the end could not be queued", hole.count);
             }
         }
     }
@@ -325,7 +326,8 @@ impl Recorder {
             match thread.is_finished() {
                 true => drop(thread.join()),
                 false => {
-                    log::error!("record: the {name} thread did not end within {within:?}; abandoning it");
+                    log::error!(event = "record_stuck";
+                        "record: the {name} thread did not end within {within:?}; abandoning it");
                     all = false;
                 }
             }

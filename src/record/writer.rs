@@ -183,7 +183,7 @@ impl Writer {
                 self.stats.wrote(done.messages, done.bytes);
                 self.stats.set_file_bytes(f.flushed());
                 if done.bytes > 0 && std::mem::take(&mut self.failing) {
-                    log::info!("record: writing again, into {}", f.name);
+                    log::info!(event = "record_resumed"; "record: writing again, into {}", f.name);
                 }
                 true
             }
@@ -276,7 +276,8 @@ impl Writer {
 
     fn fail(&mut self, what: String) {
         if !std::mem::replace(&mut self.failing, true) {
-            log::warn!("record: {what} (counted in /healthz; recording resumes when the disk allows)");
+            log::warn!(event = "record_error";
+                "record: {what} (counted in /healthz; recording resumes when the disk allows)");
         }
         self.stats.error(what);
     }

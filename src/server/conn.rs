@@ -34,7 +34,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
         match listener.accept().await {
             Ok(stream) => {
                 if failed > 0 && last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                    log::warn!("accepting again after {failed} failed accepts");
+                    log::warn!(event = "accept_resumed"; "accepting again after {failed} failed accepts");
                     (failed, last_log) = (0, Some(Instant::now()));
                 }
                 backoff = Duration::from_millis(5);
@@ -45,7 +45,8 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
                 // and say so without flooding the log.
                 failed += 1;
                 if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                    log::warn!("accept failed ({failed} so far): {e}; retrying within {ACCEPT_BACKOFF_MAX:?}");
+                    log::warn!(event = "accept_failed";
+                        "accept failed ({failed} so far): {e}; retrying within {ACCEPT_BACKOFF_MAX:?}");
                     last_log = Some(Instant::now());
                 }
                 glommio::timer::sleep(backoff).await;
@@ -87,6 +88,7 @@ fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
 /// hold descriptors beyond the budget.
 async fn too_many(mut stream: TcpStream, limit: usize, shard: usize) {
     let message = format!("at most {limit} connections from one address");
+    log_turned_away(&stream, log::Level::Warn, "too_many_connections", &message);
     let resp = with_shard(Response::error(429, "too_many_connections", message), shard);
     let _ = stream.write_all(&resp.to_bytes(true)).await;
 }
@@ -109,6 +111,7 @@ async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
         _ => {
             let message =
                 format!("the server holds its limit of {} connections; try again later", hub.global.max_connections);
+            log_turned_away(&stream, log::Level::Warn, "server_full", &message);
             Response::error(503, "server_full", message).with_header("Retry-After", "1")
         }
     };
@@ -135,6 +138,9 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
             }
             Err(ReadError::Parse(e)) => {
                 let (status, code) = e.status();
+                // Not the text of an unsupported Transfer-Encoding: the client wrote it.
+                let reason = if status == 501 { code.to_string() } else { e.to_string() };
+                log_turned_away(&stream, log::Level::Info, "bad_request", &reason);
                 let resp = Response::error(status, code, e.to_string());
                 hub.count_request(UNROUTED, resp.status, Instant::now());
                 return Box::pin(close_after(stream, &resp, hub.id)).await;
@@ -207,6 +213,16 @@ fn handoff(
     who: Option<Principal>,
 ) -> Handoff {
     Handoff { stream, leftover, hub, queues, slot, who }
+}
+
+/// One line (budgeted: see `logs::per_client`) about a connection turned away or
+/// a request that could not be read: `event`, the peer and why. The peer is
+/// looked up only for a line that is written: a flood costs no more than before.
+pub(super) fn log_turned_away(stream: &TcpStream, level: log::Level, event: &'static str, reason: &str) {
+    crate::logs::per_client(|| {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "-".into());
+        log::log!(level, event, peer = peer.as_str(), reason; "{event} from {peer}: {reason}");
+    });
 }
 
 /// Every answer names the shard that wrote it, for operators tracing requests.

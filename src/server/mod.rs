@@ -192,7 +192,7 @@ impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.stop();
         if !self.wait_for_threads(crate::SHUTDOWN_GRACE) {
-            log::error!("{} shard(s) did not stop; abandoning them", self.threads.len());
+            log::error!(event = "shard_stuck"; "{} shard(s) did not stop; abandoning them", self.threads.len());
             self.threads.clear();
         }
         self.close_recorder();
@@ -207,7 +207,8 @@ fn placements(n: usize) -> Vec<Placement> {
     if n <= cpus.len() {
         cpus.into_iter().take(n).map(Placement::Fixed).collect()
     } else {
-        log::info!("WEB_CONCURRENCY={n} exceeds the {} usable CPUs: shards are not pinned", cpus.len());
+        log::info!(event = "shards_unpinned";
+            "WEB_CONCURRENCY={n} exceeds the {} usable CPUs: shards are not pinned", cpus.len());
         (0..n).map(|_| Placement::Unbound).collect()
     }
 }
@@ -240,7 +241,7 @@ fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
         None => return Ok(None),
     };
     let sim = sim::spawn(SimConfig { port: 0, ..sim })?;
-    log::warn!("offline mode: relaying {data} at {}", sim.url());
+    log::warn!(event = "offline_mode"; "offline mode: relaying {data} at {}", sim.url());
     Ok(Some(sim))
 }
 
@@ -248,11 +249,15 @@ fn offline_upstream(cfg: &ServeConfig) -> Result<Option<SimHandle>, String> {
 /// `--config` must not believe the relay is closed.
 fn announce_access(cfg: &ServeConfig) {
     match (&cfg.access, &cfg.config_file) {
-        (None, None) => log::warn!("access control is OFF (no --config file): every client may do everything"),
+        (None, None) => {
+            log::warn!(event = "access_off"; "access control is OFF (no --config file): every client may do everything")
+        }
         (None, Some(file)) => {
-            log::warn!("access control is OFF ({} has no [classes]): every client may do everything", file.display())
+            log::warn!(event = "access_off";
+                "access control is OFF ({} has no [classes]): every client may do everything", file.display())
         }
         (Some(access), _) => log::warn!(
+            event = "access_on";
             "access control is ON: rules from {} ({} classes); SIGHUP reloads them",
             access.source().display(),
             access.classes().count()
@@ -331,7 +336,8 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             Err(e) => return Err(abandon(e, &stop, threads)),
         }
     }
-    log::info!("hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
+    log::info!(event = "listening", addr:%;
+        "hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
     let config_file = cfg.config_file.clone();
     Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder, config_file })
 }
@@ -373,7 +379,10 @@ fn abandon(why: String, stop: &Stop, threads: Vec<(usize, JoinHandle<()>)>) -> S
         }
         match thread.is_finished() {
             true => drop(thread.join()),
-            false => log::error!("shard {id} did not stop after a failed start; abandoning it"),
+            false => {
+                log::error!(event = "shard_stuck", shard = id;
+                    "shard {id} did not stop after a failed start; abandoning it")
+            }
         }
     }
     why

@@ -60,7 +60,7 @@ impl Shard {
                 Ok(l) => {
                     if let Ok(bound) = l.local_addr() {
                         self.global.set_metrics_addr(bound);
-                        log::info!("metrics on http://{bound}/metrics");
+                        log::info!(event = "metrics_listening", addr:% = bound; "metrics on http://{bound}/metrics");
                     }
                     Some(l)
                 }
@@ -83,7 +83,7 @@ impl Shard {
             0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
                 Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
                 Err(e) => {
-                    log::error!("upstream: {e}");
+                    log::error!(event = "upstream_failed"; "upstream: {e}");
                     return;
                 }
             },

@@ -61,6 +61,7 @@ pub(super) async fn stream_pair(conn: Handoff, req: Request, pair: &str) {
     // sessions queue, so that heavy streams do not slow REST and handshakes.
     let session = async move {
         contained(&hub.global, "a stream", serve_stream(stream, &hub, &outbox, id, op, kind, queues)).await;
+        super::task::log_slow_consumer(&outbox, id);
         hub.unregister(id);
         drop((slot, seat));
     };

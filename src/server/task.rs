@@ -42,6 +42,16 @@ impl Queues {
     }
 }
 
+/// At a session's end: one line (budgeted) if it ended as a slow consumer.
+pub fn log_slow_consumer(outbox: &crate::ws::Outbox, id: crate::hub::ClientId) {
+    if outbox.overflowed() {
+        crate::logs::per_client(|| {
+            log::warn!(event = "slow_consumer", client_id:% = id, reason = crate::ws::SLOW_CONSUMER;
+                "client {id}: its queue overflowed; closed as a slow consumer")
+        });
+    }
+}
+
 /// Runs one connection's future, containing a panic inside it: glommio lets a
 /// panicking task unwind through the executor, which ends the shard's thread and
 /// every connection on it (tests/panics.rs shows both). Here the panic unwinds
@@ -71,7 +81,11 @@ fn settle(global: &Global, what: &str, outcome: std::thread::Result<()>) -> bool
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".into());
-            log::error!("a panic in {what} was contained; that connection is closed: {why}");
+            // A client may be able to set one off again and again: budgeted.
+            crate::logs::per_client(|| {
+                log::error!(event = "panic", what, reason = why.as_str();
+                    "a panic in {what} was contained; that connection is closed: {why}")
+            });
             global.count_panic();
             false
         }

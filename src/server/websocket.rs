@@ -30,7 +30,12 @@ pub(super) async fn upgrade(conn: Handoff, req: &Request, pre: Option<Op>) {
             let handshake = handshake_with_shard(handshake, conn.hub.id);
             websocket(conn, handshake, Start { pre, pure, seat }).await
         }
-        Err(resp) => Box::pin(close_after(conn.stream, &resp, conn.hub.id)).await,
+        Err(resp) => {
+            let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+            let reason = body["message"].as_str().unwrap_or("refused");
+            super::conn::log_turned_away(&conn.stream, log::Level::Info, "handshake_failed", reason);
+            Box::pin(close_after(conn.stream, &resp, conn.hub.id)).await
+        }
     }
 }
 
@@ -81,9 +86,10 @@ async fn websocket(conn: Handoff, handshake: Vec<u8>, start: Start) {
     // async block (an idle connection's memory is mostly this).
     let rate = RateLimit::new(auth::request_rate(&hub.global, who.as_ref()));
     let session = Session { hub: hub.clone(), id, pre, rate, seat };
-    let served = Box::pin(ws::run_session(stream, leftover, outbox, hub.global.limits, session));
+    let served = Box::pin(ws::run_session(stream, leftover, outbox.clone(), hub.global.limits, session));
     let session = async move {
         contained(&hub.global, "a WebSocket session", served).await;
+        super::task::log_slow_consumer(&outbox, id);
         hub.unregister(id);
         drop(slot);
     };

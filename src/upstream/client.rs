@@ -67,7 +67,7 @@ impl Client {
                 Ok((io, leftover)) => {
                     self.shared.status.borrow_mut().connects += 1;
                     self.shared.set_state(State::Connected);
-                    log::info!("upstream: connected to {}", self.cfg.url);
+                    log::info!(event = "upstream_connected"; "upstream: connected to {}", self.cfg.url);
                     if self.events.send(Event::Connected).await.is_err() {
                         return;
                     }
@@ -78,7 +78,7 @@ impl Client {
             if self.shared.stop.get() {
                 return;
             }
-            log::warn!("upstream: {reason}; reconnecting");
+            log::warn!(event = "upstream_disconnected", reason = reason.as_str(); "upstream: {reason}; reconnecting");
             self.shared.status.borrow_mut().last_error = Some(reason.clone());
             self.shared.set_state(State::Reconnecting);
             if self.events.send(Event::Disconnected { reason }).await.is_err() {
@@ -174,7 +174,8 @@ impl Client {
                 }
             }
             if Instant::now() >= list_wait && self.shared.subs.borrow().holding() {
-                log::warn!("upstream: no product list within {:?}; subscribing without it", stall_timeout / 2);
+                log::warn!(event = "upstream_no_product_list";
+                    "upstream: no product list within {:?}; subscribing without it", stall_timeout / 2);
                 self.shared.subs.borrow_mut().release();
             }
             // One request per turn at most, paced: answers and heartbeats are read
@@ -235,7 +236,8 @@ impl Client {
     async fn plan(&self) -> Result<(), Ended> {
         let unlisted = self.shared.subs.borrow_mut().take_unlisted();
         if let Some(first) = unlisted.first() {
-            log::warn!("upstream: {} product(s) the feed does not list, such as {first}, refused here", unlisted.len());
+            log::warn!(event = "upstream_unlisted";
+                "upstream: {} product(s) the feed does not list, such as {first}, refused here", unlisted.len());
             self.emit(Event::Unlisted(unlisted)).await?;
         }
         if self.shared.retry_at.get().is_none() {
@@ -260,7 +262,7 @@ impl Client {
         };
         let Some(request) = request else { return Ok(Sent::Later(None)) };
         let text = request.text();
-        log::debug!("upstream: sending {text}");
+        log::debug!(event = "upstream_send"; "upstream: sending {text}");
         // A feed that does not take a request is as stalled as one that sends nothing.
         let limit = self.cfg.stall_timeout;
         let write = async {
@@ -346,7 +348,8 @@ impl Client {
                     let delay = self.shared.retry_backoff.get();
                     self.shared.retry_backoff.set((delay * 2).min(self.cfg.backoff_max));
                     self.shared.retry_at.set(Some(Instant::now() + delay));
-                    log::warn!("upstream refused a request ({message}: {reason}); asking again in {delay:?}");
+                    log::warn!(event = "upstream_refused";
+                        "upstream refused a request ({message}: {reason}); asking again in {delay:?}");
                 }
                 let mut status = self.shared.status.borrow_mut();
                 status.refused += 1;
@@ -354,7 +357,7 @@ impl Client {
             }
             None => {}
         }
-        log::warn!("upstream error: {message}: {reason}");
+        log::warn!(event = "upstream_error"; "upstream error: {message}: {reason}");
         Event::Error { message, reason, product }
     }
 
@@ -370,7 +373,7 @@ impl Client {
             s.malformed
         };
         if n.is_power_of_two() {
-            log::warn!("upstream: ignored malformed message #{n}: {what}");
+            log::warn!(event = "upstream_malformed"; "upstream: ignored malformed message #{n}: {what}");
         }
         self.emit(Event::Malformed { total: n }).await
     }

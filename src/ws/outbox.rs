@@ -223,6 +223,11 @@ impl Outbox {
         }
     }
 
+    /// Whether it ever overflowed (a slow consumer): for the log line at its end.
+    pub fn overflowed(&self) -> bool {
+        self.inner.borrow().slow
+    }
+
     /// Whether the outbox still takes data frames.
     pub fn is_open(&self) -> bool {
         self.inner.borrow().state == State::Open

@@ -94,7 +94,8 @@ fn refuse(hub: &Hub, owner: &Owner, product: &str, message: &str, reason: &str) 
 /// and trade count start again from the fresh snapshot and `last_match`), tell
 /// its subscribers, count it.
 fn on_gap(hub: &Hub, owner: &Owner, gap: Gap) {
-    log::warn!("gap on {}: expected trade {}, got {}; resubscribing it", gap.product, gap.expected, gap.received);
+    log::warn!(event = "upstream_gap", product = gap.product.as_str();
+        "gap on {}: expected trade {}, got {}; resubscribing it", gap.product, gap.expected, gap.received);
     owner.upstream.resubscribe(&gap.product);
     hub.global.count_gap();
     let frame = frame::text(protocol::notes::gap(&gap.product, gap.expected, gap.received).as_bytes());
