@@ -137,6 +137,13 @@ fn a_known_scenario_gives_exact_figures() {
     assert!(at(r#"hedgehog_upstream_messages_total{channel="matches"}"#) > 0.0);
     assert!(at(r#"hedgehog_feed_latency_seconds_bucket{channel="ticker",le="+Inf"}"#) > 0.0);
     assert_eq!(at(r#"hedgehog_outbox_bytes_count"#), 4.0, "one observation per open client");
+    let by_shard = at(r#"hedgehog_shard_connections{shard="0"}"#) + at(r#"hedgehog_shard_connections{shard="1"}"#);
+    assert_eq!(by_shard, 4.0, "the shards' connections add up");
+    let delivered =
+        at(r#"hedgehog_shard_deliveries_total{shard="0"}"#) + at(r#"hedgehog_shard_deliveries_total{shard="1"}"#);
+    let by_channel: f64 =
+        Channel::ALL.iter().map(|c| at(&format!("hedgehog_deliveries_total{{channel=\"{}\"}}", c.name()))).sum();
+    assert_eq!(delivered, by_channel, "by shard and by channel, the same deliveries");
     assert!(at("process_resident_memory_bytes") > 0.0 && at("process_open_fds") > 0.0);
     assert!(at("hedgehog_upstream_last_message_age_seconds") < 60.0);
     let build = s.keys().find(|k| k.starts_with("hedgehog_build_info{")).expect("build info");

@@ -57,7 +57,7 @@ for panel in dash["panels"]:
         queries += 1
         expr = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', "", target["expr"])
         for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
-            if name in functions or name in ("channel", "transport", "state", "reason", "route", "status"):
+            if name in functions or name in ("channel", "transport", "state", "reason", "route", "status", "shard"):
                 continue
             if name not in exposed:
                 missing.append((panel["title"], name))

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{Answer, Ask, Hub, HubError, REPLY_DEADLINE};
-use crate::metrics::{self, Entry, ProcessFigures, Snapshot, Transport};
+use crate::metrics::{self, Entry, ProcessFigures, ShardFigures, Snapshot, Transport};
 use crate::protocol::Channel;
 use crate::upstream::FeedMessage;
 
@@ -79,12 +79,17 @@ impl Hub {
     /// [`HubError::ShardUnavailable`].
     pub async fn all_metrics(&self) -> Result<String, HubError> {
         let mut all = self.metrics_snapshot();
+        let mut per_shard = vec![ShardFigures::of(self.id, &all)];
         for shard in (0..self.global.shards).filter(|s| *s != self.id) {
             match self.request(shard, Ask::Metrics, REPLY_DEADLINE).await? {
-                Answer::Metrics(s) => all.merge(&s),
+                Answer::Metrics(s) => {
+                    per_shard.push(ShardFigures::of(shard, &s));
+                    all.merge(&s);
+                }
                 _ => return Err(super::unavailable(shard, REPLY_DEADLINE)),
             }
         }
+        per_shard.sort_by_key(|f| f.shard);
         let g = &self.global;
         let up = g.upstream();
         let (history_messages, history_bytes) = g.history_size();
@@ -99,6 +104,7 @@ impl Hub {
             history_bytes,
             refusals: g.refusals(),
             panics: g.panics(),
+            per_shard,
         };
         Ok(metrics::render(&all, &p))
     }

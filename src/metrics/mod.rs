@@ -293,6 +293,22 @@ pub struct ProcessFigures {
     /// Access refusals by status (401, 403, 429).
     pub refusals: [u64; 3],
     pub panics: u64,
+    /// Each shard's own load, to see an imbalance between them.
+    pub per_shard: Vec<ShardFigures>,
+}
+
+/// One shard's connections and deliveries (the `shard` label).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardFigures {
+    pub shard: usize,
+    pub connections: u64,
+    pub deliveries: u64,
+}
+
+impl ShardFigures {
+    pub fn of(shard: usize, s: &Snapshot) -> ShardFigures {
+        ShardFigures { shard, connections: s.connections.iter().sum(), deliveries: s.deliveries.iter().sum() }
+    }
 }
 
 /// The states `hedgehog_upstream_state` has a series for.
@@ -309,6 +325,14 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
     );
     out.gauge("hedgehog_shards", "Worker shards (WEB_CONCURRENCY).", p.shards as f64);
 
+    out.family("hedgehog_shard_connections", "gauge", "Open client connections, by shard.");
+    for f in &p.per_shard {
+        out.sample("hedgehog_shard_connections", &[("shard", &f.shard.to_string())], f.connections as f64);
+    }
+    out.family("hedgehog_shard_deliveries_total", "counter", "Feed messages queued for clients, by shard.");
+    for f in &p.per_shard {
+        out.sample("hedgehog_shard_deliveries_total", &[("shard", &f.shard.to_string())], f.deliveries as f64);
+    }
     out.family("hedgehog_connections", "gauge", "Open client connections, by transport.");
     for t in Transport::ALL {
         out.sample("hedgehog_connections", &[("transport", t.name())], s.connections[t as usize] as f64);
