@@ -259,25 +259,10 @@ fn a_reload_adds_and_removes_rights_under_open_sessions() {
 /// says the rules were reloaded; a bad file is logged, and the rules stay.
 #[test]
 fn sighup_reloads_the_rules_of_the_binary() {
-    use std::io::BufRead;
     let ops = "[classes.ops]\nallow = [\"*\"]\nallow_channels = [\"*\"]\nadmin = true\n";
     let path = config_file("sighup", &format!("{ops}{}", key_entry("alice", "ops")));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-        .args(["--simulate", "--host", "127.0.0.1", "--port", "0", "--config", path.to_str().unwrap()])
-        .env_remove("HEDGEHOG_CONFIG")
-        .env("WEB_CONCURRENCY", "2")
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = common::Running(child);
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let args = ["--simulate", "--host", "127.0.0.1", "--port", "0", "--config", path.to_str().unwrap()];
+    let (child, lines) = common::Running::hedgehog(&args, &[("WEB_CONCURRENCY", "2"), ("RUST_LOG", "info")]);
     let line_with = |want: &str| -> String {
         let end = Instant::now() + DEADLINE;
         loop {
@@ -291,10 +276,7 @@ fn sighup_reloads_the_rules_of_the_binary() {
     let listening = line_with("hedgehog listening on ");
     let addr: SocketAddr =
         listening.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    let hup = || {
-        let status = std::process::Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    };
+    let hup = || child.signal("-HUP");
     let clients_as = |who: &str| http(addr, "GET", "/api/v1/clients", &bearer(&key_of(who))).0;
     assert_eq!((clients_as("alice"), clients_as("carol")), (200, 401));
 

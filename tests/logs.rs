@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
@@ -67,29 +66,10 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn start(path: &std::path::Path) -> (Running, Log) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-        .args(["--simulate", "--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
-        .args(["--config", path.to_str().unwrap()])
-        .env_remove("HEDGEHOG_CONFIG")
-        .env_remove("HEDGEHOG_LOG_FORMAT")
-        .env("WEB_CONCURRENCY", "2")
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Running(child), Log { lines, seen: Vec::new() })
-}
-
-fn signal(child: &Running, name: &str) {
-    let status = std::process::Command::new("kill").args([name, &child.0.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    let args = ["--simulate", "--host", "127.0.0.1", "--port", "0", "--log-format", "json", "--config"];
+    let args: Vec<&str> = args.into_iter().chain([path.to_str().unwrap()]).collect();
+    let (child, lines) = Running::hedgehog(&args, &[("WEB_CONCURRENCY", "2"), ("RUST_LOG", "info")]);
+    (child, Log { lines, seen: Vec::new() })
 }
 
 #[test]
@@ -174,9 +154,9 @@ fn json_logs_parse_line_by_line_and_never_hold_a_credential() {
     assert!(logged <= budget && logged < sent, "{logged} lines for {sent} bad requests");
 
     // A reload, then a clean stop.
-    signal(&child, "-HUP");
+    child.signal("-HUP");
     log.until("reloaded", |v| event(v, "reload"));
-    signal(&child, "-TERM");
+    child.signal("-TERM");
     log.until("stopping", |v| event(v, "stopping"));
     log.until("stopped", |v| event(v, "stopped"));
     log.rest();

@@ -207,6 +207,37 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// The `hedgehog` binary with `args` and `envs` (over a clean
+    /// `HEDGEHOG_CONFIG` and `HEDGEHOG_LOG_FORMAT`), and its stderr, line by
+    /// line, as a thread of its own reads it.
+    pub fn hedgehog(args: &[&str], envs: &[(&str, &str)]) -> (Running, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hedgehog"))
+            .args(args)
+            .env_remove("HEDGEHOG_CONFIG")
+            .env_remove("HEDGEHOG_LOG_FORMAT")
+            .envs(envs.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().expect("its stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (Running(child), lines)
+    }
+
+    /// Sends it signal `name` (`-HUP`, `-TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill").args([name, &self.0.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {name}");
+    }
+}
+
 /// A raw HTTP exchange on a fresh connection: writes `raw`, reads until the server
 /// closes. Returns the status, the head and the body.
 pub fn http_raw(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String, String) {
