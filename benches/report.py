@@ -195,11 +195,13 @@ def ratios_table(pairs, title, label, out):
         a, b = other["result"], base["result"]
         out.append(f"| {i} | {ratio(a.get('per_cpu_s'), b.get('per_cpu_s'))} | {ratio(a.get('p50_ms'), b.get('p50_ms'))} | "
                    f"{ratio(a.get('p99_ms'), b.get('p99_ms'))} |")
-    others, bases = [o["result"] for _, o in pairs], [b["result"] for b, _ in pairs]
+    # All rounds: only those where both runs delivered (a failed run has no latency to average).
+    both = [(b, o) for b, o in pairs if b["result"].get("deliveries") and o["result"].get("deliveries")]
+    others, bases = [o["result"] for _, o in both], [b["result"] for b, _ in both]
     lat = lambda runs, k: mean([r.get(k) for r in runs])
     out.append(f"| all rounds | {ratio(pooled_per_cpu(others), pooled_per_cpu(bases))} | "
                f"{ratio(lat(others, 'p50_ms'), lat(bases, 'p50_ms'))} | {ratio(lat(others, 'p99_ms'), lat(bases, 'p99_ms'))} |")
-    return others
+    return [o["result"] for _, o in pairs]
 
 
 def throttled_table(rows, full, throttle, out):
