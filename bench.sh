@@ -18,6 +18,11 @@
 # taking turns, then by a throttled class ("hedgehog-throttled") on `ticker`;
 # RESULTS.md's "Access control" section compares them.
 #
+# Metrics (issue 14): the same kind of fan-out step is run by "hedgehog" and by
+# "hedgehog-scraped" (the same binary, with curl fetching GET /metrics once a
+# second from the load cores for the whole run), taking turns; RESULTS.md's
+# "Metrics scraping" section compares them and counts the scrapes answered 200.
+#
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
 # the other core(s). Everything targets loopback only, bounded in time and count.
@@ -165,7 +170,7 @@ start_sim() { # rate products [hold seconds]
 # Starts TARGET's server for RATE msg/s per product over PRODUCTS; sets SERVER_PID, ADDR.
 start_target() { # target rate products
   case "$1" in
-    hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled)
+    hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled|hedgehog-scraped)
       # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
       local bin=$BIN/hedgehog budget option config=()
@@ -209,6 +214,7 @@ start_target() { # target rate products
 run() { # scenario target clients rate products subs extra-loadgen-args...
   local scenario=$1 target=$2 clients=$3 rate=$4 products=$5 subs=$6; shift 6
   start_target "$target" "$rate" "$products"
+  [ "$target" != hedgehog-scraped ] || start_scraper
   local out protocol=$target auth=()
   # The load generator speaks hedgehog's protocol to every hedgehog, and presents
   # the key to those with access control on.
@@ -217,6 +223,7 @@ run() { # scenario target clients rate products subs extra-loadgen-args...
   if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "$protocol" --addr "$ADDR" --clients "$clients" \
       --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
       --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "${auth[@]}" "$@" 2>>"$WORK/loadgen.log"); then
+    [ "$target" != hedgehog-scraped ] || { stop_scraper; out=$(with_scrapes "$out"); }
     printf '{"scenario":"%s","target":"%s","rate":%s,"subs":%s,"result":%s}\n' "$scenario" "$target" "$rate" "$subs" "$out" >>"$RAW"
   else
     log "$scenario/$target/$clients/$rate failed: $(tail -1 "$WORK/loadgen.log")"
@@ -305,6 +312,53 @@ access() {
   done
   log "access control: hedgehog-throttled (throttle_ms = $THROTTLE_MS), $clients clients, $ACCESS_RATE tickers/s"
   run access hedgehog-throttled "$clients" "$ACCESS_RATE" BTC-USD 1 --channel ticker --thinned
+}
+
+# A Prometheus-style scraper: curl fetches the main port's GET /metrics once a
+# second, from the load cores, until stop_scraper; one line per request (status,
+# bytes) in $WORK/scrapes. The main port, not --metrics-addr: then the two targets
+# run the same command line and the scraper is the only difference between them.
+start_scraper() {
+  : >"$WORK/scrapes"
+  touch "$WORK/scraping"
+  taskset -c "$LOAD_CORES" bash -c 'while [ -e "$1" ]; do
+      curl -s -o /dev/null -m 1 -w "%{http_code} %{size_download}\n" "$2" >>"$3" || echo "000 0" >>"$3"
+      sleep 1
+    done' scraper "$WORK/scraping" "http://$ADDR/metrics" "$WORK/scrapes" &
+  SCRAPER_PID=$!; PIDS+=($SCRAPER_PID)
+}
+
+# Stops the scraper after its current request (in this shell: it is our child).
+stop_scraper() {
+  rm -f "$WORK/scraping"
+  wait "$SCRAPER_PID" 2>/dev/null || true
+}
+
+# RESULT, the loadgen's JSON, with the scrapes made, those answered 200 and their
+# mean size added.
+with_scrapes() { # result
+  python3 - "$1" "$WORK/scrapes" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+lines = [l.split() for l in open(sys.argv[2]) if l.strip()]
+ok = [int(size) for code, size in lines if code == "200"]
+r.update(scrapes=len(lines), scrapes_ok=len(ok), scrape_bytes=sum(ok) / len(ok) if ok else 0)
+print(json.dumps(r))
+PY
+}
+
+# Scraping's cost: the first fan-out size at METRICS_RATE on one product's
+# `matches`, unscraped and scraped, METRICS_ROUNDS rounds taking turns at going
+# first (as the access step does).
+metrics() {
+  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-scraped)
+  for round in $(seq 1 "$METRICS_ROUNDS"); do
+    for target in "${order[@]}"; do
+      log "metrics scraping: $target, $clients clients, $METRICS_RATE msg/s (round $round)"
+      run metrics "$target" "$clients" "$METRICS_RATE" BTC-USD 1
+    done
+    order=("${order[1]}" "${order[0]}")
+  done
 }
 
 market_mix() {
@@ -402,12 +456,18 @@ case "$MODE" in
     WARMUP=1; DURATION=4; FANOUT_CLIENTS="1000 5000 15000"; FANOUT_RATES="10 50 100 200 400 800 1600"; MIX_CLIENTS=10000; MIX_HOLD=15; IDLE_CLIENTS=19000; STORM_CLIENTS=10000; REST_SECONDS=8
     ACCESS_RATE=50; ACCESS_ROUNDS=3 ;;
 esac
+# The metrics step runs where the access step does, so the two compare: 50 msg/s
+# to 1,000 clients is 50,000 deliveries a second, a real load for the server core
+# yet half what saturates the load generator (the sweep's knee is bound there at
+# 100); at 10 msg/s a run is a fraction of a CPU-second, the noisiest ratio.
+METRICS_RATE=$ACCESS_RATE; METRICS_ROUNDS=$ACCESS_ROUNDS
 
 started=$(date +%s)
 install
 [ -z "$BASELINE" ] || build_baseline
 fanout
 access
+metrics
 market_mix
 idle
 storm

@@ -164,29 +164,44 @@ def access_section(rows, config, out):
                "channel at full delivery. Access is decided at subscribe, not per message, so deliveries per "
                "CPU-second and latency should match within noise. Rounds take turns at going first (off, on; "
                "on, off; ...). Full-tier tickers carry consecutive trade ids, so `lost` is checked as in the sweep.\n")
-    out.append("| round | target | deliveries/s | server CPU-s | deliveries/CPU-s | p50 ms | p99 ms | lost | valid |")
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     pairs = list(zip(by[ACCESS_OFF], by[ACCESS_ON]))
-    for i, (off, on) in enumerate(pairs, 1):
-        for row in sorted((off, on), key=rows.index):
+    rounds_table(rows, pairs, out)
+    ons = ratios_table(pairs, "On over off", "on/off", out)
+    throttled_table(by[THROTTLED], ons, throttle, out)
+    out.append("")
+
+
+def rounds_table(rows, pairs, out, extra=()):
+    """Each round's two runs in the order they ran. EXTRA: (heading, cell(result)) columns after `lost`."""
+    out.append("| round | target | deliveries/s | server CPU-s | deliveries/CPU-s | p50 ms | p99 ms | lost | "
+               + "".join(f"{h} | " for h, _ in extra) + "valid |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---|")
+    for i, pair in enumerate(pairs, 1):
+        for row in sorted(pair, key=rows.index):
             r = row["result"]
             out.append(f"| {i} | {row['target']} | {fmt(r.get('deliveries_per_s'), 0)} | {fmt(r.get('server_cpu'), 2)} | "
                        f"{fmt(r.get('per_cpu_s'), 0)} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p99_ms'))} | "
-                       f"{fmt(r.get('lost'))} | {'no' if r.get('loadgen_saturated') else 'yes'} |")
-    out.append("\nOn over off (deliveries per CPU-second: 1.00x is no cost; latency: 1.00x is no cost). "
+                       f"{fmt(r.get('lost'))} | " + "".join(f"{cell(r)} | " for _, cell in extra)
+                       + f"{'no' if r.get('loadgen_saturated') else 'yes'} |")
+
+
+def ratios_table(pairs, title, label, out):
+    """Each pair's second run over its first, per round and over all rounds; returns the second runs' results."""
+    out.append(f"\n{title} (deliveries per CPU-second: 1.00x is no cost; latency: 1.00x is no cost). "
                "All rounds: all deliveries over all server CPU seconds, and the mean of each round's latency.\n")
-    out.append("| round | deliveries/CPU-s on/off | p50 on/off | p99 on/off |")
+    out.append(f"| round | deliveries/CPU-s {label} | p50 {label} | p99 {label} |")
     out.append("|---|---:|---:|---:|")
-    for i, (off, on) in enumerate(pairs, 1):
-        a, b = on["result"], off["result"]
+    for i, (base, other) in enumerate(pairs, 1):
+        a, b = other["result"], base["result"]
         out.append(f"| {i} | {ratio(a.get('per_cpu_s'), b.get('per_cpu_s'))} | {ratio(a.get('p50_ms'), b.get('p50_ms'))} | "
                    f"{ratio(a.get('p99_ms'), b.get('p99_ms'))} |")
-    ons, offs = [on["result"] for _, on in pairs], [off["result"] for off, _ in pairs]
+    # All rounds: only those where both runs delivered (a failed run has no latency to average).
+    both = [(b, o) for b, o in pairs if b["result"].get("deliveries") and o["result"].get("deliveries")]
+    others, bases = [o["result"] for _, o in both], [b["result"] for b, _ in both]
     lat = lambda runs, k: mean([r.get(k) for r in runs])
-    out.append(f"| all rounds | {ratio(pooled_per_cpu(ons), pooled_per_cpu(offs))} | "
-               f"{ratio(lat(ons, 'p50_ms'), lat(offs, 'p50_ms'))} | {ratio(lat(ons, 'p99_ms'), lat(offs, 'p99_ms'))} |")
-    throttled_table(by[THROTTLED], ons, throttle, out)
-    out.append("")
+    out.append(f"| all rounds | {ratio(pooled_per_cpu(others), pooled_per_cpu(bases))} | "
+               f"{ratio(lat(others, 'p50_ms'), lat(bases, 'p50_ms'))} | {ratio(lat(others, 'p99_ms'), lat(bases, 'p99_ms'))} |")
+    return [o["result"] for _, o in pairs]
 
 
 def throttled_table(rows, full, throttle, out):
@@ -208,6 +223,38 @@ def throttled_table(rows, full, throttle, out):
                f"{fmt(t.get('server_cpu'), 2)} | {ratio(t.get('server_cpu'), full_cpu)} | {fmt(t.get('per_cpu_s'), 0)} | "
                f"{fmt(t.get('p50_ms'))} | {fmt(t.get('p99_ms'))} | {fmt(t.get('dups'))} | "
                f"{'no' if t.get('loadgen_saturated') else 'yes'} |")
+
+
+# Scraping's step (bench.sh `metrics`): the same binary, unscraped and with curl
+# fetching the main port's GET /metrics once a second for the whole run.
+UNSCRAPED, SCRAPED = "hedgehog", "hedgehog-scraped"
+
+
+def metrics_section(rows, out):
+    by = defaultdict(list)
+    for row in rows:
+        by[row["target"]].append(row)
+    if not by[UNSCRAPED] or not by[SCRAPED]:
+        return
+    first = by[UNSCRAPED][0]
+    clients, rate = first["result"].get("clients", 0), first["rate"]
+    out.append(f"## Metrics scraping ({clients:,} clients, 1 product, `matches`, {rate} msg/s)\n")
+    out.append(f"`{UNSCRAPED}`: no scraper. `{SCRAPED}`: the same binary and command line, with curl fetching "
+               "`GET /metrics` on the main port once a second from the load cores, from the server's start to the "
+               "load generator's end; `scrapes` counts the requests made, `200s` those answered 200 with the "
+               "exposition, and `bytes/scrape` is their mean size. A scrape renders every shard's counters, "
+               "once a second against tens of thousands of deliveries, so deliveries per CPU-second and latency "
+               "should match within noise. Rounds take turns at going first (unscraped, scraped; scraped, "
+               "unscraped; ...).\n")
+    pairs = list(zip(by[UNSCRAPED], by[SCRAPED]))
+    scraped = lambda f: (lambda r: f(r) if "scrapes" in r else "-")
+    rounds_table(rows, pairs, out, [("scrapes", scraped(lambda r: fmt(r["scrapes"]))),
+                                    ("200s", scraped(lambda r: fmt(r.get("scrapes_ok")))),
+                                    ("bytes/scrape", scraped(lambda r: fmt(r.get("scrape_bytes"), 0)))])
+    runs = ratios_table(pairs, "Scraped over unscraped", "scraped/unscraped", out)
+    made, ok = sum(r.get("scrapes", 0) for r in runs), sum(r.get("scrapes_ok", 0) for r in runs)
+    size = sum(r.get("scrape_bytes", 0) * r.get("scrapes_ok", 0) for r in runs) / ok if ok else None
+    out.append(f"\nScrapes over all rounds: {made:,} made, {ok:,} answered 200, {fmt(size, 0)} bytes each on average.\n")
 
 
 def simple_section(title, rows, cols, out, note=""):
@@ -304,6 +351,10 @@ def main():
         # The access step: off, on and throttled, each delivering something.
         access = {r["target"] for r in rows if r["scenario"] == "access" and r["result"].get("deliveries", 0) > 0}
         missing |= {"access " + t for t in (ACCESS_OFF, ACCESS_ON, THROTTLED) if t not in access}
+        # The metrics step: unscraped and scraped delivering, the scraper answered 200.
+        metrics = {r["target"] for r in rows if r["scenario"] == "metrics" and r["result"].get("deliveries", 0) > 0
+                   and (r["target"] != SCRAPED or r["result"].get("scrapes_ok", 0) > 0)}
+        missing |= {"metrics " + t for t in (UNSCRAPED, SCRAPED) if t not in metrics}
         if any(r["scenario"] == "baseline" for r in rows):
             ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
             missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
@@ -339,6 +390,7 @@ def main():
     runs, knees = fanout_section(by_scenario["fanout"], out)
     out.append("")
     access_section(by_scenario["access"], by_scenario["access-config"], out)
+    metrics_section(by_scenario["metrics"], out)
     feed = [r["result"] for r in by_scenario["feed"]][:1]
     title = "Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)"
     latency = [("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),
