@@ -449,6 +449,14 @@ fn a_subscriber_that_stops_reading_does_not_stop_the_replay_for_the_others() {
     const N: usize = 20_000;
     let dir = std::env::temp_dir().join(format!("hedgehog-replay-stall-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Its 20 MB go however the test ends.
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
     let path = dir.join("big.log");
     let pad = "p".repeat(1000);
     let lines: Vec<String> = (0..N)
@@ -484,5 +492,4 @@ fn a_subscriber_that_stops_reading_does_not_stop_the_replay_for_the_others() {
         }
     }
     drop(stalled);
-    std::fs::remove_dir_all(&dir).ok();
 }
