@@ -52,8 +52,13 @@ pub fn check(executors: usize) -> Result<(), String> {
 /// What `probe` means for `executors` executors: `Err` ends start-up, `Ok(Some)`
 /// is a warning, `Ok(None)` all is well.
 pub fn verdict(probe: &Probe, executors: usize) -> Result<Option<String>, String> {
-    if let Err(errno) = probe.io_uring {
-        return Err(io_uring_refused(errno));
+    match probe.io_uring {
+        // Kernels before 5.12 count the ring itself against the limit.
+        Err(libc::ENOMEM) => {
+            return Err(format!("io_uring_setup ran out of locked memory (RLIMIT_MEMLOCK): {MEMLOCK_FIX}"))
+        }
+        Err(errno) => return Err(io_uring_refused(errno)),
+        Ok(()) => {}
     }
     let Some(limit) = probe.memlock else { return Ok(None) };
     if limit < GLOMMIO_MEMLOCK_FLOOR {
@@ -155,6 +160,16 @@ mod tests {
             assert!(line.contains("SystemCallFilter="), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn a_ring_without_locked_memory_names_the_memlock_fix() {
+        let p = Probe { io_uring: Err(libc::ENOMEM), ..probe(Some(64 * KIB), false) };
+        let line = verdict(&p, 1).unwrap_err();
+        assert!(
+            line.starts_with("io_uring_setup ran out of locked memory") && line.contains("LimitMEMLOCK="),
+            "{line}"
+        );
     }
 
     #[test]
