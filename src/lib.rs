@@ -12,6 +12,8 @@
 //! - [`protocol`]: the feed's vocabulary (`Channel`, `Topic`), requests, error
 //!   texts, hedgehog's own notes, the routing-key scanner.
 //! - [`net`]: plain/TLS streams, request deadlines, TLS configuration.
+//! - [`preflight`]: start-up checks of io_uring and the locked-memory limit, one
+//!   line naming the fix when the system refuses what glommio needs.
 //! - [`pacemaker`]: a beat that keeps every executor from sleeping through its
 //!   timers and cross-shard wake-ups (a glommio hazard).
 //! - [`ws`]: WebSocket handshakes, encode-once frames, bounded outboxes, sessions.
@@ -43,6 +45,7 @@ pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod pacemaker;
+pub mod preflight;
 pub mod protocol;
 pub mod rate;
 pub mod record;

@@ -88,6 +88,10 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
             }
         }
     });
+    // Before any executor: a system that refuses io_uring or locks too little
+    // memory is one line naming the fix, not an executor's error.
+    let executors = cfg.shards + usize::from(cfg.simulate || cfg.replay.is_some());
+    hedgehog::preflight::check(executors).map_err(fail(2))?;
     let relay = hedgehog::server::start(cfg).map_err(fail(2))?;
     loop {
         if let Some(end) = relay.shard_ended(std::time::Duration::from_millis(100)) {
@@ -125,6 +129,7 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
 fn simulate(cfg: hedgehog::sim::SimConfig) -> Result<(), String> {
     let products = cfg.products.len();
     let (rate, replay, speed) = (cfg.rate, cfg.replay.clone(), cfg.speed);
+    hedgehog::preflight::check(1)?;
     let sim = hedgehog::sim::spawn(cfg)?;
     match replay {
         Some(file) => log::info!("simulator listening on {}, replaying {} at speed {speed}", sim.url(), file.display()),

@@ -323,7 +323,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             let ex = LocalExecutorBuilder::new(placement).io_memory(crate::IO_MEMORY).make();
             match ex {
                 Ok(ex) => ex.run(shard.run()),
-                Err(e) => drop(shard.ready.send(Err(format!("cannot start shard {id}: {e}")))),
+                Err(e) => drop(shard.ready.send(Err(crate::preflight::executor_failed(&format!("shard {id}"), &e)))),
             }
         });
         match thread {

@@ -50,7 +50,7 @@ pub fn run_thread(cfg: SimConfig, control: Arc<Control>, ready: Sender<Ready>) {
     let ex = match ex {
         Ok(ex) => ex,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot start the simulator's executor: {e}")));
+            let _ = ready.send(Err(crate::preflight::executor_failed("the simulator's executor", &e)));
             return;
         }
     };
