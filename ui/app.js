@@ -171,6 +171,7 @@ function setConn(stateName, text) {
 }
 
 function connect() {
+  if (state.ws) return; // one socket at a time, whoever asks
   clearTimeout(state.retryTimer);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const query = state.key ? `?token=${encodeURIComponent(state.key)}` : "";
@@ -412,7 +413,8 @@ class Market {
     const change = this.q(".change");
     if (open > 0) {
       const pct = ((price - open) / open) * 100;
-      change.textContent = `${pct >= 0 ? "+" : ""}${pct.toFixed(2)}%`;
+      const shown = pct.toFixed(2) === "-0.00" ? "0.00" : pct.toFixed(2);
+      change.textContent = `${shown.startsWith("-") ? "" : "+"}${shown}%`;
       change.dataset.sign = pct >= 0 ? "up" : "down";
     }
     const bid = Number(t.best_bid);
@@ -527,7 +529,8 @@ async function health() {
     const r = await fetch("/healthz");
     const b = await r.json();
     $("latency").textContent = `${Math.round(performance.now() - start)} ms`;
-    $("source").textContent = b.replay ? "replayed capture" : b.simulated ? "simulated" : "live Coinbase";
+    const feed = b.upstream && b.upstream.url ? b.upstream.url.replace(/^wss?:\/\//, "").split("/")[0] : "";
+    $("source").textContent = b.replay ? "replayed capture" : b.simulated ? "simulated" : `live feed ${feed}`;
     if ($("upstream").dataset.state === "unknown" && b.upstream) setUpstream(b.upstream.state);
   } catch {
     $("latency").textContent = "—";
@@ -549,6 +552,7 @@ function askForKey(why) {
 function hideKeyForm() {
   state.needsKey = false;
   $("auth").hidden = true;
+  for (const e of document.querySelectorAll('#errors .error[data-code="unauthorized"]')) e.remove();
 }
 
 function setupTheme() {

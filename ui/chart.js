@@ -65,11 +65,11 @@ export class Chart {
       hi = Math.max(hi, p);
     }
     if (hi === lo) {
-      hi += 1e-9 + Math.abs(hi) * 1e-4;
-      lo -= 1e-9 + Math.abs(lo) * 1e-4;
+      hi += 1e-9 + Math.abs(hi) * 1e-6;
+      lo -= 1e-9 + Math.abs(lo) * 1e-6;
     }
     const pad = 6 * ratio;
-    const labelW = 70 * ratio;
+    const labelW = 84 * ratio;
     const t0 = pts[0][0];
     const t1 = pts[pts.length - 1][0];
     const x = (t) => pad + ((t - t0) / Math.max(1, t1 - t0)) * (w - 2 * pad - labelW);
@@ -100,6 +100,6 @@ export class Chart {
 export function formatPrice(p, step = 0) {
   const abs = Math.abs(p);
   let digits = abs >= 1000 ? 2 : abs >= 1 ? 4 : 8;
-  if (step > 0) digits = Math.min(10, Math.max(digits, Math.ceil(-Math.log10(step)) + 1));
+  if (step > 0) digits = Math.min(10, Math.max(digits, Math.ceil(-Math.log10(step))));
   return p.toLocaleString("en-US", { minimumFractionDigits: Math.min(digits, 2), maximumFractionDigits: digits });
 }
