@@ -415,7 +415,7 @@ class Market {
       const pct = ((price - open) / open) * 100;
       const shown = pct.toFixed(2) === "-0.00" ? "0.00" : pct.toFixed(2);
       change.textContent = `${shown.startsWith("-") ? "" : "+"}${shown}%`;
-      change.dataset.sign = pct >= 0 ? "up" : "down";
+      change.dataset.sign = shown.startsWith("-") ? "down" : "up";
     }
     const bid = Number(t.best_bid);
     const ask = Number(t.best_ask);
@@ -584,6 +584,11 @@ function setup() {
     if (state.ws) state.ws.close();
     state.ws = null;
     loadProducts();
+  });
+  $("change-key").addEventListener("click", () => {
+    $("auth").hidden = false;
+    $("auth-why").textContent = `Connected as ${$("whoami").textContent}. Paste an API key or a token to connect as someone else.`;
+    $("auth-key").focus();
   });
   $("copy").addEventListener("click", async () => {
     try {

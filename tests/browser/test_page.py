@@ -189,6 +189,22 @@ def test_a_restarted_relay_is_reconnected_and_resubscribed(page, relays):
     expect(card.locator("tbody.trades tr")).not_to_have_count(0)
 
 
+def test_hedgehogs_notes_show_gaps_and_upstream_reconnects(page, relays, simulator):
+    # The simulator skips trade ids, then drops the relay's feed connection, in turn.
+    sim = simulator("--fault", "skip,drop", "--fault-every", "3", "--rate", "10", "--products", "BTC-USD,ETH-USD")
+    relay = relays("--upstream-url", sim.url)
+    open_page(page, relay)
+    subscribe(page, "BTC-USD")
+    notes = page.locator("#notes")
+    expect(notes.locator('li[data-kind="gap"]').first).to_contain_text("BTC-USD", timeout=30_000)
+    expect(notes.locator('li[data-kind="down"]').first).to_contain_text("upstream reconnecting", timeout=30_000)
+    expect(notes.locator('li[data-kind="up"]').first).to_contain_text("upstream connected", timeout=30_000)
+    expect(page.locator("#upstream")).to_have_attribute("data-state", "connected")
+    wait_ticks(page, "BTC-USD", ticks(page.locator('article.card[data-pair="BTC-USD"]')) + 3)
+    assert page.console_errors == []
+    shot(page, "notes")
+
+
 def test_an_unknown_pair_is_shown_as_an_error(page, relay):
     open_page(page, relay)
     page.locator("#filter").fill("NOPE-USD")
@@ -241,6 +257,7 @@ def test_access_control_asks_for_a_key_and_shows_refusals(page, relays, tmp_path
     expect(page.locator('#errors .error[data-code="unauthorized"]')).to_have_count(0)
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=SOON)
     expect(page.locator("#whoami")).to_have_text("alice (class btc)")
+    expect(page.locator("#change-key")).to_be_visible()
     expect(page.locator('button.product[data-pair="ETH-USD"]')).to_have_class(re.compile("denied"))
     expect(page.locator('button.product[data-pair="BTC-USD"]')).not_to_have_class(re.compile("denied"))
     # A pair the class may not read: the refusal is shown.
