@@ -26,6 +26,7 @@ mod shard;
 mod stream;
 mod task;
 mod tls;
+mod ui;
 mod websocket;
 
 pub use conn::SHARD_HEADER;
