@@ -5,8 +5,9 @@
 # the run: WebSocket clients land on both relays (their welcome ids begin `a.`
 # and `b.`), each subscribes a pair by REST with its own id (by header, and by
 # ?client_id=) and gets that pair's data on its socket, every such call reaches
-# the client's own relay, and an unsubscribe stops the data. Straight to the
-# other relay, the same call is 421 `wrong_node`.
+# the client's own relay, an unsubscribe stops the data, and an admin's
+# disconnect (the id in the path) closes each client. Straight to the other
+# relay, a call is 421 `wrong_node`.
 #
 #   bash tests/haproxy.sh      # run by .ci/run; installs haproxy (Debian), websockets (pip)
 #
@@ -58,7 +59,24 @@ openssl x509 -req -in "$WORK/site.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" 
   -extfile "$WORK/site.ext" -out "$WORK/site.crt" 2>/dev/null
 cat "$WORK/site.crt" "$WORK/site.key" >"$WORK/site.pem"
 
-# 2. One simulator, two relays on it. Each logs the address it took (port 0).
+# 2. One simulator, two relays on it, with access rules that let anonymous
+# clients do everything and make `ops` (an API key) an admin, for the admin's
+# disconnect, whose path names the client. Each logs the address it took.
+"$BIN" hash-key >"$WORK/key.txt"
+ADMIN_KEY=$(sed -n 's/^key: *//p' "$WORK/key.txt")
+cat >"$WORK/access.toml" <<EOF
+[classes.anonymous]
+allow = ["*"]
+allow_channels = ["*"]
+[classes.ops]
+allow = ["*"]
+allow_channels = ["*"]
+admin = true
+[[keys]]
+principal = "ops"
+class = "ops"
+hash = "$(sed -n 's/^hash: *//p' "$WORK/key.txt")"
+EOF
 listening() { # log pattern pid: waits (30 s at most) for "PATTERN <addr>" in LOG; prints addr
   for _ in $(seq 1 300); do
     local addr
@@ -75,7 +93,7 @@ SIM=$(listening "$WORK/sim.log" "simulator listening on" $!)
 declare -A RELAY
 for node in a b; do
   WEB_CONCURRENCY=2 RUST_LOG=info "$BIN" --node "$node" --host 127.0.0.1 --port 0 \
-    --upstream-url "ws://$SIM" >"$WORK/relay-$node.log" 2>&1 &
+    --upstream-url "ws://$SIM" --config "$WORK/access.toml" >"$WORK/relay-$node.log" 2>&1 &
   PIDS+=($!)
   RELAY[$node]=$(listening "$WORK/relay-$node.log" "hedgehog listening on" $!)
 done
@@ -111,19 +129,19 @@ echo "haproxy.sh: haproxy $(haproxy -v | head -n1 | cut -d' ' -f3) on https://$L
 
 # 4. The clients, in Python (websockets; http.client for REST), over TLS
 # verified against the CA.
-LB=$LB CA="$WORK/ca.pem" RELAY_A=${RELAY[a]} RELAY_B=${RELAY[b]} timeout 100 python3 - <<'PY' || fail "the client run failed"
+LB=$LB CA="$WORK/ca.pem" ADMIN_KEY=$ADMIN_KEY RELAY_A=${RELAY[a]} RELAY_B=${RELAY[b]} timeout 100 python3 - <<'PY' || fail "the client run failed"
 import asyncio, http.client, json, os, ssl, time
 import websockets
 
-LB, CA = os.environ["LB"], os.environ["CA"]
+LB, CA, ADMIN_KEY = os.environ["LB"], os.environ["CA"], os.environ["ADMIN_KEY"]
 DIRECT = {"a": os.environ["RELAY_A"], "b": os.environ["RELAY_B"]}
 TLS = ssl.create_default_context(cafile=CA)
 DEADLINE = 30.0
 
 
-def rest(method, path, client_id=None, via_query=False, direct=None):
+def rest(method, path, client_id=None, via_query=False, direct=None, admin=False):
     """One REST call through the proxy (https), or straight to a relay (http)."""
-    headers = {}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"} if admin else {}
     if client_id and via_query:
         path += ("&" if "?" in path else "?") + "client_id=" + client_id
     elif client_id:
@@ -213,7 +231,18 @@ async def main():
     assert status == 200 and body["subscriptions"] == [], (status, body)
     print(f"  DELETE /api/v1/subscribe/{pairs['a']} through the proxy: {id_a} got nothing more of it "
           f"while the other client got 5 {pairs['b']} messages")
-    for ws, _ in [c for cs in clients.values() for c in cs] + spare:
+
+    # An admin disconnects both clients through the proxy, by the id in the
+    # path: each call reaches the client's relay, and its socket is closed.
+    for node, [(ws, cid)] in sorted(clients.items()):
+        status, body = rest("DELETE", f"/api/v1/clients/{cid}", admin=True)
+        assert status == 200 and body == {"client_id": cid, "disconnected": True}, (status, body)
+        try:
+            await until(ws, f"{cid}'s close", lambda m: False)
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd.code == 1008 and "admin" in closed.rcvd.reason, closed
+    print("  DELETE /api/v1/clients/{id} through the proxy (an admin key): each client's relay closed it (1008)")
+    for ws, _ in spare:
         await ws.close()
 
 
