@@ -8,16 +8,18 @@
 //! name appears in no other part, so the two forms cannot be confused. This file
 //! is the one place that reads and writes it.
 
-use std::fmt;
+use std::fmt::{self, Write};
+use std::num::NonZeroU128;
 
 /// A process's node name (`--node`): 1 to [`Node::MAX`] of `a-z`, `0-9` and
 /// `_`, so that it never holds the `.` that ends it in an id, and a proxy can
-/// match it as a plain prefix. `Copy`, like the ids that carry it.
+/// match it as a plain prefix.
+///
+/// Packed six bits a character into one `u128` (never zero: every character's
+/// code is 1 or more), so that an id that carries it stays small: ids travel
+/// in every cross-shard operation, and the bus's rings hold thousands of them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Node {
-    len: u8,
-    bytes: [u8; Node::MAX],
-}
+pub struct Node(NonZeroU128);
 
 impl Node {
     /// The longest node name.
@@ -26,30 +28,48 @@ impl Node {
     /// Reads a node name; the error is one line, for the command line or the
     /// config file.
     pub fn parse(s: &str) -> Result<Node, String> {
-        let fits = (1..=Node::MAX).contains(&s.len());
-        if !fits || !s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_')) {
-            return Err(format!("--node {s:?}: use 1 to {} of a-z, 0-9 and _ (it begins every client id)", Node::MAX));
+        let packed = s.bytes().try_fold(0u128, |packed, b| Some(packed << 6 | u128::from(code(b)?)));
+        match packed.and_then(NonZeroU128::new) {
+            Some(packed) if s.len() <= Node::MAX => Ok(Node(packed)),
+            _ => Err(format!("--node {s:?}: use 1 to {} of a-z, 0-9 and _ (it begins every client id)", Node::MAX)),
         }
-        let mut bytes = [0; Node::MAX];
-        bytes[..s.len()].copy_from_slice(s.as_bytes());
-        Ok(Node { len: s.len() as u8, bytes })
     }
 
-    pub fn as_str(&self) -> &str {
-        // ASCII by construction, so this never falls back.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    /// Its characters, first to last.
+    fn chars(self) -> impl Iterator<Item = char> {
+        let packed = self.0.get();
+        (0..Node::MAX as u32).rev().map(move |i| (packed >> (6 * i)) as u8 & 63).filter(|&c| c != 0).map(letter)
     }
+}
+
+/// A node name's character as six bits (1 to 37); `None` for any other.
+fn code(b: u8) -> Option<u8> {
+    match b {
+        b'a'..=b'z' => Some(b - b'a' + 1),
+        b'0'..=b'9' => Some(b - b'0' + 27),
+        b'_' => Some(37),
+        _ => None,
+    }
+}
+
+/// The character of a code [`code`] gave.
+fn letter(c: u8) -> char {
+    char::from(match c {
+        1..=26 => b'a' + c - 1,
+        27..=36 => b'0' + c - 27,
+        _ => b'_',
+    })
 }
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.chars().try_for_each(|c| f.write_char(c))
     }
 }
 
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Node({:?})", self.as_str())
+        write!(f, "Node({:?})", self.to_string())
     }
 }
 
@@ -152,8 +172,15 @@ mod tests {
     }
 
     #[test]
+    fn an_id_with_a_node_stays_small() {
+        // Ids ride in cross-shard messages; the node costs 16 bytes, not 32.
+        assert_eq!(std::mem::size_of::<Option<Node>>(), 16);
+        assert_eq!(std::mem::size_of::<ClientId>(), 48);
+    }
+
+    #[test]
     fn node_names_are_short_lowercase_words() {
-        for good in ["a", "b", "eu_west_1", "0", "abcdefghij012345"] {
+        for good in ["a", "b", "eu_west_1", "0", "_", "z9_", "abcdefghij012345", "________________"] {
             assert_eq!(Node::parse(good).map(|n| n.to_string()), Ok(good.to_string()));
         }
         for bad in ["", "A", "a.b", "a-b", "a b", "é", "abcdefghij0123456"] {
