@@ -47,6 +47,9 @@ pub enum Command {
 pub struct ServeConfig {
     pub host: String,
     pub port: u16,
+    /// `--node`: this process's name among several behind one proxy; it begins
+    /// every client id it hands out (`None`: ids as without it).
+    pub node: Option<crate::hub::Node>,
     /// Worker shards (`WEB_CONCURRENCY`).
     pub shards: usize,
     pub upstream: UpstreamConfig,
@@ -142,6 +145,7 @@ impl Default for ServeConfig {
         ServeConfig {
             host: "0.0.0.0".into(),
             port: 8080,
+            node: None,
             shards: default_shards(),
             upstream: UpstreamConfig::default(),
             channels: vec![Channel::Ticker, Channel::Matches],
@@ -227,6 +231,8 @@ Relay options (environment variable in brackets):
                          flags > environment > file > defaults (README: Access control)
   --host HOST            listen address [HOST] (default 0.0.0.0)
   --port PORT            listen port [PORT] (default 8080)
+  --node NAME            this process's name behind a proxy (1-16 of a-z, 0-9, _): client
+                         ids begin NAME. and name it [HEDGEHOG_NODE] (default: none)
   --upstream-url URL     feed URL [COINBASE_WS_URL] (default wss://ws-feed.exchange.coinbase.com)
   --upstream-ca FILE     extra trusted CA, PEM [COINBASE_CA_FILE]
   --channels LIST        default channels [COINBASE_CHANNELS] (default ticker,matches)
@@ -335,6 +341,7 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "config",
     "host",
     "port",
+    "node",
     "upstream-url",
     "upstream-ca",
     "channels",
@@ -553,6 +560,9 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     }
     if let Some(p) = f.get("port").map(str::to_string).or_else(|| env("PORT")) {
         c.port = p.trim().parse().map_err(|_| format!("port {p:?} is not a port number"))?;
+    }
+    if let Some(n) = f.get("node").map(str::to_string).or_else(|| env("HEDGEHOG_NODE").filter(|n| !n.is_empty())) {
+        c.node = Some(crate::hub::Node::parse(&n)?);
     }
     if let Some(n) = env("WEB_CONCURRENCY") {
         c.shards = parse_shards(&n)?;
@@ -1027,5 +1037,24 @@ mod tests {
         assert_eq!(run("--log-format xml", &[]).unwrap_err(), "--log-format \"xml\": use text or json");
         let e = run(&format!("--config {}", config_file("[server]\nlog_format = \"xml\"\n")), &[]).unwrap_err();
         assert!(e.ends_with(":2: log-format \"xml\": use text or json"), "{e}");
+    }
+
+    #[test]
+    fn the_node_from_flag_environment_or_file() {
+        let name = |c: ServeConfig| c.node.map(|n| n.to_string());
+        assert_eq!(name(serve_cfg("", &[])), None);
+        assert_eq!(name(serve_cfg("", &[("HEDGEHOG_NODE", "")])), None, "an empty variable is no node");
+        assert_eq!(name(serve_cfg("--node a", &[])).as_deref(), Some("a"));
+        assert_eq!(name(serve_cfg("", &[("HEDGEHOG_NODE", "eu_1")])).as_deref(), Some("eu_1"));
+        let file = config_file("[server]\nnode = \"b\"\n");
+        assert_eq!(name(serve_cfg(&format!("--config {file}"), &[])).as_deref(), Some("b"));
+        let c = serve_cfg(&format!("--config {file} --node=c"), &[("HEDGEHOG_NODE", "d")]);
+        assert_eq!(name(c).as_deref(), Some("c"), "a flag beats the environment and the file");
+        for bad in ["--node A", "--node a.b", "--node=", "--node abcdefghij0123456"] {
+            let e = run(bad, &[]).unwrap_err();
+            assert!(e.starts_with("--node ") && e.contains("1 to 16 of a-z, 0-9 and _") && !e.contains('\n'), "{e}");
+        }
+        let e = run(&format!("--config {}", config_file("[server]\nnode = \"a-b\"\n")), &[]).unwrap_err();
+        assert!(e.contains(":2: node \"a-b\": use 1 to 16"), "{e}");
     }
 }

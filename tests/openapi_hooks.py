@@ -10,7 +10,8 @@ one are turned into their nearest finite neighbour (a spoiled WebSocket key,
 With HEDGEHOG_BAD_KEYS set (access control on), a tenth of the requests
 carry a key that nobody holds: 401 and its `WWW-Authenticate` challenge.
 
-And a made-up client id is only ever 404 `unknown_client`: so that the 200s of
+And a made-up client id is only ever 404 `unknown_client` (or 421 `wrong_node`,
+when it names a node): so that the 200s of
 the REST API are exercised too, this module holds one real WebSocket client of
 the relay and puts its id into half of the positive cases that name a client.
 """
@@ -26,7 +27,7 @@ import schemathesis
 
 ADDR = os.environ["HEDGEHOG_ADDR"]
 BAD_KEYS = bool(os.environ.get("HEDGEHOG_BAD_KEYS"))
-CLIENT_ID_FORM = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{32}")
+CLIENT_ID_FORM = re.compile(r"(?:[a-z0-9_]{1,16}\.)?[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{32}")
 CLIENT_ROUTES = {"/api/v1/subscribe", "/api/v1/subscribe/{pair}"}
 
 

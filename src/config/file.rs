@@ -43,6 +43,7 @@ struct Document {
 pub struct ServerFile {
     host: Option<String>,
     port: Option<u16>,
+    node: Option<Spanned<String>>,
     shards: Option<Spanned<i64>>,
     upstream_url: Option<String>,
     upstream_ca: Option<PathBuf>,
@@ -107,6 +108,9 @@ impl ConfigFile {
         let at = |span: std::ops::Range<usize>, e: String| file.at(span, e.trim_start_matches("--"));
         set(&mut c.host, s.host.clone());
         set(&mut c.port, s.port);
+        if let Some(n) = &s.node {
+            c.node = Some(crate::hub::Node::parse(n.get_ref()).map_err(|e| at(n.span(), e))?);
+        }
         if let Some(n) = &s.shards {
             c.shards = super::parse_shards(&n.get_ref().to_string())
                 .map_err(|e| at(n.span(), e.replace("WEB_CONCURRENCY", "shards")))?;

@@ -13,6 +13,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        421 => "Misdirected Request",
         413 => "Payload Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",

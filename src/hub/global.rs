@@ -30,6 +30,8 @@ pub struct UpstreamInfo {
 /// Process-wide facts and counters, shared by all shards.
 pub struct Global {
     pub shards: usize,
+    /// `--node`: begins every client id this process hands out.
+    pub node: Option<super::Node>,
     /// Offline mode: the data is the simulator's, generated or replayed.
     pub simulated: bool,
     /// How far the in-process replay has got (`--replay FILE`).
@@ -94,6 +96,7 @@ impl Global {
         let shards = cfg.shards;
         Global {
             shards,
+            node: cfg.node,
             simulated: cfg.simulate || cfg.replay.is_some(),
             tls: cfg.tls.is_some(),
             replay: None,

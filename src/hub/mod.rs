@@ -44,7 +44,7 @@ use std::time::Duration;
 pub use access::{ClientView, ACCESS_SWEEP, EXPIRY_NOTICE, TOKEN_EXPIRED};
 pub use bus::{mesh as bus_mesh, Bus, BusEnds, Waiter};
 pub use client::{Change, Subscriptions};
-pub use client_id::ClientId;
+pub use client_id::{ClientId, Node};
 pub use global::{Admission, Global, IpSlot, UpstreamInfo, REFUSALS_LOGGED_PER_SECOND};
 pub use msg::{Answer, Ask, Caller, HubError, Op, Outcome, ShardMsg};
 pub use owner::{run as run_owner, Book, FeedState, Gap, HistoryLimits, HistoryQuery, Owner, Since};
@@ -165,7 +165,7 @@ impl Hub {
         peer: Option<std::net::SocketAddr>,
     ) -> Option<ClientId> {
         let entry = self.clients.vacant_entry()?;
-        let id = ClientId::new(self.id, entry.key());
+        let id = ClientId::new(self.global.node, self.id, entry.key());
         self.outboxes.borrow_mut().insert(id.slot, outbox.clone());
         let subs = RefCell::new(Subscriptions::default());
         let (pure, stream) = (kind == ClientKind::Pure, matches!(kind, ClientKind::Sse | ClientKind::Ndjson));
@@ -226,6 +226,11 @@ impl Hub {
     /// Runs `op` for client `id`, on whichever shard owns it, for `caller`
     /// (REST by id): that shard checks that `caller` may steer the client.
     pub async fn execute_as(&self, id: ClientId, op: Op, caller: Option<Caller>) -> Result<Outcome, HubError> {
+        // Another process's client (its id names another node): said so, not
+        // "no such client". The place to forward it once nodes talk to each other.
+        if id.node != self.global.node {
+            return Err(HubError::OtherNode { client: id, here: self.global.node });
+        }
         if id.shard >= self.global.shards {
             return Err(HubError::UnknownClient);
         }

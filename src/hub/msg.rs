@@ -145,8 +145,25 @@ pub enum HubError {
     /// The client belongs to another principal, and the caller is no admin.
     #[error("client {0} belongs to another principal")]
     NotOwner(ClientId),
+    /// The client id names another node than this process's (`--node`): send
+    /// the call to the process of that node (a proxy routes on the id's prefix).
+    #[error("{}", other_node(.client, .here))]
+    OtherNode { client: ClientId, here: Option<super::Node> },
     /// The shard that holds what was asked did not answer in time (or is gone):
     /// retry later.
     #[error("shard {shard} did not answer within {within:?}")]
     ShardUnavailable { shard: usize, within: Duration },
+}
+
+/// [`HubError::OtherNode`]'s sentence: both nodes, and what to do.
+fn other_node(client: &ClientId, here: &Option<super::Node>) -> String {
+    let theirs = match client.node {
+        Some(node) => format!("is on node `{node}`"),
+        None => "names no node".to_string(),
+    };
+    let ours = match here {
+        Some(node) => format!("this is node `{node}`"),
+        None => "this process has no node name (--node)".to_string(),
+    };
+    format!("client {client} {theirs}, and {ours}: send calls for it to its own node")
 }

@@ -52,6 +52,9 @@ impl From<HubError> for ApiError {
             HubError::TooManySubscriptions(_) => (409, "too_many_subscriptions"),
             HubError::UnknownProduct(_) => (404, "unknown_product"),
             HubError::Forbidden(_) | HubError::NotOwner(_) => (403, "forbidden"),
+            // RFC 9110's "directed at a server that cannot produce an
+            // authoritative response": the client is real, on another process.
+            HubError::OtherNode { .. } => (421, "wrong_node"),
             HubError::ShardUnavailable { .. } => (503, "shard_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
