@@ -123,6 +123,16 @@ pub struct ServeConfig {
     pub access: Option<Arc<Access>>,
     /// `--log-format`: human lines or one JSON object per line.
     pub log_format: LogFormat,
+    /// `--tls-cert` and `--tls-key`: the main port serves `https://` and
+    /// `wss://` only, with this certificate (reloaded on SIGHUP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for ServeConfig {
@@ -163,6 +173,7 @@ impl Default for ServeConfig {
             record: None,
             config_file: None,
             metrics_addr: None,
+            tls: None,
             access: None,
             log_format: LogFormat::Text,
         }
@@ -251,6 +262,9 @@ Relay options (environment variable in brackets):
                          first (default 4294967296)
   --metrics-addr ADDR    also serve GET /metrics, open, on ADDR (host:port) of its own
                          [HEDGEHOG_METRICS_ADDR] (default: only /metrics on the main port)
+  --tls-cert FILE        serve https:// and wss:// (only) with this certificate chain, PEM
+                         [HEDGEHOG_TLS_CERT]; SIGHUP reads it again
+  --tls-key FILE         the certificate's private key, PEM [HEDGEHOG_TLS_KEY]
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -345,6 +359,8 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "record-max-bytes",
     "metrics-addr",
     "log-format",
+    "tls-cert",
+    "tls-key",
 ];
 
 /// The simulator's flags that take a value.
@@ -496,6 +512,23 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     Ok(c)
 }
 
+/// `--tls-cert` and `--tls-key` over what the file set (`file`): both or neither.
+pub(crate) fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    file: Option<TlsFiles>,
+) -> Result<Option<TlsFiles>, String> {
+    // The file's half-pair is kept with an empty path for the missing half.
+    let set = |p: PathBuf| Some(p).filter(|p| !p.as_os_str().is_empty());
+    let (file_cert, file_key) = file.map_or((None, None), |f| (set(f.cert), set(f.key)));
+    match (cert.or(file_cert), key.or(file_key)) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("--tls-cert needs --tls-key (the certificate's private key)".into()),
+        (None, Some(_)) => Err("--tls-key needs --tls-cert (the certificate chain)".into()),
+    }
+}
+
 /// A `--metrics-addr`: `host:port` (`[::1]:9100` for IPv6).
 pub(crate) fn metrics_addr(a: &str) -> Result<std::net::SocketAddr, String> {
     a.trim().parse().map_err(|_| format!("--metrics-addr {a:?} is not an address (host:port, e.g. 127.0.0.1:9100)"))
@@ -528,6 +561,9 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     if let Some(a) = f.get("metrics-addr").map(str::to_string).or_else(|| env("HEDGEHOG_METRICS_ADDR")) {
         c.metrics_addr = Some(metrics_addr(&a)?);
     }
+    let cert = f.get("tls-cert").map(PathBuf::from).or_else(|| env("HEDGEHOG_TLS_CERT").map(PathBuf::from));
+    let key = f.get("tls-key").map(PathBuf::from).or_else(|| env("HEDGEHOG_TLS_KEY").map(PathBuf::from));
+    c.tls = tls_files(cert, key, c.tls.take())?;
     if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
         c.channels = list(&ch).iter().map(|name| relayed_channel(name)).collect::<Result<_, _>>()?;
     }
@@ -745,6 +781,27 @@ mod tests {
         assert_eq!(c.channels, [Channel::Ticker, Channel::Level2Batch]);
         let c = serve_cfg("serve --port 7000 --upstream-url=ws://127.0.0.1:1 --simulate", &[("PORT", "9000")]);
         assert_eq!((c.port, c.upstream.url.as_str(), c.simulate), (7000, "ws://127.0.0.1:1", true));
+    }
+
+    #[test]
+    fn tls_takes_both_files_from_flags_env_or_the_file() {
+        let files = |c: &str, k: &str| Some(TlsFiles { cert: c.into(), key: k.into() });
+        assert_eq!(serve_cfg("", &[]).tls, None);
+        assert_eq!(serve_cfg("--tls-cert c.pem --tls-key k.pem", &[]).tls, files("c.pem", "k.pem"));
+        let env = [("HEDGEHOG_TLS_CERT", "e.pem"), ("HEDGEHOG_TLS_KEY", "ek.pem")];
+        assert_eq!(serve_cfg("--tls-key k.pem", &env).tls, files("e.pem", "k.pem"));
+        assert_eq!(
+            run("--tls-cert c.pem", &[]).unwrap_err(),
+            "--tls-cert needs --tls-key (the certificate's private key)"
+        );
+        assert!(run("--tls-key k.pem", &[]).unwrap_err().starts_with("--tls-key needs --tls-cert"));
+        // The file's half is completed by a flag; a half alone is refused.
+        let path = std::env::temp_dir().join(format!("hedgehog-tls-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[server]\ntls_cert = \"/etc/hh/cert.pem\"\n").unwrap();
+        let config = format!("--config {}", path.display());
+        assert_eq!(serve_cfg(&format!("{config} --tls-key k.pem"), &[]).tls, files("/etc/hh/cert.pem", "k.pem"));
+        assert!(run(&config, &[]).unwrap_err().starts_with("--tls-cert needs --tls-key"));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -70,7 +70,7 @@ struct Failure {
 }
 
 /// Runs the relay until SIGTERM or SIGINT, then shuts it down gracefully; SIGHUP
-/// reloads the access rules of the `--config` file. A shard
+/// reloads the TLS certificate and the access rules of the `--config` file. A shard
 /// that dies first ends the process (status 70) so a supervisor restarts it; a
 /// shard that does not stop on shutdown does too (status 1).
 fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
@@ -100,10 +100,14 @@ fn serve(cfg: hedgehog::config::ServeConfig) -> Result<(), Failure> {
         }
         match signal_rx.try_recv() {
             // SIGHUP: the access rules again; a bad file is logged and changes nothing.
-            Ok(SIGHUP) => match relay.reload() {
-                Ok(said) => log::warn!(event = "reload"; "SIGHUP: {said}"),
-                Err(why) => log::error!(event = "reload_failed", reason = why.as_str(); "SIGHUP: {why}"),
-            },
+            Ok(SIGHUP) => {
+                for outcome in relay.reload_all() {
+                    match outcome {
+                        Ok(said) => log::warn!(event = "reload"; "SIGHUP: {said}"),
+                        Err(why) => log::error!(event = "reload_failed", reason = why.as_str(); "SIGHUP: {why}"),
+                    }
+                }
+            }
             Ok(signal) => {
                 log::info!(event = "stopping", signal;
                     "signal {signal}: shutting down (at most {:?})", hedgehog::SHUTDOWN_GRACE);

@@ -47,6 +47,8 @@ pub struct ServerFile {
     upstream_url: Option<String>,
     upstream_ca: Option<PathBuf>,
     metrics_addr: Option<Spanned<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     channels: Option<Vec<Spanned<String>>>,
     stall_timeout: Option<Spanned<f64>>,
     simulate: Option<bool>,
@@ -112,6 +114,12 @@ impl ConfigFile {
         c.upstream.ca_file = s.upstream_ca.clone().or(c.upstream.ca_file.take());
         if let Some(a) = &s.metrics_addr {
             c.metrics_addr = Some(super::metrics_addr(a.get_ref()).map_err(|e| at(a.span(), e))?);
+        }
+        if s.tls_cert.is_some() || s.tls_key.is_some() {
+            // Both or neither; the flags may complete the pair, so it is checked
+            // once they are read.
+            let (cert, key) = (s.tls_cert.clone().unwrap_or_default(), s.tls_key.clone().unwrap_or_default());
+            c.tls = Some(super::TlsFiles { cert, key });
         }
         if let Some(list) = &s.channels {
             let one = |n: &Spanned<String>| super::relayed_channel(n.get_ref()).map_err(|e| at(n.span(), e));

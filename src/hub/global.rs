@@ -57,6 +57,8 @@ pub struct Global {
     pub max_request_rate: u32,
     /// Whether `/echo` is served (`--echo`).
     pub echo: bool,
+    /// Whether the main port serves TLS (`--tls-cert`).
+    pub tls: bool,
     /// The access rules; `None`: access control is off, everything open. A
     /// reload swaps them (never on or off); read once per request or upgrade,
     /// never per message.
@@ -91,6 +93,7 @@ impl Global {
         Global {
             shards,
             simulated: cfg.simulate || cfg.replay.is_some(),
+            tls: cfg.tls.is_some(),
             replay: None,
             upstream_url: cfg.upstream.url.clone(),
             default_channels: cfg.channels.clone(),

@@ -21,6 +21,11 @@ impl Hub {
         m.request_seconds.entry(route).or_default().observe(since.elapsed().as_secs_f64());
     }
 
+    /// A TLS handshake on the main port ended `how`.
+    pub fn count_tls(&self, how: crate::metrics::Handshake) {
+        self.metrics.borrow_mut().tls_handshakes[how as usize] += 1;
+    }
+
     /// A feed message of `channel` queued for `n` local clients.
     pub(super) fn count_delivery(&self, msg: &FeedMessage, channel: Channel, n: usize) {
         let mut m = self.metrics.borrow_mut();
@@ -104,6 +109,7 @@ impl Hub {
             history_bytes,
             refusals: g.refusals(),
             panics: g.panics(),
+            tls: g.tls,
             per_shard,
         };
         Ok(metrics::render(&all, &p))

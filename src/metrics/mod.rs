@@ -163,6 +163,33 @@ impl End {
     }
 }
 
+/// How a TLS handshake ended (the `result` label of `hedgehog_tls_handshakes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    /// The first bytes were not TLS: plain HTTP on the TLS port.
+    PlainHttp,
+    /// Not complete within the deadline.
+    Timeout,
+    /// Anything else: garbage, a protocol error, an alert, a hang-up.
+    Failed,
+}
+
+impl Handshake {
+    pub const COUNT: usize = 4;
+    const ALL: [Handshake; Handshake::COUNT] =
+        [Handshake::Ok, Handshake::PlainHttp, Handshake::Timeout, Handshake::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::PlainHttp => "plain_http",
+            Handshake::Timeout => "timeout",
+            Handshake::Failed => "failed",
+        }
+    }
+}
+
 /// Where a subscribe or unsubscribe came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
@@ -223,6 +250,8 @@ pub struct Snapshot {
     pub requests: BTreeMap<(&'static str, u16), u64>,
     /// HTTP request durations (whole request read to answer ready), by route.
     pub request_seconds: BTreeMap<&'static str, Histogram>,
+    /// TLS handshakes on the main port, by [`Handshake`] outcome.
+    pub tls_handshakes: [u64; Handshake::COUNT],
 }
 
 impl Snapshot {
@@ -263,6 +292,7 @@ impl Snapshot {
         for (k, h) in &other.request_seconds {
             self.request_seconds.entry(k).or_default().merge(h);
         }
+        add(&mut self.tls_handshakes, &other.tls_handshakes);
     }
 }
 
@@ -293,6 +323,8 @@ pub struct ProcessFigures {
     /// Access refusals by status (401, 403, 429).
     pub refusals: [u64; 3],
     pub panics: u64,
+    /// Whether the main port serves TLS (the handshake counts are written).
+    pub tls: bool,
     /// Each shard's own load, to see an imbalance between them.
     pub per_shard: Vec<ShardFigures>,
 }
@@ -431,6 +463,13 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
     out.family("hedgehog_http_request_duration_seconds", "histogram", "HTTP request handling time, by route.");
     for (route, h) in &s.request_seconds {
         out.histogram("hedgehog_http_request_duration_seconds", &[("route", route)], h);
+    }
+    if p.tls {
+        let help = "TLS handshakes on the main port, by result (ok, plain_http, timeout, failed).";
+        out.family("hedgehog_tls_handshakes_total", "counter", help);
+        for (how, n) in Handshake::ALL.iter().zip(s.tls_handshakes) {
+            out.sample("hedgehog_tls_handshakes_total", &[("result", how.name())], n as f64);
+        }
     }
     out.family("hedgehog_access_refusals_total", "counter", "Access control refusals, by status.");
     for (status, n) in ["401", "403", "429"].iter().zip(p.refusals) {

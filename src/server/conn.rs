@@ -6,14 +6,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::task::Queues;
+use super::tls::{self, Conn, Secured};
 use super::{api, auth, stream, websocket};
 use crate::access::Principal;
 use crate::http::{self, Request, Response, Route};
 use crate::hub::{Admission, Hub, IpSlot};
+use crate::metrics::Handshake;
 use crate::net::{self, Deadlines, Phase, ReadError};
 use crate::rate::RateLimit;
 use crate::ws;
@@ -26,8 +29,8 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Accepts until cancelled. Runs as a task of its own (see `Shard::run`): nothing
-/// but its own accepts may wake it.
-pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
+/// but its own accepts may wake it. With `tls`, every connection is TLS.
+pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues, tls: Option<TlsAcceptor>) {
     let mut backoff = Duration::from_millis(5);
     let (mut failed, mut last_log) = (0u64, None::<Instant>);
     loop {
@@ -38,7 +41,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
                     (failed, last_log) = (0, Some(Instant::now()));
                 }
                 backoff = Duration::from_millis(5);
-                admit(stream, &hub, queues);
+                admit(stream, &hub, queues, tls.as_ref());
             }
             Err(e) => {
                 // Typically out of file descriptors: back off until some free up,
@@ -58,7 +61,7 @@ pub async fn accept_loop(listener: TcpListener, hub: Rc<Hub>, queues: Queues) {
 
 /// Gives an accepted connection its task: served, served from the reserve
 /// (health checks only), or refused (429) when its address is at its limit.
-fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
+fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues, tls: Option<&TlsAcceptor>) {
     let admission = match stream.peer_addr() {
         Ok(a) => hub.global.admit(a.ip()),
         Err(_) => return,
@@ -66,7 +69,7 @@ fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
     let shard = hub.id;
     let task = match admission {
         Admission::Open(slot) => {
-            let conn = serve(stream, hub.clone(), queues, slot);
+            let conn = serve(stream, hub.clone(), queues, slot, tls.cloned());
             let global = hub.global.clone();
             glommio::spawn_local_into(
                 async move {
@@ -75,7 +78,16 @@ fn admit(stream: TcpStream, hub: &Rc<Hub>, queues: Queues) {
                 queues.http,
             )
         }
-        Admission::Reserve(slot) => glommio::spawn_local_into(reserve(stream, hub.clone(), slot), queues.http),
+        Admission::Reserve(slot) => {
+            glommio::spawn_local_into(reserve(stream, hub.clone(), slot, tls.cloned()), queues.http)
+        }
+        // Over TLS, a refusal would cost a handshake (a signature) per
+        // connection of a flood from one address: it is closed unanswered.
+        Admission::PerIpFull if tls.is_some() => {
+            let message = format!("at most {} connections from one address (closed before TLS)", hub.global.max_per_ip);
+            log_turned_away(&stream, log::Level::Warn, "too_many_connections", &message);
+            return;
+        }
         Admission::PerIpFull => glommio::spawn_local_into(too_many(stream, hub.global.max_per_ip, shard), queues.http),
     };
     if let Ok(task) = task {
@@ -95,13 +107,14 @@ async fn too_many(mut stream: TcpStream, limit: usize, shard: usize) {
 
 /// A connection past `--max-connections`: it may ask for a health check within a
 /// short deadline; anything else gets 503 `server_full`. Either way it is closed.
-async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
+async fn reserve(stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot, tls: Option<TlsAcceptor>) {
     let short = Deadlines {
         first_byte: RESERVE_DEADLINE,
         head: RESERVE_DEADLINE,
         body: RESERVE_DEADLINE,
         keep_alive: RESERVE_DEADLINE,
     };
+    let Some(mut stream) = secured(stream, &hub, tls.as_ref(), &short).await else { return };
     let mut buf = Vec::new();
     let Ok(Some(req)) = net::read_request_within(&mut stream, &mut buf, RESERVE_DEADLINE, &short).await else { return };
     let resp = match http::route(&req.method, &req.path, false) {
@@ -118,12 +131,43 @@ async fn reserve(mut stream: TcpStream, hub: Rc<Hub>, _slot: IpSlot) {
     Box::pin(close_after(stream, &resp, hub.id)).await;
 }
 
+/// The connection as it is to be served: plain, or TLS once the handshake is
+/// done. `None`: it has been dealt with (closed, or answered 400 for plain HTTP
+/// on the TLS port), and counted.
+async fn secured(stream: TcpStream, hub: &Hub, tls: Option<&TlsAcceptor>, d: &Deadlines) -> Option<Conn> {
+    let Some(acceptor) = tls else { return Some(Conn::Plain(stream)) };
+    // For the log line of a failed handshake (which takes the stream).
+    let peer = stream.peer_addr().ok();
+    match tls::secure(stream, acceptor, d.first_byte, d.head).await {
+        Secured::Tls(conn) => {
+            hub.count_tls(Handshake::Ok);
+            Some(conn)
+        }
+        Secured::Silent => None,
+        Secured::Plain(stream) => {
+            hub.count_tls(Handshake::PlainHttp);
+            let message = "this port speaks TLS only: use https:// or wss://";
+            log_turned_away(&stream, log::Level::Info, "tls_handshake_failed", "plain HTTP on the TLS port");
+            let resp = Response::error(400, "tls_required", message);
+            hub.count_request(UNROUTED, resp.status, Instant::now());
+            Box::pin(close_after(stream, &resp, hub.id)).await;
+            None
+        }
+        Secured::Refused(how, why) => {
+            hub.count_tls(how);
+            log_turned_away(&peer, log::Level::Info, "tls_handshake_failed", &why);
+            None
+        }
+    }
+}
+
 /// `slot` holds this connection's place in its IP's count for as long as it lives.
-async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot) {
+async fn serve(stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot, tls: Option<TlsAcceptor>) {
     let _ = stream.set_nodelay(true);
+    let deadlines = hub.global.deadlines;
+    let Some(mut stream) = secured(stream, &hub, tls.as_ref(), &deadlines).await else { return };
     let mut buf = Vec::new();
     let mut rate = RateLimit::new(hub.global.max_request_rate);
-    let deadlines = hub.global.deadlines;
     let mut idle = deadlines.first_byte;
     loop {
         let req = match net::read_request_within(&mut stream, &mut buf, idle, &deadlines).await {
@@ -193,7 +237,7 @@ async fn serve(mut stream: TcpStream, hub: Rc<Hub>, queues: Queues, slot: IpSlot
 /// A connection leaving the HTTP loop to become a session (a WebSocket or a
 /// stream): what the session takes over.
 pub(super) struct Handoff {
-    pub stream: TcpStream,
+    pub stream: Conn,
     /// Bytes read past the request: the client's first frames.
     pub leftover: Vec<u8>,
     pub hub: Rc<Hub>,
@@ -205,7 +249,7 @@ pub(super) struct Handoff {
 }
 
 fn handoff(
-    stream: TcpStream,
+    stream: Conn,
     leftover: Vec<u8>,
     hub: Rc<Hub>,
     queues: Queues,
@@ -218,11 +262,34 @@ fn handoff(
 /// One line (budgeted: see `logs::per_client`) about a connection turned away or
 /// a request that could not be read: `event`, the peer and why. The peer is
 /// looked up only for a line that is written: a flood costs no more than before.
-pub(super) fn log_turned_away(stream: &TcpStream, level: log::Level, event: &'static str, reason: &str) {
+pub(super) fn log_turned_away(stream: &impl Peer, level: log::Level, event: &'static str, reason: &str) {
     crate::logs::per_client(|| {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "-".into());
         log::log!(level, event, peer = peer.as_str(), reason; "{event} from {peer}: {reason}");
     });
+}
+
+/// What a log line names a connection by.
+pub(super) trait Peer {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr>;
+}
+
+impl Peer for TcpStream {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        TcpStream::peer_addr(self).map_err(std::io::Error::from)
+    }
+}
+
+impl Peer for Option<std::net::SocketAddr> {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.ok_or_else(|| std::io::Error::other("no peer address"))
+    }
+}
+
+impl Peer for Conn {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Conn::peer_addr(self)
+    }
 }
 
 /// Every answer names the shard that wrote it, for operators tracing requests.
@@ -248,11 +315,12 @@ fn names_client(req: &Request) -> bool {
 
 /// Answers, then closes without resetting the peer: our side is shut for writing
 /// and what the peer still sends is read and dropped until it hangs up (or 2 s).
-pub(super) async fn close_after(mut stream: TcpStream, resp: &Response, shard: usize) {
+pub(super) async fn close_after<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, resp: &Response, shard: usize) {
     if stream.write_all(&with_shard(resp.clone(), shard).to_bytes(true)).await.is_err() {
         return;
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    // For TLS: close_notify, then the socket's writing side.
+    let _ = stream.close().await;
     let drain = async {
         let mut sink = [0u8; 256];
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}

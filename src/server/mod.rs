@@ -11,6 +11,7 @@
 //! - [`api`]: the REST API, the only place hub outcomes become statuses and JSON.
 //! - [`health`]: `/livez`, `/readyz`, `/healthz`.
 //! - [`auth`]: access control at the entry points: who, seats, refusals logged.
+//! - [`tls`]: `--tls-cert`: the handshake, the certificate SIGHUP swaps, [`tls::Conn`].
 //!
 //! A shard's thread that ends while the relay runs (a panic outside a contained
 //! connection, or any early return) is reported to the main thread at once
@@ -24,6 +25,7 @@ mod metrics_port;
 mod shard;
 mod stream;
 mod task;
+mod tls;
 mod websocket;
 
 pub use conn::SHARD_HEADER;
@@ -61,6 +63,8 @@ pub struct RelayHandle {
     recorder: Option<Recorder>,
     /// `--config`'s file, read again by [`RelayHandle::reload`].
     config_file: Option<std::path::PathBuf>,
+    /// `--tls-cert` and `--tls-key`, read again by [`RelayHandle::reload_tls`].
+    tls: Option<Arc<tls::ServerTls>>,
 }
 
 /// A shard's thread ended.
@@ -106,6 +110,29 @@ impl RelayHandle {
             }
             (_, false) => Err(refused("access control is off; restart hedgehog to turn it on".into())),
         }
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again (SIGHUP): new handshakes get
+    /// the new certificate, open connections keep theirs. `None`: TLS is off;
+    /// `Err`: why not, and the certificate in force stays.
+    pub fn reload_tls(&self) -> Option<Result<String, String>> {
+        let tls = self.tls.as_ref()?;
+        Some(tls.reload().map_err(|why| format!("TLS reload refused, the certificate in force stays: {why}")))
+    }
+
+    /// What SIGHUP does: the certificate (with TLS) and the access rules
+    /// (with `--config`), each said or refused on its own.
+    pub fn reload_all(&self) -> Vec<Result<String, String>> {
+        let mut said: Vec<_> = self.reload_tls().into_iter().collect();
+        if self.config_file.is_some() || said.is_empty() {
+            said.push(self.reload());
+        }
+        said
+    }
+
+    /// Whether clients are served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The simulator serving as upstream in offline mode.
@@ -275,6 +302,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     if cfg.port != 0 {
         crate::net::claim_port(addr)?;
     }
+    let tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?.map(Arc::new);
     // First, so that a directory that cannot be written is the only thing said.
     let (recorder, mut tap) = match &cfg.record {
         Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
@@ -315,6 +343,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             stop: stop.clone(),
             ready: ready_tx.clone(),
             tap: tap.take(),
+            tls: tls.as_ref().map(|t| t.acceptor()),
         };
         let placement = placements.remove(0);
         let watch = Watch { shard: id, ended: ended_tx.clone() };
@@ -336,10 +365,11 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             Err(e) => return Err(abandon(e, &stop, threads)),
         }
     }
+    let scheme = if tls.is_some() { "https:// and wss://" } else { "http:// and ws://" };
     log::info!(event = "listening", addr:%;
-        "hedgehog listening on {addr} with {n} shard(s); upstream {}", cfg.upstream.url);
+        "hedgehog listening on {addr} ({scheme}) with {n} shard(s); upstream {}", cfg.upstream.url);
     let config_file = cfg.config_file.clone();
-    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder, config_file })
+    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder, config_file, tls })
 }
 
 /// How long a shard may take to start listening.

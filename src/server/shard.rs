@@ -38,6 +38,8 @@ pub(super) struct Shard {
     pub(super) ready: mpsc::Sender<Result<SocketAddr, String>>,
     /// Shard 0's: where the upstream client hands each message to the recorder.
     pub(super) tap: Option<Tap>,
+    /// With `--tls-cert`: every connection on the main port is TLS.
+    pub(super) tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 impl Shard {
@@ -123,7 +125,7 @@ impl Shard {
         // count is an i16. Raced in one future against the 20 ms stop poll below, a
         // shard that accepted nothing for ~655 s died ("Waker invariant broken").
         // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
-        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues));
+        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues, self.tls));
         let scrapes = metrics_listener.map(|l| glommio::spawn_local(super::metrics_port::accept_loop(l, hub.clone())));
         let stop = self.stop;
         stop.wait(true).await;

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use futures_lite::future::or;
 use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::api::ApiError;
 use super::conn::{close_after, with_shard, Handoff, SHARD_HEADER};
 use super::task::{contained, Queues};
+use super::tls::Conn;
 use super::{api, auth, websocket};
 use crate::access::Principal;
 use crate::http::{Request, Response};
@@ -84,7 +84,7 @@ fn subscription(hub: &Hub, req: &Request, pair: &str, who: Option<&Principal>) -
 
 /// Streams to the client until it leaves or falls too far behind.
 async fn serve_stream(
-    mut stream: TcpStream,
+    mut stream: Conn,
     hub: &Hub,
     outbox: &Outbox,
     id: ClientId,
@@ -144,7 +144,7 @@ async fn stream_writer<W: AsyncWrite + Unpin>(outbox: &Outbox, w: &mut W, kind: 
                 }
             }
         }
-        if w.write_all(&out).await.is_err() {
+        if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
             return;
         }
     }

@@ -417,11 +417,13 @@ pub async fn write_loop<W: AsyncWrite + Unpin + ?Sized>(outbox: &Outbox, w: &mut
             Batch::One(f) => w.write_all(&f).await?,
             Batch::Many => w.write_all(&scratch).await?,
         }
+        // Over TLS a write may return with records still buffered: they go now,
+        // not with the next batch. (A plain socket has nothing to flush.)
+        w.flush().await?;
         if scratch.capacity() > MAX_BATCH * 2 {
             scratch = Vec::new();
         }
     }
-    w.flush().await?;
     match outbox.inner.borrow().state {
         State::Killed(why) => Err(io::Error::other(why)),
         _ => Ok(()),
