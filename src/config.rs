@@ -126,6 +126,8 @@ pub struct ServeConfig {
     /// `--tls-cert` and `--tls-key`: the main port serves `https://` and
     /// `wss://` only, with this certificate (reloaded on SIGHUP).
     pub tls: Option<TlsFiles>,
+    /// `--tls-port`: TLS on a port of its own, `port` staying plain.
+    pub tls_port: Option<u16>,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -174,6 +176,7 @@ impl Default for ServeConfig {
             config_file: None,
             metrics_addr: None,
             tls: None,
+            tls_port: None,
             access: None,
             log_format: LogFormat::Text,
         }
@@ -265,6 +268,7 @@ Relay options (environment variable in brackets):
   --tls-cert FILE        serve https:// and wss:// (only) with this certificate chain, PEM
                          [HEDGEHOG_TLS_CERT]; SIGHUP reads it again
   --tls-key FILE         the certificate's private key, PEM [HEDGEHOG_TLS_KEY]
+  --tls-port PORT        TLS on this port instead, --port staying plain [HEDGEHOG_TLS_PORT]
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
 
 Simulator options:
@@ -361,6 +365,7 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "log-format",
     "tls-cert",
     "tls-key",
+    "tls-port",
 ];
 
 /// The simulator's flags that take a value.
@@ -564,6 +569,15 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     let cert = f.get("tls-cert").map(PathBuf::from).or_else(|| env("HEDGEHOG_TLS_CERT").map(PathBuf::from));
     let key = f.get("tls-key").map(PathBuf::from).or_else(|| env("HEDGEHOG_TLS_KEY").map(PathBuf::from));
     c.tls = tls_files(cert, key, c.tls.take())?;
+    if let Some(p) = f.get("tls-port").map(str::to_string).or_else(|| env("HEDGEHOG_TLS_PORT")) {
+        c.tls_port = Some(p.trim().parse().map_err(|_| format!("tls-port {p:?} is not a port number"))?);
+    }
+    if c.tls_port.is_some() && c.tls.is_none() {
+        return Err("--tls-port needs --tls-cert and --tls-key".into());
+    }
+    if c.tls_port.is_some_and(|p| p != 0 && p == c.port) {
+        return Err(format!("--tls-port {} is --port too: give TLS a port of its own, or drop --tls-port", c.port));
+    }
     if let Some(ch) = f.get("channels").map(str::to_string).or_else(|| env("COINBASE_CHANNELS")) {
         c.channels = list(&ch).iter().map(|name| relayed_channel(name)).collect::<Result<_, _>>()?;
     }
@@ -795,6 +809,10 @@ mod tests {
             "--tls-cert needs --tls-key (the certificate's private key)"
         );
         assert!(run("--tls-key k.pem", &[]).unwrap_err().starts_with("--tls-key needs --tls-cert"));
+        let c = serve_cfg("--tls-cert c.pem --tls-key k.pem --tls-port 8443", &[]);
+        assert_eq!((c.port, c.tls_port), (8080, Some(8443)));
+        assert_eq!(run("--tls-port 8443", &[]).unwrap_err(), "--tls-port needs --tls-cert and --tls-key");
+        assert!(run("--tls-cert c --tls-key k --tls-port 8080", &[]).unwrap_err().contains("is --port too"));
         // The file's half is completed by a flag; a half alone is refused.
         let path = std::env::temp_dir().join(format!("hedgehog-tls-config-{}.toml", std::process::id()));
         std::fs::write(&path, "[server]\ntls_cert = \"/etc/hh/cert.pem\"\n").unwrap();

@@ -28,7 +28,7 @@
 //! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
 //!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.
 //! - [`server`]: the shards' threads, accept loops, HTTP, WebSocket and stream
-//!   connections, the REST API, health.
+//!   connections, the REST API, health, the web page (`ui/`, compiled in).
 //! - [`fuzzing`]: the fuzz targets' entry points (fuzz/), replayed by tests/fuzz_corpora.rs.
 
 // Outside data must never reach a panic: errors are returned and answered instead.

@@ -139,13 +139,38 @@ where
 /// with client ids the other process does not know. The probe binds without
 /// SO_REUSEPORT, which the kernel refuses while any socket listens on the port;
 /// it is closed again before the shards bind.
+///
+/// The kernel refuses it too while the connections a previous relay closed
+/// linger (TIME_WAIT, for a minute): they were accepted by a listener without
+/// SO_REUSEADDR. The shards' SO_REUSEPORT binds are not refused by those, so a
+/// refused probe is checked with a connection: only an answer means a listener.
 pub fn claim_port(addr: std::net::SocketAddr) -> Result<(), String> {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse && !someone_listens(addr) => {
+            log::info!("{addr}: connections of a previous process linger (TIME_WAIT); nothing listens, starting");
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             Err(format!("{addr} is already in use by another process (a hedgehog already running?)"))
         }
         Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
+}
+
+/// Whether a connection to `addr` (loopback for a wildcard address) is taken:
+/// refused means nothing listens; anything else (taken, no answer) is a listener.
+fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+        Err(e) => e.kind() != io::ErrorKind::ConnectionRefused,
+        Ok(_) => true,
     }
 }
 

@@ -16,9 +16,14 @@ use common::{echo_client, exchange, Running, DEADLINE};
 
 /// The binary with `args` and two shards; its address and a channel of its log lines.
 fn start(args: &[&str]) -> (Running, SocketAddr, mpsc::Receiver<String>) {
+    start_on(0, args)
+}
+
+/// As [`start`], on `port`.
+fn start_on(port: u16, args: &[&str]) -> (Running, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Running(
         Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .env("WEB_CONCURRENCY", "2")
             .env("RUST_LOG", "info")
@@ -80,6 +85,28 @@ fn a_second_relay_on_a_port_in_use_is_refused_with_exit_2() {
     // The first relay still has the port to itself and answers.
     let (status, _, _) = common::http(addr, "GET", "/livez", "");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_relay_restarted_on_its_port_right_after_serving_clients_starts() {
+    let (mut first, addr, _log) = start(&["--simulate"]);
+    // A client the relay closes first, on shutdown: its side of the connection
+    // lingers in TIME_WAIT, which a listener without SO_REUSEADDR leaves bound.
+    let mut client = common::Client::connect(&format!("ws://{addr}/ws"));
+    assert_eq!(client.json()["type"], "welcome");
+    sigterm(&first);
+    assert_eq!(exit_code(&mut first, DEADLINE), 0);
+    drop(client);
+    let (_second, again, _log) = start_on(addr.port(), &["--simulate"]);
+    assert_eq!(again, addr);
+    let (status, _, _) = common::http(addr, "GET", "/livez", "");
+    assert_eq!(status, 200);
+}
+
+/// SIGTERM, as a supervisor stops the relay.
+fn sigterm(child: &Running) {
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
 }
 
 #[test]

@@ -20,6 +20,8 @@ fn documented(route: &Route) -> (&'static str, &'static [&'static str]) {
     match route {
         Route::WebSocket => ("/ws", &["get"]),
         Route::Index => ("/", &["get"]),
+        Route::Ui(_) => ("/ui/{file}", &["get"]),
+        Route::Products => ("/api/v1/products", &["get"]),
         Route::Health => ("/healthz", &["get"]),
         Route::Live => ("/livez", &["get"]),
         Route::Ready => ("/readyz", &["get"]),
@@ -42,6 +44,8 @@ fn every_route() -> Vec<Route> {
     vec![
         Route::WebSocket,
         Route::Index,
+        Route::Ui("app.js".into()),
+        Route::Products,
         Route::Health,
         Route::Live,
         Route::Ready,

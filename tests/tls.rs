@@ -197,6 +197,29 @@ fn a_wss_client_gets_the_feed_byte_for_byte_and_https_streams_work() {
     }
     assert!(compared >= 10, "compared {compared} of {} relayed trades", relayed.len());
 
+    // A close handshake, then the TLS stream ends cleanly: close_notify, not a truncation.
+    ws.close(None).unwrap();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < end, "no close answer");
+            }
+            Err(e) => panic!("closing: {e}"),
+        }
+    }
+    let mut rest = [0u8; 64];
+    loop {
+        match ws.get_mut().read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => assert!(Instant::now() < end, "no close_notify"),
+            Err(e) => panic!("the TLS stream did not end with close_notify: {e}"),
+        }
+    }
+
     // REST and an NDJSON stream over https.
     let (status, body) = https(&ca, relay.addr, "/healthz");
     assert_eq!(status, 200, "{body}");
@@ -228,6 +251,33 @@ fn plain_http_on_the_tls_port_gets_a_clear_error_and_the_server_stays_healthy() 
     let (status, metrics) = https(&ca, relay.addr, "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("hedgehog_tls_handshakes_total{result=\"plain_http\"} 1\n"), "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tls_port_of_its_own_leaves_the_main_port_plain() {
+    let dir = scratch("tls-port");
+    let ca = TestCa::new();
+    let leaf = ca.leaf();
+    let sim = simulator(|_| {});
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    install(&leaf, &cert, &key);
+    let relay = common::relay_with(&sim.url(), |c| {
+        c.shards = 2;
+        c.tls = Some(hedgehog::config::TlsFiles { cert, key });
+        c.tls_port = Some(0);
+    });
+    let tls_addr = relay.tls_addr.expect("a TLS port");
+    assert_ne!(tls_addr.port(), relay.addr.port());
+    let (status, _, _) = common::http(relay.addr, "GET", "/healthz", "");
+    assert_eq!(status, 200, "plain HTTP on the main port");
+    let (status, _) = https(&ca, tls_addr, "/healthz");
+    assert_eq!(status, 200, "https on the TLS port");
+    let (mut ws, served) = wss(&ca, tls_addr, "/api/v1/subscribe/BTC-USD?channels=matches");
+    assert_eq!(served, leaf.der);
+    matches(&mut ws, 1);
+    let (status, _, _) = common::http_raw(tls_addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 400, "plain HTTP on the TLS port");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

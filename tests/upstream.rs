@@ -57,7 +57,7 @@ fn subscribes_and_receives_over_ws_with_routing_keys() {
         let Event::Products(products) = until(&rx, "status products", |e| matches!(e, Event::Products(_))).await else {
             unreachable!()
         };
-        assert!(products.contains(&"BTC-USD".to_string()));
+        assert!(products.iter().any(|p| p.id == "BTC-USD" && p.base == "BTC" && p.quote == "USD"));
         let Event::Message(m) = until(&rx, "a ticker", |e| is_message(e, "ticker", "BTC-USD")).await else {
             unreachable!()
         };

@@ -49,6 +49,7 @@ pub struct ServerFile {
     metrics_addr: Option<Spanned<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_port: Option<u16>,
     channels: Option<Vec<Spanned<String>>>,
     stall_timeout: Option<Spanned<f64>>,
     simulate: Option<bool>,
@@ -121,6 +122,7 @@ impl ConfigFile {
             let (cert, key) = (s.tls_cert.clone().unwrap_or_default(), s.tls_key.clone().unwrap_or_default());
             c.tls = Some(super::TlsFiles { cert, key });
         }
+        c.tls_port = s.tls_port.or(c.tls_port);
         if let Some(list) = &s.channels {
             let one = |n: &Spanned<String>| super::relayed_channel(n.get_ref()).map_err(|e| at(n.span(), e));
             c.channels = list.iter().map(one).collect::<Result<_, _>>()?;

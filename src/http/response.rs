@@ -5,6 +5,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -71,7 +72,11 @@ impl Response {
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         }
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        // A 304 has no body, and its Content-Length would be the 200's (RFC 9110 8.6).
+        if self.status != 304 {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
     }

@@ -7,8 +7,13 @@ use super::{percent_decode, Response};
 pub enum Route {
     /// `GET /ws` or `GET /` with `Upgrade: websocket`.
     WebSocket,
-    /// `GET /` without an upgrade.
+    /// `GET /` without an upgrade: the JSON index, or the web page for a
+    /// browser (`Accept: text/html`).
     Index,
+    /// `GET /ui/{file}`: one of the web page's files.
+    Ui(String),
+    /// `GET /api/v1/products`: the products the upstream lists.
+    Products,
     /// `GET /healthz`: the health report (503 when not ready).
     Health,
     /// `GET /livez`: whether every shard answers.
@@ -43,6 +48,8 @@ impl Route {
         match self {
             Route::WebSocket => "websocket",
             Route::Index => "index",
+            Route::Ui(_) => "ui",
+            Route::Products => "products",
             Route::Health => "healthz",
             Route::Live => "livez",
             Route::Ready => "readyz",
@@ -64,6 +71,8 @@ const PREFIX: &str = "/api/v1/subscribe";
 const HISTORY: &str = "/api/v1/history";
 const CLIENTS: &str = "/api/v1/clients";
 const OPENAPI: &str = "/api/v1/openapi.yaml";
+const PRODUCTS: &str = "/api/v1/products";
+const UI: &str = "/ui/";
 
 /// Routes a request; unknown paths get 404, wrong methods 405 with `Allow`.
 pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response> {
@@ -84,6 +93,8 @@ pub fn route(method: &str, path: &str, upgrade: bool) -> Result<Route, Response>
         PREFIX => only_get(Route::List),
         CLIENTS => only_get(Route::Clients),
         OPENAPI => only_get(Route::OpenApi),
+        PRODUCTS => only_get(Route::Products),
+        _ if path.starts_with(UI) => only_get(Route::Ui(percent_decode(&path[UI.len()..]))),
         _ if path.starts_with(CLIENTS) => match path[CLIENTS.len()..].strip_prefix('/') {
             Some(id) if !id.is_empty() && !id.contains('/') => match method {
                 "DELETE" => Ok(Route::Disconnect(percent_decode(id))),
@@ -141,6 +152,12 @@ mod tests {
         assert_eq!(route("POST", "/metrics", false).unwrap_err().status, 405);
         assert_eq!(route("GET", "/api/v1/openapi.yaml", false), Ok(Route::OpenApi));
         assert_eq!(route("POST", "/api/v1/openapi.yaml", false).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/api/v1/products", false), Ok(Route::Products));
+        assert_eq!(route("DELETE", "/api/v1/products", false).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/ui/app.js", false), Ok(Route::Ui("app.js".into())));
+        assert_eq!(route("GET", "/ui/", false), Ok(Route::Ui(String::new())));
+        assert_eq!(route("POST", "/ui/app.js", false).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/ui", false).unwrap_err().status, 404);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Global {
     /// What shard 0 keeps of each topic's recent messages.
     pub history: super::HistoryLimits,
     upstream: Mutex<UpstreamInfo>,
+    /// The products the feed's last `status` listed; `None` until it has.
+    products: RwLock<Option<Arc<Vec<crate::protocol::Product>>>>,
     /// Where `--metrics-addr` listens, once bound.
     metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// `--record`'s counters, kept by the recorder's threads.
@@ -137,6 +139,7 @@ impl Global {
                 max_bytes: cfg.history_bytes,
             },
             upstream: Mutex::new(UpstreamInfo { state: "connecting", ..Default::default() }),
+            products: RwLock::new(None),
             recording: None,
             metrics_addr: std::sync::OnceLock::new(),
         }
@@ -338,6 +341,19 @@ impl Global {
 
     pub fn upstream(&self) -> UpstreamInfo {
         self.upstream.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// The products the feed's last `status` listed (`GET /api/v1/products`);
+    /// `None` until it has listed them.
+    pub fn products(&self) -> Option<Arc<Vec<crate::protocol::Product>>> {
+        self.products.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Keeps the feed's latest listing.
+    pub fn set_products(&self, list: Vec<crate::protocol::Product>) {
+        if let Ok(mut p) = self.products.write() {
+            *p = Some(Arc::new(list));
+        }
     }
 
     /// Records what the upstream owner reports, for `/healthz` and `/readyz`.

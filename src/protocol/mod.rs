@@ -5,6 +5,7 @@
 mod book;
 mod channel;
 pub mod notes;
+mod product;
 mod request;
 mod scan;
 
@@ -12,6 +13,7 @@ use std::borrow::Cow;
 
 pub use book::Book;
 pub use channel::{Channel, Topic};
+pub use product::{listed as listed_products, Product};
 pub use request::{parse_auth, parse_request, subscriptions_message, Classified, Request, RequestKind, AUTH_FAILED};
 pub use scan::{scan, RoutingKey};
 

@@ -77,6 +77,9 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
         Route::Health => Ok(super::health::report(hub)),
         Route::Live => Ok(super::health::live(hub).await),
         Route::Ready => Ok(super::health::ready(hub)),
+        Route::Index if super::ui::wants_page(req) => Ok(super::ui::page(req)),
+        Route::Ui(path) => Ok(super::ui::file(req, &path)),
+        Route::Products => ok(products(hub, who)),
         Route::Index => ok(json!({
             "name": "hedgehog",
             "version": env!("CARGO_PKG_VERSION"),
@@ -87,7 +90,10 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             "live": "/livez",
             "ready": "/readyz",
             "openapi": "/api/v1/openapi.yaml",
-        })),
+            "products": "/api/v1/products",
+            "page": "GET / with Accept: text/html",
+        }))
+        .map(|r| r.with_header("Vary", "Accept")),
         Route::OpenApi => Ok(Response {
             status: 200,
             headers: vec![("Content-Type", "application/yaml".into())],
@@ -164,6 +170,32 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
             ok(json!({"client_id": id.to_string(), "disconnected": true}))
         }
     }
+}
+
+/// `GET /api/v1/products`: what the upstream's `status` listed (`listed`:
+/// whether it has yet); with access control, each product also names the
+/// channels the caller's class may read (none: the pair is refused).
+fn products(hub: &Hub, who: Option<&Principal>) -> serde_json::Value {
+    let listed = hub.global.products();
+    let list: Vec<_> = listed
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|p| {
+            let mut v = json!(p);
+            if let Some(who) = who {
+                let may: Vec<_> =
+                    Channel::RELAYED.into_iter().filter(|&c| who.may_subscribe(&p.id, c).is_ok()).collect();
+                v["channels"] = json!(may);
+            }
+            v
+        })
+        .collect();
+    let mut body = json!({"listed": listed.is_some(), "count": list.len(), "products": list});
+    if let Some(who) = who {
+        body["principal"] = json!(who.name());
+        body["class"] = json!(who.class().name());
+    }
+    body
 }
 
 /// `GET /metrics`: every shard's figures, in Prometheus' text format.

@@ -18,10 +18,12 @@ use super::api::ApiError;
 const CHALLENGE: &str = r#"Bearer realm="hedgehog""#;
 
 /// Who makes `req` to `route`: `Ok(None)` with access control off or on a route
-/// that names no pair (health, index, echo, the API document); else a principal, or a 401.
+/// that names no pair (health, index, echo, the API document, the web page: it
+/// asks its user for a key); else a principal, or a 401.
 pub fn who(hub: &Hub, route: &Route, req: &Request) -> Result<Option<Principal>, ApiError> {
     let Some(access) = hub.global.access() else { return Ok(None) };
-    if matches!(route, Route::Index | Route::Health | Route::Live | Route::Ready | Route::Echo | Route::OpenApi) {
+    let public = matches!(route, Route::Index | Route::Health | Route::Live | Route::Ready | Route::Echo);
+    if public || matches!(route, Route::OpenApi | Route::Ui(_)) {
         return Ok(None);
     }
     let bearer = bearer(req);

@@ -26,6 +26,7 @@ mod shard;
 mod stream;
 mod task;
 mod tls;
+mod ui;
 mod websocket;
 
 pub use conn::SHARD_HEADER;
@@ -54,7 +55,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// A running relay. Dropping it stops every shard at once; [`RelayHandle::shutdown`]
 /// stops them gracefully.
 pub struct RelayHandle {
+    /// The main port: plain, or TLS with `--tls-cert` and no `--tls-port`.
     pub addr: SocketAddr,
+    /// `--tls-port`'s address, when TLS has a port of its own.
+    pub tls_addr: Option<SocketAddr>,
     pub global: Arc<Global>,
     stop: Arc<Stop>,
     threads: Vec<(usize, JoinHandle<()>)>,
@@ -303,6 +307,16 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         crate::net::claim_port(addr)?;
     }
     let tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?.map(Arc::new);
+    let mut tls_addr = match cfg.tls_port {
+        Some(port) => {
+            let a = SocketAddr::new(addr.ip(), port);
+            if port != 0 {
+                crate::net::claim_port(a)?;
+            }
+            Some(a)
+        }
+        None => None,
+    };
     // First, so that a directory that cannot be written is the only thing said.
     let (recorder, mut tap) = match &cfg.record {
         Some(r) => Recorder::start(r).map(|(recorder, tap)| (Some(recorder), Some(tap)))?,
@@ -344,6 +358,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             ready: ready_tx.clone(),
             tap: tap.take(),
             tls: tls.as_ref().map(|t| t.acceptor()),
+            tls_addr,
         };
         let placement = placements.remove(0);
         let watch = Watch { shard: id, ended: ended_tx.clone() };
@@ -361,15 +376,16 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         }
         // Shard 0 may have been given port 0: the others bind the port it got.
         match wait_started(id, &ready_rx, &ended) {
-            Ok(bound) => addr = bound,
+            Ok((main, tls)) => (addr, tls_addr) = (main, tls),
             Err(e) => return Err(abandon(e, &stop, threads)),
         }
     }
-    let scheme = if tls.is_some() { "https:// and wss://" } else { "http:// and ws://" };
+    let scheme = if tls.is_some() && tls_addr.is_none() { "https:// and wss://" } else { "http:// and ws://" };
+    let also = tls_addr.map(|a| format!(", TLS (https:// and wss://) on {a}")).unwrap_or_default();
     log::info!(event = "listening", addr:%;
-        "hedgehog listening on {addr} ({scheme}) with {n} shard(s); upstream {}", cfg.upstream.url);
+        "hedgehog listening on {addr} ({scheme}){also} with {n} shard(s); upstream {}", cfg.upstream.url);
     let config_file = cfg.config_file.clone();
-    Ok(RelayHandle { addr, global, stop, threads, ended, simulator, recorder, config_file, tls })
+    Ok(RelayHandle { addr, tls_addr, global, stop, threads, ended, simulator, recorder, config_file, tls })
 }
 
 /// How long a shard may take to start listening.
@@ -379,9 +395,9 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 /// error, the panic that ended its thread, or silence past [`START_DEADLINE`]).
 fn wait_started(
     id: usize,
-    ready: &mpsc::Receiver<Result<SocketAddr, String>>,
+    ready: &mpsc::Receiver<Result<shard::Bound, String>>,
     ended: &mpsc::Receiver<ShardEnd>,
-) -> Result<SocketAddr, String> {
+) -> Result<shard::Bound, String> {
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         match ready.recv_timeout(Duration::from_millis(10)) {

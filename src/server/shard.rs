@@ -35,12 +35,17 @@ pub(super) struct Shard {
     pub(super) global: Arc<Global>,
     pub(super) cfg: ServeConfig,
     pub(super) stop: Arc<Stop>,
-    pub(super) ready: mpsc::Sender<Result<SocketAddr, String>>,
+    pub(super) ready: mpsc::Sender<Result<Bound, String>>,
     /// Shard 0's: where the upstream client hands each message to the recorder.
     pub(super) tap: Option<Tap>,
-    /// With `--tls-cert`: every connection on the main port is TLS.
+    /// With `--tls-cert`: every connection on the main port is TLS, or, with
+    /// `tls_addr` (`--tls-port`), every connection on that port.
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
+    pub(super) tls_addr: Option<SocketAddr>,
 }
+
+/// Where a shard listens: the main port, and the TLS port of `--tls-port`.
+pub(super) type Bound = (SocketAddr, Option<SocketAddr>);
 
 impl Shard {
     pub(super) async fn run(self) {
@@ -55,6 +60,16 @@ impl Shard {
                 let _ = self.ready.send(Err(format!("cannot listen on {}: {e}", self.addr)));
                 return;
             }
+        };
+        let tls_listener = match self.tls_addr {
+            Some(addr) => match TcpListener::bind(addr) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let _ = self.ready.send(Err(format!("cannot listen on --tls-port {addr}: {e}")));
+                    return;
+                }
+            },
+            None => None,
         };
         // Shard 0 serves `--metrics-addr`; a listener it cannot have ends start-up.
         let metrics_listener = match self.cfg.metrics_addr.filter(|_| self.id == 0) {
@@ -73,7 +88,10 @@ impl Shard {
             },
             None => None,
         };
-        let _ = self.ready.send(listener.local_addr().map_err(|e| e.to_string()));
+        let bound = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+        let _ = self
+            .ready
+            .send(bound(&listener).and_then(|main| Ok((main, tls_listener.as_ref().map(bound).transpose()?))));
         // Every peer must connect; one that failed to start never will, and then
         // the stop signal ends the wait (start() raises it on any failure).
         let connected = futures_lite::future::or(async { Some(self.bus.connect().await) }, async {
@@ -125,12 +143,19 @@ impl Shard {
         // count is an i16. Raced in one future against the 20 ms stop poll below, a
         // shard that accepted nothing for ~655 s died ("Waker invariant broken").
         // tests/accept_wakeups.rs drives the stop poll past that limit in seconds.
-        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues, self.tls));
+        let (plain, tls) = match tls_listener {
+            Some(l) => (None, Some(glommio::spawn_local(conn::accept_loop(l, hub.clone(), queues, self.tls)))),
+            None => (self.tls, None),
+        };
+        let acceptor = glommio::spawn_local(conn::accept_loop(listener, hub.clone(), queues, plain));
         let scrapes = metrics_listener.map(|l| glommio::spawn_local(super::metrics_port::accept_loop(l, hub.clone())));
         let stop = self.stop;
         stop.wait(true).await;
         if let Some(scrapes) = scrapes {
             scrapes.cancel().await;
+        }
+        if let Some(tls) = tls {
+            tls.cancel().await;
         }
         acceptor.cancel().await; // drops the listener: this shard takes no new connection
                                  // Draining: tell everyone and let them go.

@@ -120,6 +120,7 @@ async fn serve_stream(
         outbox.abandoned(Duration::from_secs(2)).await;
     };
     or(reader, or(writer, abandoned)).await;
+    ws::shut(&mut wr).await;
 }
 
 /// Writes each queued message as an SSE event or an NDJSON line.

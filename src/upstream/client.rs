@@ -318,7 +318,7 @@ impl Client {
             "error" => self.error_event(&text),
             "status" => {
                 if let Some(products) = status_products(&text) {
-                    self.shared.subs.borrow_mut().list(products.iter().cloned());
+                    self.shared.subs.borrow_mut().list(products.iter().map(|p| p.id.clone()));
                     self.shared.changed.set(true);
                     self.emit(Event::Products(products)).await?;
                 }
@@ -390,9 +390,7 @@ async fn timeout<T>(d: Duration) -> Result<T, Ended> {
     Err(format!("no connection within {d:?}"))
 }
 
-/// The product ids a `status` message lists.
-pub(crate) fn status_products(text: &[u8]) -> Option<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
-    let products = v.get("products")?.as_array()?;
-    Some(products.iter().filter_map(|p| p.get("id")?.as_str().map(str::to_string)).collect())
+/// The products a `status` message lists.
+pub(crate) fn status_products(text: &[u8]) -> Option<Vec<crate::protocol::Product>> {
+    crate::protocol::listed_products(text)
 }

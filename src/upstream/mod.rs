@@ -146,7 +146,7 @@ pub enum Event {
     /// An upstream `error`; `product` when it names one.
     Error { message: String, reason: String, product: Option<String> },
     /// The products the `status` channel lists.
-    Products(Vec<String>),
+    Products(Vec<crate::protocol::Product>),
     /// Desired products the feed does not list: not asked for. Their subscribers
     /// are refused as the feed would refuse them (an `error` naming the product).
     Unlisted(Vec<String>),

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use super::frame::{self, close, Decoder, Message, Role};
@@ -144,6 +144,23 @@ where
         }
     };
     or(reader, or(writer, or(killed, keepalive))).await;
+    shut(&mut wr).await;
+}
+
+/// How long the end of a session may wait for its last bytes (TLS's
+/// close_notify) to leave: a peer that reads nothing more cannot hold it.
+const SHUT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Shuts the writing side: over TLS a close_notify first, so the peer sees a
+/// clean end of the stream rather than a truncation; a plain socket sends its FIN.
+pub async fn shut<W: AsyncWrite + Unpin>(w: &mut W) {
+    or(
+        async {
+            let _ = w.close().await;
+        },
+        glommio::timer::sleep(SHUT_DEADLINE),
+    )
+    .await;
 }
 
 /// Handles one message; false once the session is closing.

@@ -63,8 +63,9 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
             announce(hub, owner, owner.upstream.status().state, Some(&why))
         }
         Event::Products(list) => {
-            let known: Arc<HashSet<String>> = Arc::new(list.into_iter().collect());
+            let known: Arc<HashSet<String>> = Arc::new(list.iter().map(|p| p.id.clone()).collect());
             hub.global.set_upstream(|u| u.products = known.len());
+            hub.global.set_products(list);
             for shard in 0..hub.global.shards {
                 hub.send_to(shard, ShardMsg::Products(known.clone()));
             }
