@@ -23,6 +23,13 @@
 # second from the load cores for the whole run), taking turns; RESULTS.md's
 # "Metrics scraping" section compares them and counts the scrapes answered 200.
 #
+# TLS (issue 15): the same kind of fan-out step is run by "hedgehog" (plain),
+# "hedgehog-tls" (the same binary serving wss:// and https:// with --tls-cert and
+# --tls-key), "nats" (plain) and "nats-tls" (TLS on its WebSocket listener), in
+# rounds that rotate who goes first; the clients speak TLS 1.3 (loadgen --ca),
+# trusting a test CA made for the run (`loadgen certs`). RESULTS.md's "TLS"
+# section gives deliveries per CPU-second and the ratios TLS/plain and hedgehog/nats.
+#
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
 # the other core(s). Everything targets loopback only, bounded in time and count.
@@ -78,6 +85,8 @@ NATS_PORT=${NATS_PORT:-14222}
 NATS_WS_PORT=${NATS_WS_PORT:-14223}
 CEIL_PORT=${CEIL_PORT:-19100}
 WORK=$(mktemp -d /tmp/hedgehog-bench.XXXXXX)
+# The TLS step's test CA and server certificate (see tls_step).
+TLS_DIR="$WORK/tls"
 RAW="$WORK/raw.jsonl"
 : > "$RAW"
 PIDS=()
@@ -170,13 +179,16 @@ start_sim() { # rate products [hold seconds]
 # Starts TARGET's server for RATE msg/s per product over PRODUCTS; sets SERVER_PID, ADDR.
 start_target() { # target rate products
   case "$1" in
-    hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled|hedgehog-scraped)
+    hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled|hedgehog-scraped|hedgehog-tls)
       # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
       local bin=$BIN/hedgehog budget option config=()
       [ "$1" != hedgehog-baseline ] || bin=$BASE_BIN
-      # The same binary, with access rules (see write_access_configs).
-      case "$1" in hedgehog-access|hedgehog-throttled) config=(--config "$WORK/$1.toml") ;; esac
+      # The same binary, with access rules (see write_access_configs), or serving TLS.
+      case "$1" in
+        hedgehog-access|hedgehog-throttled) config=(--config "$WORK/$1.toml") ;;
+        hedgehog-tls) config=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key") ;;
+      esac
       # The load comes from a few 127.0.0.x addresses (up to 9,000 clients each) and
       # the idle step holds 19,000 connections: lift the per-address and total
       # connection budgets (a quarter and 95% of the file limit by default) to the
@@ -189,9 +201,11 @@ start_target() { # target rate products
         --upstream-url "ws://127.0.0.1:$SIM_PORT" "${budget[@]}" "${config[@]}" >"$WORK/$1.log" 2>&1 &
       SERVER_PID=$!; PIDS+=($SERVER_PID); ADDR="127.0.0.1:$HH_PORT"
       ;;
-    nats)
+    nats|nats-tls)
       start_sim "$2" "$3" "$HOLD"
-      printf 'port: %s\nwebsocket { listen: "127.0.0.1:%s", no_tls: true }\n' "$NATS_PORT" "$NATS_WS_PORT" >"$WORK/nats.conf"
+      local tls='no_tls: true'
+      [ "$1" != nats-tls ] || tls="tls { cert_file: \"$TLS_DIR/server.pem\", key_file: \"$TLS_DIR/server.key\" }"
+      printf 'port: %s\nwebsocket { listen: "127.0.0.1:%s", %s }\n' "$NATS_PORT" "$NATS_WS_PORT" "$tls" >"$WORK/nats.conf"
       taskset -c "$SERVER_CORE" nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
       SERVER_PID=$!; PIDS+=($SERVER_PID); ADDR="127.0.0.1:$NATS_WS_PORT"
       wait_port "127.0.0.1:$NATS_PORT"
@@ -215,14 +229,16 @@ run() { # scenario target clients rate products subs extra-loadgen-args...
   local scenario=$1 target=$2 clients=$3 rate=$4 products=$5 subs=$6; shift 6
   start_target "$target" "$rate" "$products"
   [ "$target" != hedgehog-scraped ] || start_scraper
-  local out protocol=$target auth=()
-  # The load generator speaks hedgehog's protocol to every hedgehog, and presents
-  # the key to those with access control on.
-  case "$target" in hedgehog-*) protocol=hedgehog ;; esac
-  case "$target" in hedgehog-access|hedgehog-throttled) auth=(--bearer "$BENCH_KEY") ;; esac
+  local out protocol=$target extra=()
+  # The load generator speaks hedgehog's protocol to every hedgehog and NATS to
+  # every nats-server, presents the key to the hedgehogs with access control on,
+  # and speaks TLS, trusting the run's test CA, to the targets serving it.
+  case "$target" in hedgehog-*) protocol=hedgehog ;; nats-*) protocol=nats ;; esac
+  case "$target" in hedgehog-access|hedgehog-throttled) extra=(--bearer "$BENCH_KEY") ;; esac
+  case "$target" in *-tls) extra+=(--ca "$TLS_DIR/ca.pem") ;; esac
   if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "$protocol" --addr "$ADDR" --clients "$clients" \
       --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
-      --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "${auth[@]}" "$@" 2>>"$WORK/loadgen.log"); then
+      --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "${extra[@]}" "$@" 2>>"$WORK/loadgen.log"); then
     [ "$target" != hedgehog-scraped ] || { stop_scraper; out=$(with_scrapes "$out"); }
     printf '{"scenario":"%s","target":"%s","rate":%s,"subs":%s,"result":%s}\n' "$scenario" "$target" "$rate" "$subs" "$out" >>"$RAW"
   else
@@ -361,6 +377,30 @@ metrics() {
   done
 }
 
+# TLS's cost: the first fan-out size at TLS_RATE on one product's `matches`, by
+# hedgehog and nats-server each plain and over TLS, TLS_ROUNDS rounds, each
+# round's order the last one's rotated by one (so every target goes first in
+# turn). The certificates are made here, for this run only: a test CA and a
+# server certificate for 127.0.0.1 and localhost (ECDSA P-256), the chain in
+# server.pem. A hedgehog built without --tls-cert sits the TLS runs out, said
+# in RESULTS.md.
+tls_step() {
+  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-tls nats nats-tls) served=true
+  "$BIN/loadgen" certs --dir "$TLS_DIR"
+  if ! supports "$BIN/hedgehog" --tls-cert; then
+    log "TLS: this hedgehog has no --tls-cert; hedgehog-tls is left out"
+    order=(hedgehog nats nats-tls); served=false
+  fi
+  printf '{"scenario":"tls-config","target":"-","result":{"hedgehog_tls":%s}}\n' "$served" >>"$RAW"
+  for round in $(seq 1 "$TLS_ROUNDS"); do
+    for target in "${order[@]}"; do
+      log "TLS: $target, $clients clients, $TLS_RATE msg/s (round $round)"
+      run tls "$target" "$clients" "$TLS_RATE" BTC-USD 1
+    done
+    order=("${order[@]:1}" "${order[0]}")
+  done
+}
+
 market_mix() {
   local products target targets=("${HEDGEHOGS[@]}" nats ceiling) what="50 products (Zipf), 2,000 msg/s in total"
   products=$(python3 -c 'print(",".join("C%02d-USD" % i for i in range(50)))')
@@ -461,6 +501,8 @@ esac
 # yet half what saturates the load generator (the sweep's knee is bound there at
 # 100); at 10 msg/s a run is a fraction of a CPU-second, the noisiest ratio.
 METRICS_RATE=$ACCESS_RATE; METRICS_ROUNDS=$ACCESS_ROUNDS
+# The TLS step too: issue 15's step is 1,000 clients x 50 msg/s.
+TLS_RATE=$ACCESS_RATE; TLS_ROUNDS=$ACCESS_ROUNDS
 
 started=$(date +%s)
 install
@@ -468,6 +510,7 @@ install
 fanout
 access
 metrics
+tls_step
 market_mix
 idle
 storm

@@ -257,6 +257,78 @@ def metrics_section(rows, out):
     out.append(f"\nScrapes over all rounds: {made:,} made, {ok:,} answered 200, {fmt(size, 0)} bytes each on average.\n")
 
 
+# TLS's step (bench.sh `tls_step`): hedgehog and nats-server, each plain and over TLS,
+# in rounds rotating who goes first. Issue 15's targets: hedgehog over TLS at
+# >= 0.8x hedgehog plain, and >= 2x nats-server over TLS, in deliveries per CPU-second.
+TLS_TARGETS = ["hedgehog", "hedgehog-tls", "nats", "nats-tls"]
+TLS_RATIOS = [("hedgehog-tls", "hedgehog", "hedgehog TLS/plain", 0.8),
+              ("hedgehog-tls", "nats-tls", "hedgehog/nats over TLS", 2.0),
+              ("nats-tls", "nats", "nats TLS/plain", None),
+              ("hedgehog", "nats", "hedgehog/nats plain", None)]
+
+
+def tls_rounds(rows):
+    """The step's runs grouped by round: each target's i-th run is in round i."""
+    by = defaultdict(list)
+    for row in rows:
+        by[row["target"]].append(row)
+    present = [t for t in TLS_TARGETS if by[t]]
+    return [dict(zip(present, runs)) for runs in zip(*(by[t] for t in present))]
+
+
+def tls_pooled(rounds):
+    """Each target's deliveries per CPU-second over all rounds (all deliveries over all CPU
+    seconds) and mean p50/p99; rounds where a run delivered nothing are left out."""
+    whole = [r for r in rounds if all(x["result"].get("deliveries") for x in r.values())]
+    pooled = {}
+    for t in TLS_TARGETS:
+        runs = [r[t]["result"] for r in whole if t in r]
+        if runs:
+            pooled[t] = {"per_cpu_s": pooled_per_cpu(runs), "p50_ms": mean([x.get("p50_ms") for x in runs]),
+                         "p99_ms": mean([x.get("p99_ms") for x in runs])}
+    return pooled
+
+
+def tls_section(rows, config, out):
+    rounds = tls_rounds(rows)
+    if not rounds:
+        return {}
+    first = rows[0]
+    clients, rate = first["result"].get("clients", 0), first["rate"]
+    suites = sorted({r["result"]["tls"] for r in rows if r["result"].get("tls")})
+    served = config[0]["result"].get("hedgehog_tls", True) if config else True
+    out.append(f"## TLS ({clients:,} clients, 1 product, `matches`, {rate} msg/s)\n")
+    out.append("`hedgehog` and `nats`: plain `ws://`, as in the sweep. `hedgehog-tls`: the same binary with "
+               "`--tls-cert`/`--tls-key`, serving `wss://` (and the REST subscribes over `https://`) on its port. "
+               "`nats-tls`: nats-server with `tls { cert_file, key_file }` on its WebSocket listener. The "
+               "certificates are made for the run (`loadgen certs`: a test CA and an ECDSA P-256 server "
+               "certificate for 127.0.0.1); the clients (rustls, ring) trust that CA only and offer AES-128-GCM "
+               f"first. Negotiated: {', '.join(f'`{x}`' for x in suites) or 'nothing'}. Rounds rotate who goes "
+               "first. Handshakes happen before the measuring window: these figures are the steady stream's.\n")
+    if not served:
+        out.append("**This hedgehog has no `--tls-cert`: `hedgehog-tls` was left out of this run.**\n")
+    rounds_table(rows, [tuple(r.values()) for r in rounds], out)
+    pooled = tls_pooled(rounds)
+    out.append("\nAll rounds, per target: all deliveries over all server CPU seconds, and the mean of each "
+               "round's latency.\n")
+    out.append("| target | deliveries/CPU-s | p50 ms | p99 ms |")
+    out.append("|---|---:|---:|---:|")
+    for t, p in pooled.items():
+        out.append(f"| {t} | {fmt(p['per_cpu_s'], 0)} | {fmt(p['p50_ms'])} | {fmt(p['p99_ms'])} |")
+    out.append("\nRatios of deliveries per CPU-second (higher is better), by round and over all rounds; "
+               "issue 15's targets are hedgehog TLS/plain >= 0.8x and hedgehog/nats over TLS >= 2x.\n")
+    shown = [x for x in TLS_RATIOS if x[0] in pooled and x[1] in pooled]
+    out.append("| round | " + " | ".join(x[2] for x in shown) + " |")
+    out.append("|---|" + "---:|" * len(shown))
+    cpu = lambda r, t: r[t]["result"].get("per_cpu_s") if t in r else None
+    for i, r in enumerate(rounds, 1):
+        out.append(f"| {i} | " + " | ".join(ratio(cpu(r, a), cpu(r, b)) for a, b, _, _ in shown) + " |")
+    out.append("| all rounds | " + " | ".join(ratio(pooled[a]["per_cpu_s"], pooled[b]["per_cpu_s"])
+                                            for a, b, _, _ in shown) + " |")
+    out.append("")
+    return pooled
+
+
 def simple_section(title, rows, cols, out, note=""):
     out.append(f"## {title}\n")
     if note:
@@ -355,10 +427,15 @@ def main():
         metrics = {r["target"] for r in rows if r["scenario"] == "metrics" and r["result"].get("deliveries", 0) > 0
                    and (r["target"] != SCRAPED or r["result"].get("scrapes_ok", 0) > 0)}
         missing |= {"metrics " + t for t in (UNSCRAPED, SCRAPED) if t not in metrics}
+        # The TLS step: every target delivering, the TLS ones having negotiated TLS.
+        served = all(r["result"].get("hedgehog_tls", True) for r in rows if r["scenario"] == "tls-config")
+        tls = {r["target"] for r in rows if r["scenario"] == "tls" and r["result"].get("deliveries", 0) > 0
+               and (not r["target"].endswith("-tls") or r["result"].get("tls"))}
+        missing |= {"tls " + t for t in TLS_TARGETS if t not in tls and (served or t != "hedgehog-tls")}
         if any(r["scenario"] == "baseline" for r in rows):
             ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
             missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
-        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed", "access-config") and r["result"].get("ready", 0) == 0]
+        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed", "access-config", "tls-config") and r["result"].get("ready", 0) == 0]
         if missing or bad:
             print(f"bench smoke failed: missing {sorted(missing)}, empty runs {len(bad)}", file=sys.stderr)
             sys.exit(1)
@@ -391,6 +468,7 @@ def main():
     out.append("")
     access_section(by_scenario["access"], by_scenario["access-config"], out)
     metrics_section(by_scenario["metrics"], out)
+    tls = tls_section(by_scenario["tls"], by_scenario["tls-config"], out)
     feed = [r["result"] for r in by_scenario["feed"]][:1]
     title = "Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)"
     latency = [("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),
@@ -455,6 +533,11 @@ def main():
     for clients in sorted(knees):
         h, n = knees[clients].get("hedgehog", 0), knees[clients].get("nats", 0)
         out.append(f"| knee >= 2x nats' at {clients:,} clients | {h} vs {n} msg/s | {'yes' if h >= 2 * max(n, 1) else 'no'} |")
+    for a, b, name, goal in TLS_RATIOS:
+        if goal and a in tls and b in tls:
+            x, y = tls[a]["per_cpu_s"], tls[b]["per_cpu_s"]
+            out.append(f"| deliveries/CPU-s {name} >= {goal:g}x (TLS step, all rounds) | {ratio(x, y)} | "
+                       f"{'yes' if x and y and x >= goal * y else 'no'} |")
     h = idle.get("hedgehog")
     if h:
         per = rss_per_conn(h)

@@ -8,11 +8,13 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
+use hedgehog::net::BoxIo;
 use hedgehog::ws::{self, Decoder, Message, Role};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::parse::fields;
 use crate::stats::Stats;
+use crate::tls::Tls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -41,6 +43,8 @@ pub struct Plan {
     /// The stream is thinned on purpose (a throttled class): a gap in trade ids is
     /// counted as `skipped`, not `lost`; a repeat or a step back is still a dup.
     pub thinned: bool,
+    /// wss:// and https:// (`--ca FILE`) instead of ws:// and http://.
+    pub tls: Option<Tls>,
 }
 
 /// The message `type` a channel's stream is measured by.
@@ -80,6 +84,16 @@ pub fn connect(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream>
     Ok(TcpStream::from(s))
 }
 
+/// A connection to `addr` from `source`, in TLS when `tls` is given; and, then,
+/// the version and suite negotiated.
+async fn open(source: Ipv4Addr, addr: SocketAddr, tls: Option<&Tls>) -> Result<(BoxIo, Option<String>), String> {
+    let tcp = connect(source, addr).map_err(|e| format!("connect: {e}"))?;
+    match tls {
+        Some(tls) => tls.open(tcp).await.map(|(io, negotiated)| (io, Some(negotiated))),
+        None => Ok((Box::new(tcp), None)),
+    }
+}
+
 /// The upgrade request, with the bearer's header if there is one; and its key.
 fn upgrade_request(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (Vec<u8>, String) {
     let (mut req, key) = ws::client_request(&addr.to_string(), path);
@@ -90,12 +104,7 @@ fn upgrade_request(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (Vec<u
 }
 
 /// A WebSocket client handshake on `stream`; returns bytes read past the response.
-async fn handshake(
-    stream: &mut TcpStream,
-    addr: SocketAddr,
-    path: &str,
-    bearer: Option<&str>,
-) -> Result<Vec<u8>, String> {
+async fn handshake(stream: &mut BoxIo, addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<Vec<u8>, String> {
     let (req, key) = upgrade_request(addr, path, bearer);
     stream.write_all(&req).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
@@ -112,7 +121,7 @@ async fn handshake(
     }
 }
 
-async fn send_text(stream: &mut TcpStream, text: &str) -> std::io::Result<()> {
+async fn send_text(stream: &mut BoxIo, text: &str) -> std::io::Result<()> {
     let frame = ws::frame::encode(OpCode::Data(Data::Text), text.as_bytes(), Some([1, 2, 3, 4]));
     stream.write_all(&frame).await
 }
@@ -128,8 +137,14 @@ pub async fn client(i: usize, plan: Rc<Plan>, stats: Rc<RefCell<Stats>>, rest: R
 }
 
 async fn run(i: usize, plan: &Plan, stats: &Rc<RefCell<Stats>>, rest: &RestPool) -> Result<(), String> {
-    let mut stream = connect(plan.source, plan.addr).map_err(|e| format!("connect: {e}"))?;
-    stats.borrow_mut().connected += 1;
+    let (mut stream, negotiated) = open(plan.source, plan.addr, plan.tls.as_ref()).await?;
+    {
+        let mut s = stats.borrow_mut();
+        s.connected += 1;
+        if s.tls.is_none() {
+            s.tls = negotiated;
+        }
+    }
     let path = if plan.target == Target::Hedgehog { "/ws" } else { "/" };
     let leftover = handshake(&mut stream, plan.addr, path, plan.bearer.as_deref()).await?;
     let mut dec = Decoder::new(Role::Client, 1 << 22).with_read_size(16 * 1024);
@@ -197,7 +212,7 @@ async fn run(i: usize, plan: &Plan, stats: &Rc<RefCell<Stats>>, rest: &RestPool)
 }
 
 /// The next text or binary message's payload.
-async fn next_text(dec: &mut Decoder, stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+async fn next_text(dec: &mut Decoder, stream: &mut BoxIo) -> Result<Vec<u8>, String> {
     loop {
         match dec.next_message().map_err(|e| e.to_string())? {
             Some(Message::Text(t)) | Some(Message::Binary(t)) => return Ok(t),
@@ -298,7 +313,7 @@ pub struct RestPool {
 type Job = (String, String, LocalSender<Result<u16, String>>);
 
 impl RestPool {
-    pub fn new(addr: SocketAddr, source: Ipv4Addr, size: usize, bearer: Option<&str>) -> RestPool {
+    pub fn new(addr: SocketAddr, source: Ipv4Addr, size: usize, bearer: Option<&str>, tls: Option<Tls>) -> RestPool {
         let auth = auth_header(bearer);
         // Its own latency-matters queue: subscribing must not wait behind thousands
         // of clients busy reading messages.
@@ -312,11 +327,11 @@ impl RestPool {
                 // Each worker serves its jobs in order; the queue bounds how many
                 // clients wait on it (a full queue makes the next client wait).
                 let (tx, rx) = local_channel::new_bounded::<Job>(1024);
-                let auth = auth.clone();
+                let (auth, tls) = (auth.clone(), tls.clone());
                 let worker = async move {
-                    let mut conn: Option<TcpStream> = None;
+                    let mut conn: Option<BoxIo> = None;
                     while let Some((path, id, reply)) = rx.recv().await {
-                        let r = post(&mut conn, addr, source, &path, &id, &auth).await;
+                        let r = post(&mut conn, (addr, source, tls.as_ref()), &path, &id, &auth).await;
                         if r.is_err() {
                             conn = None;
                         }
@@ -342,15 +357,14 @@ impl RestPool {
 }
 
 async fn post(
-    conn: &mut Option<TcpStream>,
-    addr: SocketAddr,
-    source: Ipv4Addr,
+    conn: &mut Option<BoxIo>,
+    (addr, source, tls): (SocketAddr, Ipv4Addr, Option<&Tls>),
     path: &str,
     id: &str,
     auth: &str,
 ) -> Result<u16, String> {
     if conn.is_none() {
-        *conn = Some(connect(source, addr).map_err(|e| format!("REST connect: {e}"))?);
+        *conn = Some(open(source, addr, tls).await.map_err(|e| format!("REST {e}"))?.0);
     }
     let s = conn.as_mut().expect("just connected");
     let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Client-Id: {id}\r\n{auth}Content-Length: 0\r\n\r\n");

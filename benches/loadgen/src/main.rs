@@ -7,16 +7,21 @@
 //!   `--channel matches|ticker` picks the stream (both carry consecutive trade ids);
 //!   `--bearer KEY` presents an API key or token to hedgehog (access control on);
 //!   `--thinned` counts trade-id gaps as `skipped` rather than `lost`, for a
-//!   throttled class, whose tickers are thinned on purpose.
+//!   throttled class, whose tickers are thinned on purpose;
+//!   `--ca FILE` speaks wss:// (and https:// for hedgehog's REST subscribes),
+//!   trusting the certificates in FILE, and reports the TLS version and suite.
 //! - `loadgen ceiling ...` runs the ceiling program (see ceiling.rs).
 //! - `loadgen bridge ...` publishes the simulator's messages into nats-server.
 //! - `loadgen client-id ...` holds one hedgehog client and prints its id (for wrk).
+//! - `loadgen certs --dir DIR` writes a test CA and a server certificate (certs.rs).
 
 mod bridge;
 mod ceiling;
+mod certs;
 mod clients;
 mod parse;
 mod stats;
+mod tls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,7 +56,8 @@ fn main() {
             flag(&flags, "channel", "matches"),
         ),
         "client-id" => client_id(flag(&flags, "addr", "127.0.0.1:8080")),
-        _ => Err("usage: loadgen clients|ceiling|bridge|client-id [--flag value ...]".into()),
+        "certs" => certs::run(std::path::Path::new(flag(&flags, "dir", "."))),
+        _ => Err("usage: loadgen clients|ceiling|bridge|client-id|certs [--flag value ...]".into()),
     };
     if let Err(e) = result {
         eprintln!("loadgen: {e}");
@@ -134,10 +140,15 @@ fn child(f: &Flags) -> Result<(), String> {
     let clients = num(f, "clients", 1.0) as usize;
     let index = num(f, "child", 0.0) as usize;
     let source: Ipv4Addr = flag(f, "source", "127.0.0.1").parse().map_err(|_| "bad --source")?;
+    let to = addr(f, "addr")?;
+    let tls = match f.get("ca") {
+        Some(ca) => Some(tls::Tls::new(std::path::Path::new(ca), to)?),
+        None => None,
+    };
     let plan = Rc::new(Plan {
         target,
-        addr: addr(f, "addr")?,
-        rest: if f.contains_key("rest") { addr(f, "rest")? } else { addr(f, "addr")? },
+        addr: to,
+        rest: if f.contains_key("rest") { addr(f, "rest")? } else { to },
         source,
         subs: assignments(
             &list(f, "products", "BTC-USD"),
@@ -151,6 +162,7 @@ fn child(f: &Flags) -> Result<(), String> {
         idle: f.contains_key("idle"),
         bearer: f.get("bearer").filter(|b| !b.is_empty()).cloned(),
         thinned: f.contains_key("thinned"),
+        tls,
     });
     let (warmup, duration) = (num(f, "warmup", 2.0), num(f, "duration", 5.0));
     let ready_timeout = num(f, "ready-timeout", 60.0);
@@ -175,7 +187,7 @@ fn child(f: &Flags) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     ex.run(async move {
         let stats = Rc::new(RefCell::new(Stats::new()));
-        let rest = Rc::new(RestPool::new(plan.rest, plan.source, 32, plan.bearer.as_deref()));
+        let rest = Rc::new(RestPool::new(plan.rest, plan.source, 32, plan.bearer.as_deref(), plan.tls.clone()));
         let started = Instant::now();
         for i in 0..clients {
             glommio::spawn_local(clients::client(i, plan.clone(), stats.clone(), rest.clone())).detach();
@@ -222,7 +234,7 @@ fn child(f: &Flags) -> Result<(), String> {
         }
         let v = serde_json::json!({
             "clients": clients, "connected": s.connected, "ready": s.ready, "errors": s.errors,
-            "first_error": s.first_error, "deliveries": s.deliveries, "lost": s.lost, "skipped": s.skipped, "dups": s.dups,
+            "first_error": s.first_error, "tls": s.tls, "deliveries": s.deliveries, "lost": s.lost, "skipped": s.skipped, "dups": s.dups,
             "seconds": seconds, "own_cpu": own_cpu, "saturated": own_cpu / seconds.max(0.001) > 0.9,
             "ready_seconds": ready_seconds,
         });
@@ -295,7 +307,7 @@ fn parent(f: &Flags) -> Result<(), String> {
     let mut hist = stats::histogram();
     let mut total = serde_json::Map::new();
     let (mut deliveries, mut lost, mut skipped, mut dups) = (0u64, 0u64, 0u64, 0u64);
-    let (mut saturated, mut first_error) = (false, None);
+    let (mut saturated, mut first_error, mut negotiated) = (false, None, None);
     for (mut c, mut out, path) in children {
         let mut line = String::new();
         out.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -309,6 +321,9 @@ fn parent(f: &Flags) -> Result<(), String> {
         saturated |= v["saturated"].as_bool().unwrap_or(false);
         if first_error.is_none() && !v["first_error"].is_null() {
             first_error = Some(v["first_error"].clone());
+        }
+        if negotiated.is_none() && !v["tls"].is_null() {
+            negotiated = Some(v["tls"].clone());
         }
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(h) = hdrhistogram::serialization::Deserializer::new().deserialize::<u64, _>(&mut &bytes[..]) {
@@ -324,6 +339,7 @@ fn parent(f: &Flags) -> Result<(), String> {
         ("ready", ready.into()),
         ("errors", errors.into()),
         ("first_error", first_error.unwrap_or_default()),
+        ("tls", negotiated.unwrap_or_default()),
         ("ready_seconds", ready_seconds.into()),
         ("seconds", window.into()),
         ("deliveries", deliveries.into()),

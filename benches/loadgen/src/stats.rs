@@ -21,6 +21,8 @@ pub struct Stats {
     pub ready: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// The TLS version and suite the first client negotiated (`--ca`), if any.
+    pub tls: Option<String>,
     pub measuring: bool,
     /// Product name -> small index, shared by all clients of the process.
     pub products: HashMap<String, u16>,
@@ -38,6 +40,7 @@ impl Stats {
             ready: 0,
             errors: 0,
             first_error: None,
+            tls: None,
             measuring: false,
             products: HashMap::new(),
         }
