@@ -8,7 +8,8 @@
 #      under the names the Dockerfile's FROM lines use, so that the Dockerfile
 #      stays standard and nothing is pulled: debian:bookworm-slim, and
 #      rust:1-bookworm (the same base, gcc, make, git, and this machine's Rust
-#      toolchain). Kept between runs; --rebuild-bases makes them again;
+#      toolchain). Kept between runs, labelled (an image of either name without
+#      the label, such as a pulled one, is replaced); --rebuild-bases makes them again;
 #   3. `podman build` of the Dockerfile;
 #   4. the image's metadata: a non-root user, the HEALTHCHECK, the settings in ENV,
 #      the ports, SIGTERM;
