@@ -59,6 +59,9 @@ cleanup() {
     [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
     for m in dev sys proc; do mountpoint -q "$ROOT/$m" 2>/dev/null && umount -l "$ROOT/$m"; done
     [ -n "$CONTAINER" ] && podman rm -f "$CONTAINER" >/dev/null 2>&1
+    # Untagged layers of earlier builds on these bases (they carry the bases' label);
+    # the bases, the image and the build's cache mounts stay.
+    podman image prune -f --filter "label=$BASES_LABEL" >/dev/null 2>&1
     # --one-file-system: never into a mount that is still there.
     rm -rf --one-file-system "$WORK"
 }
