@@ -23,8 +23,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=localhost/hedgehog:ci
-RUNTIME_BASE=docker.io/library/debian:bookworm-slim
-BUILDER_BASE=docker.io/library/rust:1-bookworm
+# The Dockerfile's FROM names, short: podman stores an imported image as
+# localhost/NAME, which a FROM of NAME finds with --pull=never.
+RUNTIME_BASE=debian:bookworm-slim
+BUILDER_BASE=rust:1-bookworm
 SUITE=bookworm
 PY=/usr/bin/python3 # Debian's, with python3-seccomp
 CACHE=/var/cache/hedgehog-image # debootstrap's downloaded packages, between runs
