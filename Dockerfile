@@ -48,6 +48,8 @@ ENV HOST=0.0.0.0 \
 #   HEDGEHOG_CONFIG=/etc/hedgehog/hedgehog.toml  settings and access rules (mount it)
 #   COINBASE_CA_FILE=/path/ca.pem  an extra CA for the feed
 #   HEDGEHOG_RECORD_DIR=/var/lib/hedgehog/rec  record the feed (mount a volume)
+#   HEDGEHOG_TLS_CERT, HEDGEHOG_TLS_KEY  https/wss for clients (mounted PEM files), with
+#   HEDGEHOG_TLS_PORT=8443 so that PORT stays plain for the HEALTHCHECK
 
 USER 10001:10001
 WORKDIR /var/lib/hedgehog
