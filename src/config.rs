@@ -38,6 +38,9 @@ pub enum Command {
     CheckConfig(PathBuf),
     /// `hedgehog hash-key`: a new API key and its hash.
     HashKey,
+    /// `hedgehog healthcheck`: `GET /healthz` of the relay on this host (a
+    /// container's HEALTHCHECK; see `healthcheck`).
+    Healthcheck(crate::healthcheck::Target),
     Help,
     Version,
 }
@@ -225,6 +228,9 @@ Usage:
   hedgehog simulate [OPTIONS]    run the Coinbase-compatible feed simulator
   hedgehog check-config FILE     check a config file; say what each access class may do
   hedgehog hash-key              make a new API key; print it, its hash, and the entry
+  hedgehog healthcheck [--host H] [--port P] [--timeout S]
+                                 GET /healthz of the relay at HOST:PORT (loopback for
+                                 0.0.0.0); exit 0 on 200, else 1 (a container's HEALTHCHECK)
 
 Relay options (environment variable in brackets):
   --config FILE          settings ([server]) and access rules, TOML [HEDGEHOG_CONFIG];
@@ -313,6 +319,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         Some(&"check-config") => return check_config_args(&args[1..]),
         Some(&"hash-key") if args.len() == 1 => return Ok(Command::HashKey),
         Some(&"hash-key") => return Err("hash-key takes no arguments".into()),
+        Some(&"healthcheck") => return crate::healthcheck::parse(&args[1..], env).map(Command::Healthcheck),
         Some(&"simulate") => "simulate",
         Some(&"serve") => "serve",
         Some(a) if !a.starts_with('-') => return Err(format!("unknown command {a:?} (try --help)")),

@@ -24,6 +24,7 @@
 //!   the replay of captures of the real feed (`--replay FILE`).
 //! - [`access`]: access control: classes, pair and channel rules, API keys, signed
 //!   tokens; `Access::authenticate` -> `Principal::may_subscribe`.
+//! - [`healthcheck`]: `hedgehog healthcheck`, a container's HEALTHCHECK without curl.
 //! - [`config`]: settings from flags, environment and the `--config` file, validated.
 //! - [`hub`]: per shard, clients, subscriptions and the table; the bus between
 //!   shards (`Hub::send_to`); shard 0's owner of the upstream and its feed state.
@@ -39,6 +40,7 @@ pub mod access;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;
+pub mod healthcheck;
 pub mod http;
 pub mod hub;
 pub mod logs;

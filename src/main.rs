@@ -37,6 +37,14 @@ fn main() -> ExitCode {
             print!("{}", hedgehog::access::hash_key_text());
             Ok(())
         }
+        // Unhealthy is status 1, as a container's HEALTHCHECK expects.
+        Command::Healthcheck(target) => match hedgehog::healthcheck::run(&target) {
+            Ok(line) => {
+                println!("healthy: {line}");
+                Ok(())
+            }
+            Err(message) => Err(Failure { status: 1, message }),
+        },
         // A bad file is a bad value: one line, exit 2.
         Command::CheckConfig(file) => match config::check_config(&file) {
             Ok(report) => {
