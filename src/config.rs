@@ -282,6 +282,8 @@ Relay options (environment variable in brackets):
   --tls-key FILE         the certificate's private key, PEM [HEDGEHOG_TLS_KEY]
   --tls-port PORT        TLS on this port instead, --port staying plain [HEDGEHOG_TLS_PORT]
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
+  Every relay option --name-of-it may also be set as HEDGEHOG_NAME_OF_IT (the command
+  line wins; an empty variable is unset).
 
 Simulator options:
   --host HOST            listen address (default 127.0.0.1)
@@ -329,11 +331,37 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         args.remove(0);
     }
     let known = if command == "simulate" { SIMULATE_FLAGS } else { SERVE_FLAGS };
+    // Every relay flag may also come from the environment (containers): given
+    // before the command line's, so that a flag there wins.
+    let from_env = if command == "simulate" { Vec::new() } else { flags_from_env(env) };
+    let args: Vec<&str> = from_env.iter().map(String::as_str).chain(args).collect();
     let flags = Flags::parse(&args, &["tls", "simulate", "echo", "loop"], known)?;
     match command {
         "simulate" => simulate(flags).map(Command::Simulate),
         _ => serve(flags, env).map(Command::Serve),
     }
+}
+
+/// The relay's switches (flags without a value).
+const SERVE_SWITCHES: &[&str] = &["simulate", "echo", "loop"];
+
+/// `HEDGEHOG_NAME_OF_IT=value` for each relay flag `--name-of-it`, as
+/// `--name-of-it=value`; an empty variable is unset.
+fn flags_from_env(env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    SERVE_FLAGS
+        .iter()
+        .chain(SERVE_SWITCHES)
+        .filter_map(|name| {
+            let value = env(&env_name(name)).filter(|v| !v.is_empty())?;
+            Some(format!("--{name}={value}"))
+        })
+        .collect()
+}
+
+/// The environment variable of flag `name`: `HEDGEHOG_` and the name in capitals,
+/// `-` as `_`.
+pub fn env_name(name: &str) -> String {
+    format!("HEDGEHOG_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 fn check_config_args(args: &[&str]) -> Result<Command, String> {
@@ -431,9 +459,13 @@ impl<'a> Flags<'a> {
         Ok(Flags { pairs, used })
     }
 
+    /// The last value given for `name` (a flag given twice, as from the
+    /// environment and on the command line, takes the later).
     fn get(&mut self, name: &str) -> Option<&'a str> {
         let i = self.pairs.iter().rposition(|(n, _)| *n == name)?;
-        self.used[i] = true;
+        for (used, (n, _)) in self.used.iter_mut().zip(&self.pairs) {
+            *used |= *n == name;
+        }
         self.pairs[i].1.or(Some(""))
     }
 
@@ -812,6 +844,37 @@ mod tests {
         assert_eq!(c.channels, [Channel::Ticker, Channel::Level2Batch]);
         let c = serve_cfg("serve --port 7000 --upstream-url=ws://127.0.0.1:1 --simulate", &[("PORT", "9000")]);
         assert_eq!((c.port, c.upstream.url.as_str(), c.simulate), (7000, "ws://127.0.0.1:1", true));
+    }
+
+    #[test]
+    fn every_relay_flag_also_comes_from_the_environment() {
+        let c = serve_cfg(
+            "",
+            &[
+                ("HEDGEHOG_MAX_SUBSCRIPTIONS", "7"),
+                ("HEDGEHOG_IDLE_TIMEOUT", "30"),
+                ("HEDGEHOG_SIMULATE", "true"),
+                ("HEDGEHOG_UPSTREAM_URL", "ws://127.0.0.1:9"),
+                ("HEDGEHOG_HISTORY_SIZE", ""),
+            ],
+        );
+        assert_eq!((c.max_subscriptions, c.idle_timeout, c.simulate), (7, Duration::from_secs(30), true));
+        assert_eq!(
+            (c.upstream.url.as_str(), c.history_size),
+            ("ws://127.0.0.1:9", ServeConfig::default().history_size)
+        );
+        // The command line wins; a bad value names the flag.
+        let c = serve_cfg(
+            "--max-subscriptions 9 --simulate=false",
+            &[("HEDGEHOG_MAX_SUBSCRIPTIONS", "7"), ("HEDGEHOG_SIMULATE", "true")],
+        );
+        assert_eq!((c.max_subscriptions, c.simulate), (9, false));
+        assert!(run("", &[("HEDGEHOG_MAX_SUBSCRIPTIONS", "many")]).unwrap_err().contains("--max-subscriptions"));
+        assert_eq!(env_name("record-max-file-bytes"), "HEDGEHOG_RECORD_MAX_FILE_BYTES");
+        // Every flag of the usage text has its variable named there or is mapped.
+        for name in SERVE_FLAGS.iter().chain(SERVE_SWITCHES) {
+            assert!(USAGE.contains(&format!("--{name}")), "--{name} is in the usage text");
+        }
     }
 
     #[test]

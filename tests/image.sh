@@ -151,8 +151,8 @@ if min(memlock.get("soft", 0), memlock.get("hard", 0)) < executors << 20:
     problems.append(f"ulimits.memlock {memlock} is under 1 MiB for each of {executors} executors")
 if h.get("healthcheck", {}).get("test", [])[1:] != ["/usr/local/bin/hedgehog", "healthcheck"]:
     problems.append(f"healthcheck is {h.get('healthcheck')}")
-if h.get("command", [])[:2] != ["serve", "--simulate=true"]:
-    problems.append(f"HEDGEHOG_SIMULATE=true does not make --simulate=true: {h.get('command')}")
+if h.get("command") != ["serve"] or env.get("HEDGEHOG_SIMULATE") != "true":
+    problems.append(f"HEDGEHOG_SIMULATE=true does not reach hedgehog: {h.get('command')}, {env}")
 prom = yaml.safe_load(open("deploy/prometheus.yml"))
 targets = [t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
 metrics_port = env.get("HEDGEHOG_METRICS_ADDR", "").rpartition(":")[2]
