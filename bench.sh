@@ -316,16 +316,29 @@ write_access_configs() {
 # is still checked), with access control off and on, ACCESS_ROUNDS rounds taking
 # turns at going first (off, on; on, off; ...); then the throttled class once, its
 # trade-id gaps counted as skipped, not lost (--thinned).
-access() {
-  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-access)
-  write_access_configs
-  for round in $(seq 1 "$ACCESS_ROUNDS"); do
+# Runs SCENARIO (said as WHAT in the log) with the first fan-out size at RATE on
+# one product, ROUNDS rounds over the TARGETS after `--`, each round's order the
+# last one's rotated by one, so that every target goes first in turn; the
+# arguments between ROUNDS and `--` go to every run.
+in_turns() {
+  local scenario=$1 what=$2 rate=$3 rounds=$4 clients=${FANOUT_CLIENTS%% *} round target extra=() order
+  shift 4
+  while [ "$1" != -- ]; do extra+=("$1"); shift; done
+  shift
+  order=("$@")
+  for round in $(seq 1 "$rounds"); do
     for target in "${order[@]}"; do
-      log "access control: $target, $clients clients, $ACCESS_RATE tickers/s (round $round)"
-      run access "$target" "$clients" "$ACCESS_RATE" BTC-USD 1 --channel ticker
+      log "$what: $target, $clients clients, $rate msg/s (round $round)"
+      run "$scenario" "$target" "$clients" "$rate" BTC-USD 1 "${extra[@]}"
     done
-    order=("${order[1]}" "${order[0]}")
+    order=("${order[@]:1}" "${order[0]}")
   done
+}
+
+access() {
+  local clients=${FANOUT_CLIENTS%% *}
+  write_access_configs
+  in_turns access "access control (tickers)" "$ACCESS_RATE" "$ACCESS_ROUNDS" --channel ticker -- hedgehog hedgehog-access
   log "access control: hedgehog-throttled (throttle_ms = $THROTTLE_MS), $clients clients, $ACCESS_RATE tickers/s"
   run access hedgehog-throttled "$clients" "$ACCESS_RATE" BTC-USD 1 --channel ticker --thinned
 }
@@ -367,14 +380,7 @@ PY
 # `matches`, unscraped and scraped, METRICS_ROUNDS rounds taking turns at going
 # first (as the access step does).
 metrics() {
-  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-scraped)
-  for round in $(seq 1 "$METRICS_ROUNDS"); do
-    for target in "${order[@]}"; do
-      log "metrics scraping: $target, $clients clients, $METRICS_RATE msg/s (round $round)"
-      run metrics "$target" "$clients" "$METRICS_RATE" BTC-USD 1
-    done
-    order=("${order[1]}" "${order[0]}")
-  done
+  in_turns metrics "metrics scraping" "$METRICS_RATE" "$METRICS_ROUNDS" -- hedgehog hedgehog-scraped
 }
 
 # TLS's cost: the first fan-out size at TLS_RATE on one product's `matches`, by
@@ -385,20 +391,14 @@ metrics() {
 # server.pem. A hedgehog built without --tls-cert sits the TLS runs out, said
 # in RESULTS.md.
 tls_step() {
-  local clients=${FANOUT_CLIENTS%% *} round target order=(hedgehog hedgehog-tls nats nats-tls) served=true
+  local order=(hedgehog hedgehog-tls nats nats-tls) served=true
   "$BIN/loadgen" certs --dir "$TLS_DIR"
   if ! supports "$BIN/hedgehog" --tls-cert; then
     log "TLS: this hedgehog has no --tls-cert; hedgehog-tls is left out"
     order=(hedgehog nats nats-tls); served=false
   fi
   printf '{"scenario":"tls-config","target":"-","result":{"hedgehog_tls":%s}}\n' "$served" >>"$RAW"
-  for round in $(seq 1 "$TLS_ROUNDS"); do
-    for target in "${order[@]}"; do
-      log "TLS: $target, $clients clients, $TLS_RATE msg/s (round $round)"
-      run tls "$target" "$clients" "$TLS_RATE" BTC-USD 1
-    done
-    order=("${order[@]:1}" "${order[0]}")
-  done
+  in_turns tls TLS "$TLS_RATE" "$TLS_ROUNDS" -- "${order[@]}"
 }
 
 market_mix() {
