@@ -10,14 +10,26 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=HEDGEHOG_COMMIT");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
-    let commit = std::env::var("HEDGEHOG_COMMIT").ok().filter(|c| !c.is_empty()).or_else(|| {
-        let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
+    // Where git keeps HEAD and the branches (in a worktree, `.git` is a file
+    // and they are elsewhere). Only paths that exist are watched: cargo runs
+    // this script again at every build while a watched path is missing.
+    for what in ["HEAD", "refs/heads"] {
+        if let Some(path) = git(&["rev-parse", "--git-path", what]).filter(|p| Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let commit = std::env::var("HEDGEHOG_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
     println!("cargo:rustc-env=HEDGEHOG_COMMIT={}", commit.unwrap_or_else(|| "unknown".into()));
     ui_assets();
+}
+
+/// What `git ARGS` prints, when git is there and answers.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Writes `$OUT_DIR/ui_assets.rs`: `UI_ASSETS`, one `Asset` per file under
