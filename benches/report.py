@@ -149,10 +149,16 @@ def arrived(r):
     return r.get("deliveries", 0) / seen if seen else None
 
 
-def access_section(rows, config, out):
+def by_target(rows):
+    """The rows of each target, in the order they ran."""
     by = defaultdict(list)
     for row in rows:
         by[row["target"]].append(row)
+    return by
+
+
+def access_section(rows, config, out):
+    by = by_target(rows)
     if not by[ACCESS_OFF] or not by[ACCESS_ON]:
         return
     first = by[ACCESS_OFF][0]
@@ -231,9 +237,7 @@ UNSCRAPED, SCRAPED = "hedgehog", "hedgehog-scraped"
 
 
 def metrics_section(rows, out):
-    by = defaultdict(list)
-    for row in rows:
-        by[row["target"]].append(row)
+    by = by_target(rows)
     if not by[UNSCRAPED] or not by[SCRAPED]:
         return
     first = by[UNSCRAPED][0]
@@ -269,9 +273,7 @@ TLS_RATIOS = [("hedgehog-tls", "hedgehog", "hedgehog TLS/plain", 0.8),
 
 def tls_rounds(rows):
     """The step's runs grouped by round: each target's i-th run is in round i."""
-    by = defaultdict(list)
-    for row in rows:
-        by[row["target"]].append(row)
+    by = by_target(rows)
     present = [t for t in TLS_TARGETS if by[t]]
     return [dict(zip(present, runs)) for runs in zip(*(by[t] for t in present))]
 

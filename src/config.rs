@@ -563,6 +563,11 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     Ok(c)
 }
 
+/// A port number, for `--NAME`.
+fn port(name: &str, p: &str) -> Result<u16, String> {
+    p.trim().parse().map_err(|_| format!("{name} {p:?} is not a port number"))
+}
+
 /// `--tls-cert` and `--tls-key` over what the file set (`file`): both or neither.
 pub(crate) fn tls_files(
     cert: Option<PathBuf>,
@@ -598,7 +603,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.host = h;
     }
     if let Some(p) = f.get("port").map(str::to_string).or_else(|| env("PORT")) {
-        c.port = p.trim().parse().map_err(|_| format!("port {p:?} is not a port number"))?;
+        c.port = port("port", &p)?;
     }
     if let Some(n) = f.get("node").map(str::to_string).or_else(|| env("HEDGEHOG_NODE").filter(|n| !n.is_empty())) {
         c.node = Some(crate::hub::Node::parse(&n)?);
@@ -619,7 +624,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
     let key = f.get("tls-key").map(PathBuf::from).or_else(|| env("HEDGEHOG_TLS_KEY").map(PathBuf::from));
     c.tls = tls_files(cert, key, c.tls.take())?;
     if let Some(p) = f.get("tls-port").map(str::to_string).or_else(|| env("HEDGEHOG_TLS_PORT")) {
-        c.tls_port = Some(p.trim().parse().map_err(|_| format!("tls-port {p:?} is not a port number"))?);
+        c.tls_port = Some(port("tls-port", &p)?);
     }
     if c.tls_port.is_some() && c.tls.is_none() {
         return Err("--tls-port needs --tls-cert and --tls-key".into());

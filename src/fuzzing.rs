@@ -92,7 +92,7 @@ pub fn upstream_message(data: &[u8]) {
                 let _ = crate::upstream::parse_subscriptions(data);
             }
             "status" => {
-                let _ = crate::upstream::status_products(data);
+                let _ = crate::protocol::listed_products(data);
             }
             _ => {}
         }

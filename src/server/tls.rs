@@ -59,8 +59,7 @@ impl ServerTls {
     /// handshake from now on; connections already open keep their sessions.
     /// A bad pair changes nothing.
     pub fn reload(&self) -> Result<String, String> {
-        let provider = rustls::crypto::ring::default_provider();
-        let key = certified_key(&self.files, &provider)?;
+        let key = certified_key(&self.files, self.config.crypto_provider())?;
         *self.certs.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         Ok(format!("TLS certificate reloaded from {}", self.files.cert.display()))
     }

@@ -317,7 +317,7 @@ impl Client {
             },
             "error" => self.error_event(&text),
             "status" => {
-                if let Some(products) = status_products(&text) {
+                if let Some(products) = crate::protocol::listed_products(&text) {
                     self.shared.subs.borrow_mut().list(products.iter().map(|p| p.id.clone()));
                     self.shared.changed.set(true);
                     self.emit(Event::Products(products)).await?;
@@ -388,9 +388,4 @@ async fn send(wr: &mut WriteHalf<BoxIo>, op: OpCode, payload: &[u8]) -> std::io:
 async fn timeout<T>(d: Duration) -> Result<T, Ended> {
     sleep(d).await;
     Err(format!("no connection within {d:?}"))
-}
-
-/// The products a `status` message lists.
-pub(crate) fn status_products(text: &[u8]) -> Option<Vec<crate::protocol::Product>> {
-    crate::protocol::listed_products(text)
 }

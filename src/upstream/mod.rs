@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 
 use glommio::channels::local_channel::{self, LocalReceiver};
 
-pub(crate) use client::status_products;
 pub use endpoint::Endpoint;
 pub use subs::{parse_subscriptions, request_text, Request, Sub, Subs, MAX_REQUEST_BYTES};
 
