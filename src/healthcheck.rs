@@ -3,8 +3,9 @@
 //!
 //! Exit 0 when the relay answers 200 within the deadline, 1 (one line on stderr)
 //! otherwise: a refused connection, no answer in time, or another status (503
-//! while the relay is not ready, as `/healthz` says). It reads `PORT` and `HOST`
-//! as the relay does, so the image's environment points it at the relay.
+//! while the relay is not ready, as `/healthz` says). It reads `HEDGEHOG_PORT`
+//! or `PORT` and `HEDGEHOG_HOST` or `HOST` as the relay does, so the image's
+//! environment points it at the relay.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -25,7 +26,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Reads `healthcheck [--host H] [--port P] [--timeout S]`, over `HOST` and `PORT`.
 pub fn parse(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Target, String> {
-    let (mut host, mut port) = (env("HOST"), env("PORT"));
+    // As the relay reads them: `HEDGEHOG_HOST`/`HEDGEHOG_PORT` (every flag's
+    // variable) over `HOST`/`PORT`; an empty variable is unset.
+    let var = |names: [&str; 2]| names.into_iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+    let (mut host, mut port) = (var(["HEDGEHOG_HOST", "HOST"]), var(["HEDGEHOG_PORT", "PORT"]));
     let mut timeout = DEFAULT_TIMEOUT;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -143,6 +147,8 @@ mod tests {
         assert_eq!(t.addr, "127.0.0.1:9000");
         assert_eq!(parse(&[], &env(&[("HOST", "::")])).unwrap().addr, "[::1]:8080");
         assert_eq!(parse(&[], &env(&[("HOST", "10.1.2.3")])).unwrap().addr, "10.1.2.3:8080");
+        let both = env(&[("PORT", "9000"), ("HEDGEHOG_PORT", "9001"), ("HEDGEHOG_HOST", "10.0.0.1")]);
+        assert_eq!(parse(&[], &both).unwrap().addr, "10.0.0.1:9001", "the relay's own precedence");
     }
 
     #[test]
