@@ -134,6 +134,10 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// `--tls-port`: TLS on a port of its own, `port` staying plain.
     pub tls_port: Option<u16>,
+    /// `--role`: one process (`all`), or an ingest or an edge of several.
+    pub role: crate::cluster::Role,
+    /// `--nats` and its companions (with `--role ingest|edge`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -184,6 +188,8 @@ impl Default for ServeConfig {
             metrics_addr: None,
             tls: None,
             tls_port: None,
+            role: crate::cluster::Role::All,
+            cluster: crate::cluster::ClusterConfig::default(),
             access: None,
             log_format: LogFormat::Text,
         }
@@ -281,6 +287,15 @@ Relay options (environment variable in brackets):
                          [HEDGEHOG_TLS_CERT]; SIGHUP reads it again
   --tls-key FILE         the certificate's private key, PEM [HEDGEHOG_TLS_KEY]
   --tls-port PORT        TLS on this port instead, --port staying plain [HEDGEHOG_TLS_PORT]
+  --role R               all (default: one process), ingest or edge (README: Running
+                         several nodes)
+  --nats URLS            NATS servers, comma-separated (nats://host:4222); with --role
+  --nats-creds FILE      a NATS credentials file
+  --nats-ca FILE         an extra CA for tls:// NATS servers, PEM
+  --nats-prefix NAME     subjects and key-value bucket name (default hedgehog)
+  --lease-ttl S          the active ingest's lease; a standby takes over S seconds after
+                         its last renewal (default 3; renewed every second)
+  --interest-ttl S       an edge's interest lives S seconds unless renewed (default 10)
   Shards: [WEB_CONCURRENCY] (default: online CPUs)
   Every relay option --name-of-it may also be set as HEDGEHOG_NAME_OF_IT (the command
   line wins; an empty variable is unset).
@@ -408,6 +423,13 @@ pub(crate) const SERVE_FLAGS: &[&str] = &[
     "tls-cert",
     "tls-key",
     "tls-port",
+    "role",
+    "nats",
+    "nats-creds",
+    "nats-ca",
+    "nats-prefix",
+    "lease-ttl",
+    "interest-ttl",
 ];
 
 /// The simulator's flags that take a value.
@@ -563,6 +585,51 @@ fn validate_sim(c: SimConfig) -> Result<SimConfig, String> {
     Ok(c)
 }
 
+/// `--role`, `--nats` and their companions, checked together.
+fn cluster(f: &mut Flags, c: &mut ServeConfig) -> Result<(), String> {
+    use crate::cluster::Role;
+    if let Some(r) = f.get("role") {
+        c.role = Role::parse(r)?;
+    }
+    let k = &mut c.cluster;
+    if let Some(urls) = f.get("nats") {
+        k.urls = list(urls);
+    }
+    if let Some(p) = f.get("nats-creds") {
+        k.creds = Some(PathBuf::from(p));
+    }
+    if let Some(p) = f.get("nats-ca") {
+        k.ca = Some(PathBuf::from(p));
+    }
+    if let Some(p) = f.get("nats-prefix") {
+        if !crate::cluster::is_token(p) {
+            return Err(format!("--nats-prefix {p:?}: use 1 to 64 of A-Z, a-z, 0-9, - and _"));
+        }
+        k.prefix = p.to_string();
+    }
+    if let Some(s) = f.parsed::<f64>("lease-ttl")? {
+        k.lease_ttl = seconds("lease-ttl", s)?;
+        if k.lease_ttl < Duration::from_secs(2) {
+            return Err("--lease-ttl must be at least 2 seconds (the lease is renewed every second)".into());
+        }
+    }
+    if let Some(s) = f.parsed::<f64>("interest-ttl")? {
+        k.interest_ttl = seconds("interest-ttl", s)?;
+        if k.interest_ttl < Duration::from_secs(1) {
+            return Err("--interest-ttl must be at least 1 second".into());
+        }
+    }
+    match c.role {
+        Role::All if !k.urls.is_empty() => {
+            Err("--nats needs --role ingest or --role edge (one process alone uses no NATS)".into())
+        }
+        Role::All => Ok(()),
+        role if k.urls.is_empty() => Err(format!("--role {} needs --nats URL", role.as_str())),
+        role if c.node.is_none() => Err(format!("--role {} needs --node NAME (unique among the nodes)", role.as_str())),
+        _ => Ok(()),
+    }
+}
+
 /// A port number, for `--NAME`.
 fn port(name: &str, p: &str) -> Result<u16, String> {
     p.trim().parse().map_err(|_| format!("{name} {p:?} is not a port number"))
@@ -698,6 +765,7 @@ fn serve(mut f: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<ServeConf
         c.slow_consumer = slow_policy(p)?;
     }
     c.record = record(&mut f, env, file.as_ref())?;
+    cluster(&mut f, &mut c)?;
     if let Some(v) = f.get("log-format").map(str::to_string).or_else(|| env("HEDGEHOG_LOG_FORMAT")) {
         c.log_format = v.parse()?;
     }

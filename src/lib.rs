@@ -38,6 +38,7 @@
 
 pub mod access;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod fuzzing;
 pub mod healthcheck;

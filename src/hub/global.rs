@@ -32,6 +32,8 @@ pub struct Global {
     pub shards: usize,
     /// `--node`: begins every client id this process hands out.
     pub node: Option<super::Node>,
+    /// With `--role ingest|edge`: the NATS thread's handle (set once at start).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Link>>,
     /// Offline mode: the data is the simulator's, generated or replayed.
     pub simulated: bool,
     /// How far the in-process replay has got (`--replay FILE`).
@@ -92,9 +94,20 @@ pub struct Global {
 }
 
 impl Global {
+    /// The NATS thread's handle, with `--role ingest|edge`.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Link>> {
+        self.cluster.get()
+    }
+
+    /// Sets it, once, before the shards start.
+    pub fn set_cluster(&self, link: Arc<crate::cluster::Link>) {
+        let _ = self.cluster.set(link);
+    }
+
     pub fn new(cfg: &crate::config::ServeConfig) -> Self {
         let shards = cfg.shards;
         Global {
+            cluster: std::sync::OnceLock::new(),
             shards,
             node: cfg.node,
             simulated: cfg.simulate || cfg.replay.is_some(),

@@ -47,7 +47,10 @@ pub use client::{Change, Subscriptions};
 pub use client_id::{ClientId, Node};
 pub use global::{Admission, Global, IpSlot, UpstreamInfo, REFUSALS_LOGGED_PER_SECOND};
 pub use msg::{Answer, Ask, Caller, HubError, Op, Outcome, ShardMsg};
-pub use owner::{run as run_owner, Book, FeedState, Gap, HistoryLimits, HistoryQuery, Owner, Since};
+pub use owner::{
+    run as run_owner, Book, ClusterPart, EdgePart, FeedState, Gap, HistoryLimits, HistoryQuery, IngestPart, Owner,
+    Since,
+};
 pub use seats::{Seat, SeatRefused};
 pub use table::Table;
 
@@ -314,8 +317,8 @@ impl Hub {
             ShardMsg::Join { topic, client, replay } => {
                 // The answer and the shard's place on the stream, in one step:
                 // no feed message can come between them.
-                if let Some(owner) = &self.owner {
-                    let frames = owner.join(&topic, client.shard, replay);
+                // (An edge's topic not yet seeded answers later: `Owner::seed`.)
+                if let Some(frames) = self.owner.as_ref().and_then(|o| o.join(&topic, client, replay)) {
                     self.send_to(client.shard, ShardMsg::Joined { topic, client, frames });
                 }
             }

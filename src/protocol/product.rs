@@ -1,10 +1,10 @@
 //! The products the feed's `status` channel lists, as `GET /api/v1/products`
 //! shows them: what a client needs to pick a pair, not the whole listing.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One product of a `status` message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub id: String,
     /// `base_currency`, else the id's part before the dash.

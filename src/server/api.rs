@@ -64,6 +64,13 @@ impl From<HubError> for ApiError {
 /// Answers a routed API request (the connection adds the shard header), for
 /// `who` (`None`: access control off, or a route that names no pair).
 pub async fn handle(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Principal>) -> Response {
+    // A client of another node (several behind a load balancer): that node
+    // answers, over NATS, as if the call had come to it.
+    if let Some(link) = hub.global.cluster() {
+        if let Some(node) = super::cluster::other_node(hub, &route, req) {
+            return super::cluster::forward(link, &node, req).await;
+        }
+    }
     respond(hub, route, req, who).await.unwrap_or_else(|e| {
         if let (403, Some(p)) = (e.status, who) {
             hub.global.count_refusal(403);
@@ -151,6 +158,13 @@ async fn respond(hub: &Rc<Hub>, route: Route, req: &Request, who: Option<&Princi
                 let what = format!("history of {} {}", query.product, query.channel);
                 p.may_read_history(&query.product, query.channel, query.limit)
                     .map_err(|refusal| ApiError::new(403, "forbidden", p.denied(what, refusal).to_string()))?;
+            }
+            // An edge keeps what its clients follow; the ingest keeps it all.
+            if let Some(link) = hub.global.cluster().filter(|l| l.role == crate::cluster::Role::Edge) {
+                let body = link.history(super::cluster::history_ask(&query)).await.map_err(|why| {
+                    ApiError::new(503, "ingest_unavailable", format!("the active ingest did not answer: {why}"))
+                })?;
+                return Ok(Response::raw_json(200, body.into_bytes()));
             }
             Ok(Response::raw_json(200, hub.history(query).await?.into_bytes()))
         }

@@ -62,6 +62,7 @@ pub fn report(hub: &Hub) -> Response {
         "connections": g.open_connections(),
         "panics": g.panics(),
         "gaps": g.gaps(),
+        "cluster": cluster(g),
         "history": {
             "messages": g.history_size().0,
             "bytes": g.history_size().1,
@@ -84,4 +85,29 @@ pub fn report(hub: &Hub) -> Response {
         "recording": g.recording(),
     });
     Response::json(if readiness.is_ok() { 200 } else { 503 }, &body)
+}
+
+/// `/healthz`'s `cluster`: the role, and with NATS what this node sees of it.
+fn cluster(g: &crate::hub::Global) -> serde_json::Value {
+    let Some(link) = g.cluster() else {
+        return json!({"role": "all", "node": g.node.map(|n| n.to_string())});
+    };
+    let s = link.status();
+    let c = &link.counters;
+    let n = crate::cluster::Counters::get;
+    json!({
+        "role": link.role.as_str(),
+        "node": link.node,
+        "nats": s.nats,
+        "lease": s.lease,
+        "active_ingest": s.active_ingest,
+        "epoch": s.epoch,
+        "interest": s.interest,
+        "published": n(&c.published),
+        "received": n(&c.received),
+        "fenced": n(&c.fenced),
+        "seeds": n(&c.seeds),
+        "gaps": n(&c.gaps),
+        "forwarded": {"ok": n(&c.forwarded_ok), "failed": n(&c.forwarded_failed)},
+    })
 }

@@ -19,6 +19,7 @@
 
 mod api;
 mod auth;
+mod cluster;
 mod conn;
 mod health;
 mod metrics_port;
@@ -336,6 +337,18 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     let mut global = Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats));
     global.replay = simulator.as_ref().and_then(SimHandle::replay_progress);
     let global = Arc::new(global);
+    // Several nodes: the NATS thread, whose events shard 0 takes.
+    let mut cluster_events = match cfg.role {
+        crate::cluster::Role::All => None,
+        role => {
+            let node = cfg.node.map(|n| n.to_string()).unwrap_or_default();
+            let (link, ends) = crate::cluster::start(role, &node, cfg.cluster.clone())?;
+            log::info!(event = "cluster", role = role.as_str(), node = node.as_str();
+                "{} {node}, on NATS at {}", role.as_str(), cfg.cluster.urls.join(","));
+            global.set_cluster(link);
+            Some(ends.events)
+        }
+    };
     let stop = Arc::new(Stop {
         draining: AtomicBool::new(false),
         now: AtomicBool::new(false),
@@ -357,6 +370,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
             stop: stop.clone(),
             ready: ready_tx.clone(),
             tap: tap.take(),
+            cluster_events: cluster_events.take(),
             tls: tls.as_ref().map(|t| t.acceptor()),
             tls_addr,
         };

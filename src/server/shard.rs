@@ -38,6 +38,8 @@ pub(super) struct Shard {
     pub(super) ready: mpsc::Sender<Result<Bound, String>>,
     /// Shard 0's: where the upstream client hands each message to the recorder.
     pub(super) tap: Option<Tap>,
+    /// Shard 0's, with `--role ingest|edge`: what the NATS thread hears.
+    pub(super) cluster_events: Option<tokio::sync::mpsc::Receiver<crate::cluster::Ev>>,
     /// With `--tls-cert`: every connection on the main port is TLS, or, with
     /// `tls_addr` (`--tls-port`), every connection on that port.
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
@@ -99,9 +101,24 @@ impl Shard {
             None
         });
         let Some((bus, receivers)) = connected.await else { return };
+        use crate::cluster::Role;
+        let role = self.cfg.role;
+        // An edge's owner events come from NATS, through the cluster task.
+        let mut edge_feed = None;
         let (owner, events) = match self.id {
-            0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap) {
-                Ok((up, events)) => (Some(Owner::new(up, self.global.history)), Some(events)),
+            0 if role == Role::Edge => {
+                let (tx, rx) = glommio::channels::local_channel::new_bounded(4096);
+                edge_feed = Some(tx);
+                let part = hub::ClusterPart::Edge(hub::EdgePart::default());
+                let up = crate::upstream::Upstream::detached();
+                (Some(Owner::with_cluster(up, self.global.history, Some(part))), Some(rx))
+            }
+            0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap, role == Role::Ingest) {
+                Ok((up, events)) => {
+                    let publish = self.global.cluster().and_then(|l| l.publish.clone());
+                    let part = publish.map(|p| hub::ClusterPart::Ingest(hub::IngestPart::new(p)));
+                    (Some(Owner::with_cluster(up, self.global.history, part)), Some(events))
+                }
                 Err(e) => {
                     log::error!(event = "upstream_failed"; "upstream: {e}");
                     return;
@@ -135,6 +152,9 @@ impl Shard {
         }
         if let Some(events) = events {
             glommio::spawn_local_into(hub::run_owner(hub.clone(), events), queue).map(|t| t.detach()).ok();
+        }
+        if let Some(events) = self.cluster_events {
+            super::cluster::spawn(hub.clone(), events, edge_feed, queue);
         }
         let queues = task::Queues::new();
         // The accept loop is a task of its own, and nothing but its own waker ever

@@ -59,6 +59,14 @@ impl Client {
         let mut rng = SmallRng::seed_from_u64(rand::random());
         let mut pacer = RateLimit::new(REQUESTS_PER_SECOND);
         while !self.shared.stop.get() {
+            // A standby ingest holds no connection until it takes the lease.
+            while self.shared.standby.get() && !self.shared.stop.get() {
+                self.shared.set_state(State::Standby);
+                self.shared.changed().await;
+            }
+            if self.shared.stop.get() {
+                return;
+            }
             let began = Instant::now();
             // A pending glommio connect gains a waker clone on every poll (as accept
             // does: see shard::Shard::run); raced only against this one-shot timer,
@@ -165,9 +173,12 @@ impl Client {
                 self.shared.changed.set(true);
             }
             if self.shared.changed.replace(false) {
-                if self.shared.stop.get() {
+                if self.shared.stop.get() || self.shared.standby.get() {
                     let _ = send(&mut wr, OpCode::Control(Control::Close), &ws::frame::close_payload(1000, "")).await;
-                    return "stopped".into();
+                    return match self.shared.stop.get() {
+                        true => "stopped".into(),
+                        false => "this ingest lost the lease (standby)".into(),
+                    };
                 }
                 if let Err(e) = self.plan().await {
                     return e;

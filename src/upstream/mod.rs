@@ -151,6 +151,9 @@ pub enum Event {
     Unlisted(Vec<String>),
     /// A message was skipped as malformed; `total` so far.
     Malformed { total: u64 },
+    /// An edge's topic, as the active ingest knows it: its history (oldest
+    /// first) and what a fresh subscriber gets first, before its next message.
+    Seed { product: String, channel: Channel, first: Vec<FeedMessage>, history: Vec<FeedMessage> },
 }
 
 /// The connection's state, as `/healthz` shows it.
@@ -159,6 +162,8 @@ pub enum State {
     Connecting,
     Connected,
     Reconnecting,
+    /// A standby ingest: another holds the lease and the upstream.
+    Standby,
 }
 
 impl State {
@@ -167,6 +172,7 @@ impl State {
             State::Connecting => "connecting",
             State::Connected => "connected",
             State::Reconnecting => "reconnecting",
+            State::Standby => "standby",
         }
     }
 }
@@ -192,6 +198,8 @@ struct Shared {
     changed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
     stop: Cell<bool>,
+    /// A standby ingest's: hold no connection until this is cleared.
+    standby: Cell<bool>,
     /// When to ask again for what a refused request asked for.
     retry_at: Cell<Option<std::time::Instant>>,
     /// The next retry's delay: doubles per refusal, back to the start on a reply.
@@ -199,6 +207,27 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(backoff: Duration) -> Shared {
+        Shared {
+            subs: RefCell::new(Subs::default()),
+            status: RefCell::new(Status {
+                state: State::Connecting,
+                since: SystemTime::now(),
+                malformed: 0,
+                connects: 0,
+                pings: 0,
+                last_error: None,
+                refused: 0,
+            }),
+            changed: Cell::new(false),
+            waker: RefCell::new(None),
+            stop: Cell::new(false),
+            standby: Cell::new(false),
+            retry_at: Cell::new(None),
+            retry_backoff: Cell::new(backoff),
+        }
+    }
+
     fn notify(&self) {
         self.changed.set(true);
         if let Some(w) = self.waker.borrow_mut().take() {
@@ -264,37 +293,70 @@ impl Upstream {
         self.shared.stop.set(true);
         self.shared.notify();
     }
+
+    /// A standby ingest holds no connection (`true`); an active one connects.
+    pub fn set_standby(&self, standby: bool) {
+        if self.shared.standby.replace(standby) != standby {
+            self.shared.notify();
+        }
+    }
+
+    /// The desired set, as an edge asks NATS for it (`status` left out: the
+    /// product list comes by the key-value bucket).
+    pub fn desired(&self) -> std::collections::BTreeSet<(String, Channel)> {
+        let subs = self.shared.subs.borrow();
+        subs.effective().into_iter().filter(|s| s.channel != Channel::Status).map(|s| (s.product, s.channel)).collect()
+    }
+
+    /// Products asked afresh since the last call (an edge seeds them again).
+    pub fn take_resubscribes(&self) -> Vec<String> {
+        self.shared.subs.borrow_mut().take_resubscribes()
+    }
+
+    /// The feed's products (an edge hears them from the ingest): desired
+    /// products it does not list are reported by [`Upstream::take_unlisted`].
+    pub fn list(&self, products: impl IntoIterator<Item = String>) {
+        self.shared.subs.borrow_mut().list(products);
+    }
+
+    /// Desired products the feed does not list, not reported before.
+    pub fn take_unlisted(&self) -> Vec<String> {
+        self.shared.subs.borrow_mut().take_unlisted()
+    }
+
+    /// Resolves when the desired set changed since the last call.
+    pub async fn changed(&self) {
+        self.shared.changed().await
+    }
+
+    /// A handle with no client behind it: an edge's, whose feed comes from NATS.
+    pub fn detached() -> Upstream {
+        Upstream { shared: Rc::new(Shared::new(Duration::ZERO)) }
+    }
 }
 
 /// Starts the client on the current executor. Fails at once on a bad URL or CA file.
 pub fn spawn(cfg: UpstreamConfig) -> Result<(Upstream, LocalReceiver<Event>), String> {
-    spawn_recorded(cfg, None)
+    spawn_recorded(cfg, None, false)
 }
 
-/// As [`spawn`], and every text message the feed sends goes to `tap` too.
-pub fn spawn_recorded(cfg: UpstreamConfig, tap: Option<Tap>) -> Result<(Upstream, LocalReceiver<Event>), String> {
+/// As [`spawn`], and every text message the feed sends goes to `tap` too;
+/// `standby`: hold no connection until [`Upstream::set_standby`] clears it.
+pub fn spawn_recorded(
+    cfg: UpstreamConfig,
+    tap: Option<Tap>,
+    standby: bool,
+) -> Result<(Upstream, LocalReceiver<Event>), String> {
     let endpoint = Endpoint::parse(&cfg.url)?;
     let tls = match endpoint.tls {
         true => Some(crate::net::tls_client_config(cfg.ca_file.as_deref())?),
         false => None,
     };
-    let shared = Rc::new(Shared {
-        subs: RefCell::new(Subs::default()),
-        status: RefCell::new(Status {
-            state: State::Connecting,
-            since: SystemTime::now(),
-            malformed: 0,
-            connects: 0,
-            pings: 0,
-            last_error: None,
-            refused: 0,
-        }),
-        changed: Cell::new(false),
-        waker: RefCell::new(None),
-        stop: Cell::new(false),
-        retry_at: Cell::new(None),
-        retry_backoff: Cell::new(cfg.backoff_initial),
-    });
+    let shared = Rc::new(Shared::new(cfg.backoff_initial));
+    shared.standby.set(standby);
+    if standby {
+        shared.set_state(State::Standby);
+    }
     let (tx, rx) = local_channel::new_bounded(EVENT_QUEUE);
     let client = client::Client { cfg, endpoint, tls, shared: shared.clone(), events: tx, tap };
     glommio::spawn_local(client.run()).detach();

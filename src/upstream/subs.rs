@@ -240,6 +240,12 @@ impl Subs {
         self.resubscribe.insert(product.to_string());
     }
 
+    /// Products asked afresh and not yet planned, taken (an edge, which plans
+    /// nothing, seeds them again instead).
+    pub fn take_resubscribes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.resubscribe).into_iter().collect()
+    }
+
     /// What the server will have once the requests sent (and the unsubscribes
     /// ahead of the queue) are applied; refused and unlisted products left out.
     fn expected(&self) -> BTreeSet<Sub> {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use glommio::channels::local_channel::LocalReceiver;
 
-use super::{Gap, Owner};
+use super::{Gap, LateJoin, Owner, REMOTE};
 use crate::hub::{Hub, ShardMsg};
-use crate::protocol::{self, Channel};
+use crate::protocol::{self, Channel, Topic};
 use crate::upstream::{Event, State};
 use crate::ws::frame;
 
@@ -22,6 +22,17 @@ pub async fn run(hub: Rc<Hub>, events: LocalReceiver<Event>) {
         // This is where a slow shard slows the upstream reader (the backlog then
         // waits in the upstream socket) rather than losing its clients' data.
         hub.room_for_all().await;
+        // An ingest's message may go to NATS too: room there first, for as long
+        // as a second (past it, NATS is stuck: the message is not published,
+        // and the edges see the gap in its subject's numbers).
+        if let (Some(ingest), Event::Message(_)) = (owner.ingest(), &event) {
+            let room = async { ingest.queue().reserve().await.is_ok() };
+            let timeout = async {
+                glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+                false
+            };
+            futures_lite::future::or(room, timeout).await;
+        }
         dispatch(&hub, owner, event);
     }
 }
@@ -43,7 +54,10 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
                 gap
             };
             for shard in owner.shards_for(product, channel).iter() {
-                hub.send_to(shard, ShardMsg::Feed { msg: msg.clone(), channel });
+                match shard {
+                    REMOTE => owner.publish(&msg, product, channel),
+                    shard => hub.send_to(shard, ShardMsg::Feed { msg: msg.clone(), channel }),
+                }
             }
             if let Some(gap) = gap {
                 on_gap(hub, owner, gap);
@@ -72,10 +86,22 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
         }
         Event::Malformed { total } => hub.global.set_malformed(total),
         Event::Connected => announce(hub, owner, State::Connected, None),
+        Event::Seed { product, channel, first, history } => {
+            let topic = Topic::new(product, channel);
+            let late = owner.seed(&topic, &history, &first);
+            // Its subscribers here hear the first messages, as after a reconnect.
+            for msg in first {
+                for shard in owner.shards_for(&topic.product, channel).iter().filter(|&s| s != REMOTE) {
+                    hub.send_to(shard, ShardMsg::Feed { msg: msg.clone(), channel });
+                }
+            }
+            answer_late(hub, &topic, late);
+        }
         Event::Disconnected { reason } => {
             hub.count_reconnect(&reason);
             // A new connection starts every book and trade count afresh.
             owner.feed.borrow_mut().forget_all();
+            owner.unready_all();
             announce(hub, owner, State::Reconnecting, Some(&reason))
         }
     }
@@ -86,8 +112,19 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
 /// subscriptions to it end.
 fn refuse(hub: &Hub, owner: &Owner, product: &str, message: &str, reason: &str) {
     let frame = frame::text(protocol::error_message(message, reason).as_bytes());
-    for shard in owner.shards_for_product(product).iter() {
+    for shard in owner.shards_for_product(product).iter().filter(|&s| s != REMOTE) {
         hub.send_to(shard, ShardMsg::ProductError { product: product.to_string(), frame: frame.clone() });
+    }
+    // An edge's joins waiting on it are answered with nothing, after the error.
+    for (topic, client) in owner.drop_pending(product) {
+        hub.send_to(client.shard, ShardMsg::Joined { topic, client, frames: Vec::new() });
+    }
+}
+
+/// Joins an edge answered once their topic was seeded.
+fn answer_late(hub: &Hub, topic: &Topic, late: Vec<LateJoin>) {
+    for (client, frames) in late {
+        hub.send_to(client.shard, ShardMsg::Joined { topic: topic.clone(), client, frames });
     }
 }
 
@@ -100,7 +137,7 @@ fn on_gap(hub: &Hub, owner: &Owner, gap: Gap) {
     owner.upstream.resubscribe(&gap.product);
     hub.global.count_gap();
     let frame = frame::text(protocol::notes::gap(&gap.product, gap.expected, gap.received).as_bytes());
-    for shard in owner.shards_for_product(&gap.product).iter() {
+    for shard in owner.shards_for_product(&gap.product).iter().filter(|&s| s != REMOTE) {
         hub.send_to(shard, ShardMsg::ProductNote { product: gap.product.clone(), frame: frame.clone() });
     }
 }

@@ -73,6 +73,29 @@ impl FeedState {
         }
         let p = self.products.get_mut(product)?;
         p.history[channel.index()].remember(&mut self.history, &self.limits, msg, now);
+        Self::take(p, product, msg, watching_trades)
+    }
+
+    /// An edge's topic, from the active ingest: its history replaces what was
+    /// kept, and `first` (what the ingest would give a fresh subscriber) sets
+    /// the latest ticker, match or book, as if it had just come.
+    pub fn seed(&mut self, product: &str, channel: Channel, history: &[FeedMessage], first: &[FeedMessage], now: i64) {
+        if !self.products.contains_key(product) {
+            self.products.insert(product.to_string(), ProductState::default());
+        }
+        let Some(p) = self.products.get_mut(product) else { return };
+        let kept = &mut p.history[channel.index()];
+        kept.clear(&mut self.history);
+        for m in history {
+            kept.remember(&mut self.history, &self.limits, m, now);
+        }
+        for m in first {
+            let _ = Self::take(p, product, m, false);
+        }
+    }
+
+    /// What `msg` changes of a product's state; a gap if it shows one.
+    fn take(p: &mut ProductState, product: &str, msg: &FeedMessage, watching_trades: bool) -> Option<Gap> {
         let missed = match msg.kind() {
             "ticker" => {
                 p.ticker = Some(msg.frame.clone());

@@ -87,6 +87,14 @@ impl TopicHistory {
         }
     }
 
+    /// Forgets every kept message (an edge's, before the ingest's history).
+    pub fn clear(&mut self, totals: &mut Totals) {
+        for k in self.0.drain(..) {
+            totals.messages -= 1;
+            totals.bytes -= k.msg.frame.len() + KEPT_OVERHEAD;
+        }
+    }
+
     /// The newest `q.limit` messages after `q.since` and within `max_age`, oldest first.
     pub fn select(&self, q: &HistoryQuery, max_age: Duration, now: i64) -> Vec<&FeedMessage> {
         let oldest = now - max_age.as_micros() as i64;

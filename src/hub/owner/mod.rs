@@ -11,21 +11,27 @@ mod fanout;
 mod feed;
 mod history;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 pub use crate::protocol::Book;
 pub use fanout::run;
 pub use feed::{FeedState, Gap};
 pub use history::{HistoryLimits, HistoryQuery, Since};
 
+use crate::cluster::{Publish, SeedAnswer};
+use crate::hub::ClientId;
 use crate::protocol::{Channel, Topic};
-use crate::upstream::Upstream;
+use crate::upstream::{FeedMessage, Upstream};
 use crate::ws::Frame;
 
-/// A set of shard indices (up to [`crate::config::MAX_SHARDS`]).
+/// The place in a [`ShardSet`] of the edges (on an ingest): NATS, past the
+/// last shard.
+pub const REMOTE: usize = crate::config::MAX_SHARDS;
+
+/// A set of shard indices (up to [`crate::config::MAX_SHARDS`]) and [`REMOTE`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct ShardSet([u64; 4]);
+struct ShardSet([u64; 5]);
 
 impl ShardSet {
     fn set(&mut self, shard: usize, on: bool) {
@@ -38,7 +44,7 @@ impl ShardSet {
     }
 
     fn is_empty(&self) -> bool {
-        self.0 == [0; 4]
+        self.0 == [0; 5]
     }
 
     fn union(mut self, other: &ShardSet) -> ShardSet {
@@ -50,7 +56,7 @@ impl ShardSet {
 
     fn iter(&self) -> impl Iterator<Item = usize> {
         let words = self.0;
-        (0..4).flat_map(move |i| {
+        (0..5).flat_map(move |i| {
             let mut w = words[i];
             std::iter::from_fn(move || {
                 let bit = (w != 0).then(|| w.trailing_zeros() as usize)?;
@@ -68,18 +74,106 @@ pub struct Owner {
     /// that the fan-out looks a message's shards up by `&str`, allocating nothing.
     interest: RefCell<HashMap<String, [ShardSet; Channel::COUNT]>>,
     feed: RefCell<FeedState>,
+    /// An ingest's or an edge's part (`None`: one process alone).
+    cluster: Option<ClusterPart>,
 }
+
+/// What an owner keeps as an ingest or an edge.
+pub enum ClusterPart {
+    Edge(EdgePart),
+    Ingest(IngestPart),
+}
+
+/// A join waiting for its topic's seed: the client and its `?replay=`.
+type Waiting = (ClientId, Option<usize>);
+
+/// An edge's topics: a new one waits for its seed from the ingest, and the
+/// joins that come meanwhile wait with it.
+#[derive(Default)]
+pub struct EdgePart {
+    ready: RefCell<HashSet<Topic>>,
+    pending: RefCell<HashMap<Topic, Vec<Waiting>>>,
+    /// Topics wanted again since the NATS thread last heard: each is seeded
+    /// afresh even if the thread never saw it go.
+    fresh: RefCell<Vec<Topic>>,
+}
+
+/// An ingest's publishing state.
+pub struct IngestPart {
+    publish: tokio::sync::mpsc::Sender<Publish>,
+    /// The lease's term while this ingest holds it; 0 while standby.
+    epoch: Cell<u64>,
+    /// Per product and channel, the last sequence number published this term.
+    seqs: RefCell<HashMap<String, [u64; Channel::COUNT]>>,
+    /// The edges' topics, as last told.
+    remote: RefCell<BTreeSet<(String, Channel)>>,
+    /// Messages not published because the queue to NATS was full.
+    pub dropped: Cell<u64>,
+}
+
+impl IngestPart {
+    pub fn new(publish: tokio::sync::mpsc::Sender<Publish>) -> IngestPart {
+        IngestPart {
+            publish,
+            epoch: Cell::new(0),
+            seqs: RefCell::default(),
+            remote: RefCell::default(),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// The queue to NATS, for the dispatcher to wait for room in.
+    pub fn queue(&self) -> &tokio::sync::mpsc::Sender<Publish> {
+        &self.publish
+    }
+}
+
+/// A join answered late (an edge's topic seeded): the client and its first frames.
+pub type LateJoin = (ClientId, Vec<Frame>);
 
 impl Owner {
     pub fn new(upstream: Upstream, history: HistoryLimits) -> Owner {
-        Owner { upstream, interest: RefCell::new(HashMap::new()), feed: RefCell::new(FeedState::new(history)) }
+        Owner::with_cluster(upstream, history, None)
     }
 
-    /// Shard `shard` has a new subscriber of `topic`: returns what it gets first
-    /// (the last `replay` messages, or what a fresh subscriber of the feed gets
-    /// first) and puts the shard on the topic's stream, in one step.
-    pub fn join(&self, topic: &Topic, shard: usize, replay: Option<usize>) -> Vec<Frame> {
-        let frames = match replay {
+    pub fn with_cluster(upstream: Upstream, history: HistoryLimits, cluster: Option<ClusterPart>) -> Owner {
+        Owner { upstream, interest: RefCell::new(HashMap::new()), feed: RefCell::new(FeedState::new(history)), cluster }
+    }
+
+    fn edge(&self) -> Option<&EdgePart> {
+        match &self.cluster {
+            Some(ClusterPart::Edge(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn ingest(&self) -> Option<&IngestPart> {
+        match &self.cluster {
+            Some(ClusterPart::Ingest(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Client `client` (on its shard) has subscribed to `topic`: returns what
+    /// it gets first (the last `replay` messages, or what a fresh subscriber of
+    /// the feed gets first) and puts the shard on the topic's stream, in one
+    /// step. On an edge, a topic not yet seeded answers `None`: the join waits
+    /// for the seed ([`Owner::seed`] answers it).
+    pub fn join(&self, topic: &Topic, client: ClientId, replay: Option<usize>) -> Option<Vec<Frame>> {
+        if let Some(edge) = self.edge() {
+            if !edge.ready.borrow().contains(topic) {
+                edge.pending.borrow_mut().entry(topic.clone()).or_default().push((client, replay));
+                self.interest(topic, client.shard, true);
+                return None;
+            }
+        }
+        let frames = self.first(topic, replay);
+        self.interest(topic, client.shard, true);
+        Some(frames)
+    }
+
+    fn first(&self, topic: &Topic, replay: Option<usize>) -> Vec<Frame> {
+        match replay {
             Some(limit) => {
                 let q =
                     HistoryQuery { product: topic.product.clone(), channel: topic.channel, limit, since: Since::All };
@@ -87,9 +181,126 @@ impl Owner {
                 feed.history(&q, crate::clock::now_micros()).into_iter().map(|m| m.frame.clone()).collect()
             }
             None => self.feed.borrow().first_frames(&topic.product, topic.channel),
+        }
+    }
+
+    /// An edge's topic seeded by the ingest: its state and history are the
+    /// ingest's, the waiting joins are answered from them, and the topic is
+    /// ready. Returns the late joins; the caller sends `first` to the shards
+    /// already on the stream (their subscribers hear it as after a reconnect).
+    pub fn seed(&self, topic: &Topic, history: &[FeedMessage], first: &[FeedMessage]) -> Vec<LateJoin> {
+        let Some(edge) = self.edge() else { return Vec::new() };
+        let now = crate::clock::now_micros();
+        self.feed.borrow_mut().seed(&topic.product, topic.channel, history, first, now);
+        // Wanted still (a seed may come for a topic just left)?
+        if self.shards_for(&topic.product, topic.channel).is_empty() {
+            return Vec::new();
+        }
+        edge.ready.borrow_mut().insert(topic.clone());
+        let waiting = edge.pending.borrow_mut().remove(topic).unwrap_or_default();
+        waiting.into_iter().map(|(client, replay)| (client, self.first(topic, replay))).collect()
+    }
+
+    /// An edge: topics wanted anew since the last call.
+    pub fn take_fresh(&self) -> Vec<Topic> {
+        self.edge().map(|e| std::mem::take(&mut *e.fresh.borrow_mut())).unwrap_or_default()
+    }
+
+    /// An edge: every topic waits for a fresh seed (the ingest or NATS went away).
+    pub fn unready_all(&self) {
+        if let Some(edge) = self.edge() {
+            edge.ready.borrow_mut().clear();
+        }
+    }
+
+    /// An edge: joins waiting on `product`, answered with nothing (the feed
+    /// refused it; their subscriptions end with the error).
+    pub fn drop_pending(&self, product: &str) -> Vec<(Topic, ClientId)> {
+        let Some(edge) = self.edge() else { return Vec::new() };
+        let mut pending = edge.pending.borrow_mut();
+        let topics: Vec<Topic> = pending.keys().filter(|t| t.product == product).cloned().collect();
+        let mut out = Vec::new();
+        for t in topics {
+            out.extend(pending.remove(&t).unwrap_or_default().into_iter().map(|(c, _)| (t.clone(), c)));
+        }
+        out
+    }
+
+    /// An ingest: the edges' topics, whole; the upstream follows the union of
+    /// theirs and the local shards'.
+    pub fn set_remote(&self, topics: BTreeSet<(String, Channel)>) {
+        let Some(ingest) = self.ingest() else { return };
+        let old = ingest.remote.replace(topics.clone());
+        for (product, channel) in old.difference(&topics) {
+            self.interest(&Topic::new(product.clone(), *channel), REMOTE, false);
+        }
+        for (product, channel) in topics.difference(&old) {
+            self.interest(&Topic::new(product.clone(), *channel), REMOTE, true);
+        }
+    }
+
+    /// An ingest took the lease with this term (`Some`) or is standby: it
+    /// connects upstream or holds no connection, and numbers each subject
+    /// from 1 in a new term.
+    pub fn set_term(&self, term: Option<u64>) {
+        let Some(ingest) = self.ingest() else { return };
+        ingest.epoch.set(term.unwrap_or(0));
+        ingest.seqs.borrow_mut().clear();
+        self.upstream.set_standby(term.is_none());
+    }
+
+    /// An ingest: `msg` goes to the edges, numbered on its subject.
+    fn publish(&self, msg: &FeedMessage, product: &str, channel: Channel) {
+        let Some(ingest) = self.ingest() else { return };
+        let epoch = ingest.epoch.get();
+        if epoch == 0 {
+            return;
+        }
+        let mut seqs = ingest.seqs.borrow_mut();
+        if !seqs.contains_key(product) {
+            seqs.insert(product.to_string(), [0; Channel::COUNT]);
+        }
+        let Some(seq) = seqs.get_mut(product).map(|s| &mut s[channel.index()]) else { return };
+        *seq += 1;
+        let p = Publish {
+            product: product.to_string(),
+            channel,
+            epoch,
+            seq: *seq,
+            body: bytes::Bytes::copy_from_slice(msg.body()),
         };
-        self.interest(topic, shard, true);
-        frames
+        if ingest.publish.try_send(p).is_err() {
+            // The dispatcher waited for room before this message: only the
+            // other end having gone gets here. The edges see the gap.
+            ingest.dropped.set(ingest.dropped.get() + 1);
+        }
+    }
+
+    /// An ingest answers an edge's seed: what a fresh subscriber gets first,
+    /// the history, and the last sequence number published on the topic, all
+    /// from one moment (nothing is dispatched between them).
+    pub fn seed_answer(&self, topic: &Topic, known: Option<&HashSet<String>>) -> SeedAnswer {
+        let epoch = self.ingest().map_or(0, |i| i.epoch.get());
+        let seq = self
+            .ingest()
+            .and_then(|i| i.seqs.borrow().get(&topic.product).map(|s| s[topic.channel.index()]))
+            .unwrap_or(0);
+        if known.is_some_and(|k| !k.contains(&topic.product)) {
+            let failure = crate::protocol::RequestKind::Subscribe.failure().to_string();
+            let refused = Some((failure, crate::protocol::invalid_product(&topic.product)));
+            return SeedAnswer { epoch, seq, first: Vec::new(), history: Vec::new(), refused };
+        }
+        let body = |f: &Frame| crate::ws::frame::split_server_frame(f).map(|(_, p)| p.to_vec());
+        let first = self.feed.borrow().first_frames(&topic.product, topic.channel).iter().filter_map(body).collect();
+        let q = HistoryQuery {
+            product: topic.product.clone(),
+            channel: topic.channel,
+            limit: usize::MAX,
+            since: Since::All,
+        };
+        let feed = self.feed.borrow();
+        let history = feed.history(&q, crate::clock::now_micros()).into_iter().map(|m| m.body().to_vec()).collect();
+        SeedAnswer { epoch, seq, first, history, refused: None }
     }
 
     /// The history query's answer: a JSON array of the raw messages, newest last.
@@ -114,6 +325,9 @@ impl Owner {
             interest.remove(topic.product.as_str());
         }
         drop(interest);
+        if let (Some(edge), true, false) = (self.edge(), was_empty, now_empty) {
+            edge.fresh.borrow_mut().push(topic.clone());
+        }
         if was_empty != now_empty {
             // Wanted again before the unsubscribe went out: the server never
             // stopped, so it sends no fresh snapshot, ticker or last_match, while
@@ -126,6 +340,9 @@ impl Owner {
         }
         if now_empty {
             self.feed.borrow_mut().unwatched(&topic.product, topic.channel);
+            if let Some(edge) = self.edge() {
+                edge.ready.borrow_mut().remove(topic);
+            }
         }
     }
 

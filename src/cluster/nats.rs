@@ -1,0 +1,1127 @@
+//! The NATS thread: a current-thread tokio runtime running async-nats for one
+//! process, as an ingest, an edge or (for REST forwarding only) neither.
+//!
+//! Ordering at the seam of a new subscription (edge): the edge subscribes the
+//! topic's subject first, then asks the active ingest for the topic's first
+//! messages. NATS keeps one connection's messages in order, so the server has
+//! the subscription before it routes the request. The ingest answers on its
+//! shard 0 in one step with no wait, from the same state its dispatcher updates
+//! in the step that publishes, and says the last sequence number the answer
+//! covers (`seq`). Every message published after that was published after the
+//! subscription existed, so it reaches the edge; the edge holds the live
+//! messages that came before the answer and, once it comes, drops those up to
+//! `seq` and passes on the rest, checking that they run on without a hole.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use async_nats::{Client, HeaderMap, Subscriber};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{
+    ClusterConfig, Cmd, Counters, Ends, Ev, ForwardedResponse, Key, Link, Publish, Role, SeedReply, Status, CMD_QUEUE,
+    EV_QUEUE, PUBLISH_QUEUE, REQUEST_DEADLINE,
+};
+use crate::protocol::{Channel, Product};
+use crate::upstream::FeedMessage;
+
+const EPOCH: &str = "Hedgehog-Epoch";
+const SEQ: &str = "Hedgehog-Seq";
+/// Live messages an edge holds for one topic while its seed is on the way;
+/// past it they are dropped and the seed asked again (its answer covers them).
+const SEED_HOLD: usize = 20_000;
+/// Requests (seeds, history, forwarded REST) handled at once; past it, the
+/// asker gets an error at once ("busy") rather than a queue.
+const IN_FLIGHT: usize = 256;
+
+/// Starts the NATS thread for `role` as node `node`. It connects in the
+/// background (and again whenever the connection drops): the process starts
+/// while NATS is away and says so in `/healthz`.
+pub fn start(role: Role, node: &str, cfg: ClusterConfig) -> Result<(Arc<Link>, Ends), String> {
+    let mut servers = Vec::new();
+    for url in &cfg.urls {
+        servers.push(url.parse::<async_nats::ServerAddr>().map_err(|e| format!("--nats {url:?}: {e}"))?);
+    }
+    if servers.is_empty() {
+        return Err("--nats: no server given".into());
+    }
+    for (flag, file) in [("--nats-creds", &cfg.creds), ("--nats-ca", &cfg.ca)] {
+        if let Some(f) = file {
+            std::fs::metadata(f).map_err(|e| format!("{flag} {}: {e}", f.display()))?;
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(CMD_QUEUE);
+    let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EV_QUEUE);
+    let link = Arc::new(Link {
+        role,
+        node: node.to_string(),
+        cfg: cfg.clone(),
+        cmd: cmd_tx,
+        publish: (role == Role::Ingest).then_some(pub_tx),
+        status: std::sync::Mutex::new(Status { nats: "disconnected", ..Status::default() }),
+        counters: Counters::default(),
+    });
+    let thread_link = link.clone();
+    std::thread::Builder::new()
+        .name("nats".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!(event = "nats_failed"; "nats: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(run(thread_link, servers, cmd_rx, pub_rx, ev_tx));
+        })
+        .map_err(|e| format!("cannot start the NATS thread: {e}"))?;
+    Ok((link, Ends { events: ev_rx }))
+}
+
+/// Subjects under the prefix.
+#[derive(Clone)]
+struct Subjects(String);
+
+impl Subjects {
+    fn feed(&self, product: &str, channel: Channel) -> String {
+        format!("{}.feed.{product}.{}", self.0, channel.name())
+    }
+    fn interest(&self, node: &str) -> String {
+        format!("{}.interest.{node}", self.0)
+    }
+    fn interest_all(&self) -> String {
+        format!("{}.interest.*", self.0)
+    }
+    fn interest_query(&self) -> String {
+        format!("{}.interest.query", self.0)
+    }
+    fn seed(&self) -> String {
+        format!("{}.ingest.seed", self.0)
+    }
+    fn history(&self) -> String {
+        format!("{}.ingest.history", self.0)
+    }
+    fn rest(&self, node: &str) -> String {
+        format!("{}.node.{node}.rest", self.0)
+    }
+}
+
+/// What the NATS thread tells itself (from its own tasks).
+enum Inner {
+    /// The connection came (true) or went.
+    Nats(bool),
+    /// Edge: a live message of a wanted topic.
+    Live { key: Key, epoch: u64, seq: u64, payload: Bytes },
+    /// Edge: the answer to seed request `gen` of a topic.
+    Seeded { key: Key, gen: u64, result: Result<SeedReply, String> },
+    /// Edge: the lease as last read (`None`: no entry), with its revision.
+    LeaseSeen(Option<(Lease, u64)>),
+    /// Edge: the product list changed.
+    Products(Vec<Product>),
+    /// Ingest: this process's lease (its term, and when the request that took
+    /// or renewed it was sent) or none; `why` when it changed.
+    Lease(Option<(u64, Instant)>, String),
+    /// Ingest: an edge asked for a topic's seed (its interest counts from now).
+    Wants { node: String, key: Key },
+    /// Edge: ask for a topic's seed again (after a failed one).
+    AskAgain(Key),
+    /// Ingest: an edge declared its interest.
+    Interest { node: String, topics: Vec<Key> },
+    /// Ingest: a new active ingest asked for interest (edges answer).
+    InterestQuery,
+}
+
+/// The lease's value in the bucket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Lease {
+    node: String,
+    term: u64,
+    upstream: String,
+}
+
+#[derive(Clone)]
+struct Nats {
+    link: Arc<Link>,
+    client: Client,
+    subjects: Subjects,
+    ev: mpsc::Sender<Ev>,
+    inner_tx: mpsc::Sender<Inner>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+async fn run(
+    link: Arc<Link>,
+    servers: Vec<async_nats::ServerAddr>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    mut publish: mpsc::Receiver<Publish>,
+    ev: mpsc::Sender<Ev>,
+) {
+    let (inner_tx, mut inner) = mpsc::channel::<Inner>(4096);
+    let events = inner_tx.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("hedgehog {} {}", link.role.as_str(), link.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(REQUEST_DEADLINE))
+        .reconnect_delay_callback(|attempts| Duration::from_millis((100 * attempts as u64).min(1000)))
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        let _ = events.send(Inner::Nats(true)).await;
+                    }
+                    async_nats::Event::Disconnected => {
+                        let _ = events.send(Inner::Nats(false)).await;
+                    }
+                    other => log::warn!(event = "nats_event"; "nats: {other}"),
+                }
+            }
+        });
+    if let Some(ca) = &link.cfg.ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some(creds) = &link.cfg.creds {
+        opts = match opts.credentials_file(creds).await {
+            Ok(o) => o,
+            Err(e) => {
+                log::error!(event = "nats_failed"; "nats: --nats-creds {}: {e}", creds.display());
+                return;
+            }
+        };
+    }
+    let client = match opts.connect(servers).await {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!(event = "nats_failed"; "nats: {e}");
+            return;
+        }
+    };
+    let nats = Nats {
+        subjects: Subjects(link.cfg.prefix.clone()),
+        link: link.clone(),
+        client,
+        ev,
+        inner_tx,
+        slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+    };
+    nats.serve_rest().await;
+    match link.role {
+        Role::Edge => Edge::new(nats).run(&mut cmds, &mut inner).await,
+        Role::Ingest => Ingest::new(nats).run(&mut cmds, &mut publish, &mut inner).await,
+        Role::All => {}
+    }
+}
+
+impl Nats {
+    /// Answers REST calls forwarded to this node: each goes to shard 0 and its
+    /// answer comes back.
+    async fn serve_rest(&self) {
+        let subject = self.subjects.rest(&self.link.node);
+        let sub = match self.client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(event = "nats_failed"; "nats: cannot subscribe {subject}: {e}");
+                return;
+            }
+        };
+        let (client, ev, slots) = (self.client.clone(), self.ev.clone(), self.slots.clone());
+        tokio::spawn(serve_requests(sub, client, slots, move |payload| {
+            let ev = ev.clone();
+            async move {
+                let request = serde_json::from_slice(&payload).map_err(|e| format!("bad forwarded request: {e}"))?;
+                let (reply, answer) = oneshot::channel();
+                ev.send(Ev::Rest { request, reply }).await.map_err(|_| "shutting down".to_string())?;
+                let resp: ForwardedResponse = answer.await.map_err(|_| "no answer".to_string())?;
+                serde_json::to_vec(&resp).map_err(|e| e.to_string())
+            }
+        }));
+    }
+
+    /// Sends `cmd`'s request and hands back the answer, in a task of its own.
+    fn request<T: Send + 'static>(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<T, String>>,
+        read: impl FnOnce(Bytes) -> Result<T, String> + Send + 'static,
+    ) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout(REQUEST_DEADLINE, client.request(subject, payload.into())).await {
+                Ok(Ok(msg)) => read(msg.payload),
+                Ok(Err(e)) => Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => "nobody answers on NATS".to_string(),
+                    async_nats::RequestErrorKind::TimedOut => "no answer in time".to_string(),
+                    _ => e.to_string(),
+                }),
+                Err(_) => Err("no answer in time".to_string()),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    fn forward(
+        &self,
+        node: String,
+        request: super::ForwardedRequest,
+        reply: oneshot::Sender<Result<ForwardedResponse, String>>,
+    ) {
+        if !crate::cluster::is_token(&node) {
+            let _ = reply.send(Err(format!("{node:?} is not a node name")));
+            return;
+        }
+        let Ok(payload) = serde_json::to_vec(&request) else { return };
+        let counters = self.link.clone();
+        let (tx, rx) = oneshot::channel();
+        self.request(self.subjects.rest(&node), payload, tx, |p| {
+            serde_json::from_slice::<ForwardedResponse>(&p).map_err(|e| format!("a bad answer: {e}"))
+        });
+        tokio::spawn(async move {
+            let answer = rx.await.unwrap_or_else(|_| Err("no answer".into()));
+            let c = &counters.counters;
+            Counters::add(if answer.is_ok() { &c.forwarded_ok } else { &c.forwarded_failed }, 1);
+            let _ = reply.send(answer);
+        });
+    }
+
+    async fn bucket(&self) -> Result<kv::Store, String> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let name = self.link.cfg.prefix.clone();
+        if let Ok(store) = js.get_key_value(name.clone()).await {
+            return Ok(store);
+        }
+        let config = kv::Config {
+            bucket: name.clone(),
+            history: 1,
+            max_age: self.link.cfg.lease_ttl,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        match js.create_key_value(config).await {
+            Ok(store) => Ok(store),
+            // Another process made it first.
+            Err(_) => js.get_key_value(name).await.map_err(|e| format!("key-value bucket: {e}")),
+        }
+    }
+}
+
+/// Serves requests on `sub`: each in a task of its own, at most [`IN_FLIGHT`]
+/// at once; past that, and on any failure, the asker gets `{"error": ...}`.
+async fn serve_requests<F, Fut>(mut sub: Subscriber, client: Client, slots: Arc<tokio::sync::Semaphore>, handle: F)
+where
+    F: Fn(Bytes) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+{
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let client = client.clone();
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = client.publish(reply, json!({"error": "busy"}).to_string().into()).await;
+            continue;
+        };
+        let work = handle(msg.payload);
+        tokio::spawn(async move {
+            let body = match tokio::time::timeout(REQUEST_DEADLINE, work).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => json!({"error": e}).to_string().into_bytes(),
+                Err(_) => json!({"error": "no answer in time"}).to_string().into_bytes(),
+            };
+            let _ = client.publish(reply, body.into()).await;
+            drop(permit);
+        });
+    }
+}
+
+fn header(msg: &async_nats::Message, name: &str) -> Option<u64> {
+    msg.headers.as_ref()?.get(name)?.as_str().parse().ok()
+}
+
+fn key_name(k: &Key) -> String {
+    format!("{}/{}", k.0, k.1.name())
+}
+
+fn keys_json(keys: &BTreeSet<Key>) -> Vec<(String, String)> {
+    keys.iter().map(|(p, c)| (p.clone(), c.name().to_string())).collect()
+}
+
+fn parse_keys(list: Vec<(String, String)>) -> Vec<Key> {
+    list.into_iter().filter_map(|(p, c)| Some((p, Channel::parse(&c)?))).filter(|(p, _)| super::is_token(p)).collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Interest {
+    node: String,
+    topics: Vec<(String, String)>,
+}
+
+// ---------------------------------------------------------------- the edge
+
+/// Where one wanted topic stands on an edge.
+enum Stage {
+    /// Waiting for its seed; live messages held (epoch, seq, payload).
+    Seeding { held: VecDeque<(u64, u64, Bytes)>, asked: Option<u64> },
+    /// Passing live messages on; the last one's sequence.
+    Live { seq: u64 },
+}
+
+struct Topic {
+    task: JoinHandle<()>,
+    stage: Stage,
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Edge {
+    nats: Nats,
+    topics: HashMap<Key, Topic>,
+    /// The term of the ingest followed.
+    epoch: u64,
+    connected: bool,
+    lease: Option<Lease>,
+    /// When the lease was last seen renewed, and its revision then.
+    renewed: Option<(Instant, u64)>,
+    /// What shard 0 was last told: data can flow.
+    up: bool,
+    gen: u64,
+}
+
+impl Edge {
+    fn new(nats: Nats) -> Edge {
+        Edge { nats, topics: HashMap::new(), epoch: 0, connected: false, lease: None, renewed: None, up: false, gen: 0 }
+    }
+
+    async fn run(mut self, cmds: &mut mpsc::Receiver<Cmd>, inner: &mut mpsc::Receiver<Inner>) {
+        self.spawn_lease_reader();
+        self.spawn_interest_query();
+        let ttl = self.nats.link.cfg.interest_ttl;
+        let mut declare = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd).await,
+                    None => return,
+                },
+                Some(msg) = inner.recv() => self.on_inner(msg).await,
+                _ = declare.tick() => self.declare().await,
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Want(keys) => self.want(keys).await,
+            Cmd::Reseed { product, channel } => {
+                let live = |k: &Key, t: &Topic| {
+                    k.0 == product && channel.is_none_or(|c| c == k.1) && matches!(t.stage, Stage::Live { .. })
+                };
+                let keys: Vec<Key> = self.topics.iter().filter(|(k, t)| live(k, t)).map(|(k, _)| k.clone()).collect();
+                for k in keys {
+                    self.reseed(&k);
+                }
+            }
+            Cmd::Forward { node, request, reply } => self.nats.forward(node, request, reply),
+            Cmd::History { ask, reply } => {
+                let Ok(payload) = serde_json::to_vec(&ask) else { return };
+                self.nats.request(self.nats.subjects.history(), payload, reply, |p| {
+                    match serde_json::from_slice::<serde_json::Value>(&p) {
+                        Ok(v) if v.is_array() => Ok(String::from_utf8_lossy(&p).into_owned()),
+                        Ok(v) => Err(v["error"].as_str().unwrap_or("a bad answer").to_string()),
+                        Err(e) => Err(format!("a bad answer: {e}")),
+                    }
+                });
+            }
+            Cmd::Upstream { .. } | Cmd::Products(_) => {}
+        }
+    }
+
+    /// The wanted set changed: subscribe what is new (and seed it), drop what is gone.
+    async fn want(&mut self, keys: BTreeSet<Key>) {
+        self.topics.retain(|k, _| keys.contains(k));
+        for key in keys {
+            if self.topics.contains_key(&key) {
+                continue;
+            }
+            let subject = self.nats.subjects.feed(&key.0, key.1);
+            let sub = match self.nats.client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!(event = "nats_subscribe_failed"; "nats: cannot subscribe {subject}: {e}");
+                    continue;
+                }
+            };
+            let task = tokio::spawn(forward_live(sub, key.clone(), self.nats.inner_tx.clone()));
+            self.topics
+                .insert(key.clone(), Topic { task, stage: Stage::Seeding { held: VecDeque::new(), asked: None } });
+            self.ask_seed(&key);
+        }
+        self.declare().await;
+        self.nats.link.set_status(|s| {
+            let mut names: Vec<String> = self.topics.keys().map(key_name).collect();
+            names.sort();
+            s.interest = names;
+        });
+    }
+
+    /// Tells the ingests what this edge wants (a renewal of its lease on it).
+    async fn declare(&self) {
+        if !self.connected {
+            return;
+        }
+        let keys: BTreeSet<Key> = self.topics.keys().cloned().collect();
+        let body = Interest { node: self.nats.link.node.clone(), topics: keys_json(&keys) };
+        let Ok(payload) = serde_json::to_vec(&body) else { return };
+        let _ = self.nats.client.publish(self.nats.subjects.interest(&self.nats.link.node), payload.into()).await;
+    }
+
+    /// Asks the active ingest for a topic's first messages (when data can flow).
+    fn ask_seed(&mut self, key: &Key) {
+        if !self.up {
+            return;
+        }
+        self.gen += 1;
+        let gen = self.gen;
+        let Some(topic) = self.topics.get_mut(key) else { return };
+        let Stage::Seeding { asked, .. } = &mut topic.stage else { return };
+        *asked = Some(gen);
+        Counters::add(&self.nats.link.counters.seeds, 1);
+        let body = json!({"node": self.nats.link.node, "product": key.0, "channel": key.1.name()}).to_string();
+        let (tx, rx) = oneshot::channel();
+        self.nats.request(self.nats.subjects.seed(), body.into_bytes(), tx, |p| {
+            match serde_json::from_slice::<SeedReply>(&p) {
+                Ok(r) => Ok(r),
+                Err(_) => Err(serde_json::from_slice::<serde_json::Value>(&p)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "a bad answer".into())),
+            }
+        });
+        let (inner, key) = (self.nats.inner_tx.clone(), key.clone());
+        tokio::spawn(async move {
+            let result = rx.await.unwrap_or_else(|_| Err("no answer".into()));
+            let _ = inner.send(Inner::Seeded { key, gen, result }).await;
+        });
+    }
+
+    /// Starts a topic over: hold its live messages, ask for its seed.
+    fn reseed(&mut self, key: &Key) {
+        if let Some(t) = self.topics.get_mut(key) {
+            t.stage = Stage::Seeding { held: VecDeque::new(), asked: None };
+            self.ask_seed(key);
+        }
+    }
+
+    fn reseed_all(&mut self) {
+        let keys: Vec<Key> = self.topics.keys().cloned().collect();
+        for k in keys {
+            self.reseed(&k);
+        }
+    }
+
+    async fn on_inner(&mut self, msg: Inner) {
+        match msg {
+            Inner::Nats(up) => {
+                self.connected = up;
+                self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
+                if up {
+                    log::info!(event = "nats_connected"; "nats: connected");
+                    self.declare().await;
+                } else {
+                    log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
+                }
+                self.update_up(if up { None } else { Some("the NATS connection dropped".into()) }).await;
+            }
+            Inner::LeaseSeen(seen) => self.on_lease(seen).await,
+            Inner::Products(list) => {
+                let _ = self.nats.ev.send(Ev::Products(list)).await;
+            }
+            Inner::Live { key, epoch, seq, payload } => self.on_live(key, epoch, seq, payload).await,
+            Inner::Seeded { key, gen, result } => self.on_seeded(key, gen, result).await,
+            Inner::AskAgain(key) => {
+                if let Some(Topic { stage: Stage::Seeding { asked: None, .. }, .. }) = self.topics.get(&key) {
+                    self.ask_seed(&key);
+                }
+            }
+            Inner::Lease(..) | Inner::Interest { .. } | Inner::Wants { .. } => {}
+            Inner::InterestQuery => self.declare().await,
+        }
+    }
+
+    async fn on_lease(&mut self, seen: Option<(Lease, u64)>) {
+        let now = Instant::now();
+        match seen {
+            Some((lease, rev)) => {
+                if self.renewed.is_none_or(|(_, r)| r != rev) {
+                    self.renewed = Some((now, rev));
+                }
+                if lease.term > self.epoch {
+                    log::info!(event = "ingest_changed", node = lease.node.as_str();
+                        "nats: following ingest {} (term {})", lease.node, lease.term);
+                    self.epoch = lease.term;
+                    if self.up {
+                        // A new term: everything is seeded afresh from the new ingest.
+                        self.update_up(Some(format!("the active ingest is now {}", lease.node))).await;
+                    }
+                }
+                self.lease = Some(lease);
+            }
+            None => self.lease = None,
+        }
+        let ttl = self.nats.link.cfg.lease_ttl;
+        let fresh = self.renewed.is_some_and(|(at, _)| now.duration_since(at) < ttl) && self.lease.is_some();
+        let why = match &self.lease {
+            _ if !self.connected => Some("the NATS connection dropped".to_string()),
+            Some(l) if !fresh => Some(format!("the active ingest {} stopped renewing its lease", l.node)),
+            None => Some("no ingest holds the lease".to_string()),
+            Some(l) if l.upstream != "connected" => Some(format!("ingest {}'s upstream is {}", l.node, l.upstream)),
+            Some(_) => None,
+        };
+        self.nats.link.set_status(|s| {
+            s.active_ingest = self.lease.as_ref().filter(|_| fresh).map(|l| l.node.clone());
+            s.epoch = self.epoch;
+        });
+        self.update_up(why).await;
+    }
+
+    /// Data can flow (`None`) or not (and why): shard 0 hears of a change; when
+    /// it can again, every topic is seeded afresh.
+    async fn update_up(&mut self, why: Option<String>) {
+        match why {
+            Some(why) if self.up => {
+                self.up = false;
+                for t in self.topics.values_mut() {
+                    t.stage = Stage::Seeding { held: VecDeque::new(), asked: None };
+                }
+                let _ = self.nats.ev.send(Ev::Down(why)).await;
+            }
+            None if !self.up && self.connected && self.lease.is_some() => {
+                self.up = true;
+                let _ = self.nats.ev.send(Ev::Up).await;
+                self.reseed_all();
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_live(&mut self, key: Key, epoch: u64, seq: u64, payload: Bytes) {
+        Counters::add(&self.nats.link.counters.received, 1);
+        if epoch < self.epoch {
+            Counters::add(&self.nats.link.counters.fenced, 1);
+            return;
+        }
+        let Some(topic) = self.topics.get_mut(&key) else { return };
+        if epoch > self.epoch {
+            // A new term, before the lease reader has seen it: held until it
+            // has (then every topic is seeded afresh from the new ingest).
+            match &mut topic.stage {
+                Stage::Seeding { held, .. } if held.len() < SEED_HOLD => held.push_back((epoch, seq, payload)),
+                Stage::Seeding { .. } => {}
+                Stage::Live { .. } => {
+                    topic.stage = Stage::Seeding { held: VecDeque::from([(epoch, seq, payload)]), asked: None }
+                }
+            }
+            return;
+        }
+        match &mut topic.stage {
+            Stage::Seeding { held, asked } => {
+                held.push_back((epoch, seq, payload));
+                if held.len() > SEED_HOLD {
+                    held.clear();
+                    if asked.is_some() {
+                        // Asked again after the drop: the answer covers what was dropped.
+                        self.ask_seed(&key);
+                    }
+                }
+            }
+            Stage::Live { seq: last } => {
+                if seq <= *last {
+                    return;
+                }
+                if seq != *last + 1 {
+                    log::warn!(event = "nats_gap", product = key.0.as_str();
+                        "nats: {} skipped from {} to {}; seeding it afresh", key_name(&key), *last, seq);
+                    Counters::add(&self.nats.link.counters.gaps, 1);
+                    topic.stage = Stage::Seeding { held: VecDeque::from([(epoch, seq, payload)]), asked: None };
+                    self.ask_seed(&key);
+                    return;
+                }
+                *last = seq;
+                if let Some(m) = FeedMessage::new(&payload) {
+                    let _ = self.nats.ev.send(Ev::Feed(m)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_seeded(&mut self, key: Key, gen: u64, result: Result<SeedReply, String>) {
+        let Some(topic) = self.topics.get_mut(&key) else { return };
+        let Stage::Seeding { held, asked } = &mut topic.stage else { return };
+        if *asked != Some(gen) {
+            return;
+        }
+        let reply = match result {
+            // Another term's answer is asked again (the lease reader catches up).
+            Ok(r) if r.epoch == self.epoch => r,
+            Ok(_) | Err(_) => {
+                if let Err(e) = &result {
+                    log::warn!(event = "nats_seed_failed"; "nats: seeding {} failed: {e}; asking again", key_name(&key));
+                }
+                // An old term's answer, or none: ask again, after a pause.
+                *asked = None;
+                let inner = self.nats.inner_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = inner.send(Inner::AskAgain(key)).await;
+                });
+                return;
+            }
+        };
+        if let Some((message, reason)) = reply.refused {
+            self.topics.remove(&key);
+            let _ = self.nats.ev.send(Ev::Refused { product: key.0, message, reason }).await;
+            return;
+        }
+        let held = std::mem::take(held);
+        let parse = |v: Vec<Box<serde_json::value::RawValue>>| -> Vec<FeedMessage> {
+            v.iter().filter_map(|r| FeedMessage::new(r.get().as_bytes())).collect()
+        };
+        let (first, history) = (parse(reply.first), parse(reply.history));
+        let _ = self.nats.ev.send(Ev::Seed { product: key.0.clone(), channel: key.1, first, history }).await;
+        let mut last = reply.seq;
+        for (epoch, seq, payload) in held {
+            if epoch != reply.epoch || seq <= last {
+                continue;
+            }
+            if seq != last + 1 {
+                Counters::add(&self.nats.link.counters.gaps, 1);
+                self.reseed(&key);
+                return;
+            }
+            last = seq;
+            if let Some(m) = FeedMessage::new(&payload) {
+                let _ = self.nats.ev.send(Ev::Feed(m)).await;
+            }
+        }
+        if let Some(t) = self.topics.get_mut(&key) {
+            t.stage = Stage::Live { seq: last };
+        }
+    }
+
+    /// Reads the lease (and the product list) twice a second.
+    fn spawn_lease_reader(&self) {
+        let (client, inner, prefix, ttl) = (
+            self.nats.client.clone(),
+            self.nats.inner_tx.clone(),
+            self.nats.link.cfg.prefix.clone(),
+            self.nats.link.cfg.lease_ttl,
+        );
+        tokio::spawn(async move {
+            let mut store: Option<kv::Store> = None;
+            let mut products: Option<Bytes> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(250).min(ttl / 4));
+            loop {
+                tick.tick().await;
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    continue;
+                }
+                if store.is_none() {
+                    let js = async_nats::jetstream::new(client.clone());
+                    store = js.get_key_value(prefix.clone()).await.ok();
+                }
+                let Some(kv) = store.clone() else {
+                    let _ = inner.send(Inner::LeaseSeen(None)).await;
+                    continue;
+                };
+                match kv.entry("ingest").await {
+                    Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                        let lease = serde_json::from_slice::<Lease>(&e.value).ok();
+                        let _ = inner.send(Inner::LeaseSeen(lease.map(|l| (l, e.revision)))).await;
+                    }
+                    Ok(_) => {
+                        let _ = inner.send(Inner::LeaseSeen(None)).await;
+                    }
+                    Err(_) => store = None,
+                }
+                if let Ok(Some(e)) = kv.entry("products").await {
+                    if products.as_ref() != Some(&e.value) {
+                        if let Ok(list) = serde_json::from_slice::<Vec<Product>>(&e.value) {
+                            let _ = inner.send(Inner::Products(list)).await;
+                        }
+                        products = Some(e.value);
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_interest_query(&self) {
+        let (client, inner, subject) =
+            (self.nats.client.clone(), self.nats.inner_tx.clone(), self.nats.subjects.interest_query());
+        tokio::spawn(async move {
+            let Ok(mut sub) = client.subscribe(subject).await else { return };
+            while sub.next().await.is_some() {
+                let _ = inner.send(Inner::InterestQuery).await;
+            }
+        });
+    }
+}
+
+/// One topic's subscription: its messages, in order, to the edge's loop.
+async fn forward_live(mut sub: Subscriber, key: Key, inner: mpsc::Sender<Inner>) {
+    while let Some(msg) = sub.next().await {
+        let (Some(epoch), Some(seq)) = (header(&msg, EPOCH), header(&msg, SEQ)) else { continue };
+        if inner.send(Inner::Live { key: key.clone(), epoch, seq, payload: msg.payload }).await.is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the ingest
+
+struct Ingest {
+    nats: Nats,
+    /// This process's term while it holds the lease.
+    term: Option<u64>,
+    /// Until when the lease is surely still this process's.
+    valid_until: Option<Instant>,
+    /// Per edge: its topics and when it last declared them.
+    edges: HashMap<String, (Vec<Key>, Instant)>,
+    /// The union last sent to shard 0.
+    union: BTreeSet<Key>,
+    /// The active ingest's request subscriptions (seed, history).
+    serving: Vec<JoinHandle<()>>,
+    upstream_connected: Arc<std::sync::atomic::AtomicBool>,
+    products: Arc<std::sync::Mutex<Option<Bytes>>>,
+    connected: bool,
+}
+
+impl Ingest {
+    fn new(nats: Nats) -> Ingest {
+        Ingest {
+            nats,
+            term: None,
+            valid_until: None,
+            edges: HashMap::new(),
+            union: BTreeSet::new(),
+            serving: Vec::new(),
+            upstream_connected: Arc::default(),
+            products: Arc::default(),
+            connected: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        cmds: &mut mpsc::Receiver<Cmd>,
+        publish: &mut mpsc::Receiver<Publish>,
+        inner: &mut mpsc::Receiver<Inner>,
+    ) {
+        self.nats.link.set_status(|s| s.lease = Some("standby"));
+        self.spawn_lease_keeper();
+        self.spawn_interest_listener();
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => return,
+                },
+                Some(p) = publish.recv() => self.publish(p).await,
+                Some(msg) = inner.recv() => self.on_inner(msg).await,
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Forward { node, request, reply } => self.nats.forward(node, request, reply),
+            Cmd::Upstream { connected } => {
+                self.upstream_connected.store(connected, std::sync::atomic::Ordering::Relaxed)
+            }
+            Cmd::Products(list) => {
+                if let (Ok(body), Ok(mut p)) = (serde_json::to_vec(&list), self.products.lock()) {
+                    *p = Some(body.into());
+                }
+            }
+            Cmd::History { reply, .. } => {
+                let _ = reply.send(Err("an ingest answers history itself".into()));
+            }
+            Cmd::Want(_) | Cmd::Reseed { .. } => {}
+        }
+    }
+
+    /// Publishes one upstream message, if this process still holds the lease
+    /// of the term it was dispatched under (fencing: an ingest whose lease
+    /// lapsed, or that lost it, publishes nothing more).
+    async fn publish(&mut self, p: Publish) {
+        let valid = self.valid_until.is_some_and(|t| Instant::now() < t);
+        if self.term != Some(p.epoch) || !valid || !self.connected {
+            Counters::add(&self.nats.link.counters.fenced, 1);
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(EPOCH, p.epoch.to_string().as_str());
+        headers.insert(SEQ, p.seq.to_string().as_str());
+        let subject = self.nats.subjects.feed(&p.product, p.channel);
+        if self.nats.client.publish_with_headers(subject, headers, p.body).await.is_ok() {
+            Counters::add(&self.nats.link.counters.published, 1);
+        }
+    }
+
+    async fn on_inner(&mut self, msg: Inner) {
+        match msg {
+            Inner::Nats(up) => {
+                self.connected = up;
+                self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
+                if up {
+                    log::info!(event = "nats_connected"; "nats: connected");
+                    // Edges could not declare while NATS was away: their leases
+                    // run from now.
+                    let now = Instant::now();
+                    self.edges.values_mut().for_each(|(_, at)| *at = now);
+                    let _ = self.nats.client.publish(self.nats.subjects.interest_query(), Bytes::new()).await;
+                } else {
+                    log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
+                }
+            }
+            Inner::Lease(term, why) => self.on_lease(term, why).await,
+            Inner::Interest { node, topics } => {
+                self.edges.insert(node, (topics, Instant::now()));
+                self.send_union().await;
+            }
+            Inner::Wants { node, key } => {
+                let (keys, at) = self.edges.entry(node).or_insert_with(|| (Vec::new(), Instant::now()));
+                *at = Instant::now();
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+                self.send_union().await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_lease(&mut self, held: Option<(u64, Instant)>, why: String) {
+        if let Some((_, sent)) = held {
+            // The server counts the entry's age from when it received the
+            // request, which was after `sent`: until `sent` + the time to live
+            // (less a margin for the clocks' rates) no other ingest can take it.
+            let ttl = self.nats.link.cfg.lease_ttl;
+            self.valid_until = Some(sent + ttl.saturating_sub(ttl / 5));
+        }
+        let term = held.map(|(t, _)| t);
+        if term == self.term {
+            return;
+        }
+        self.term = term;
+        match term {
+            Some(t) => {
+                log::info!(event = "lease_taken", term = t; "nats: this ingest is active (term {t}): {why}");
+                Counters::add(&self.nats.link.counters.lease_takeovers, 1);
+                self.serve_ingest_requests().await;
+                let _ = self.nats.client.publish(self.nats.subjects.interest_query(), Bytes::new()).await;
+            }
+            None => {
+                log::warn!(event = "lease_lost"; "nats: this ingest is standby: {why}");
+                self.valid_until = None;
+                self.serving.drain(..).for_each(|t| t.abort());
+            }
+        }
+        self.nats.link.set_status(|s| {
+            s.lease = Some(if term.is_some() { "active" } else { "standby" });
+            s.epoch = term.unwrap_or(s.epoch);
+            // A standby does not read who holds the lease: it says only that it does not.
+            s.active_ingest = term.map(|_| self.nats.link.node.clone());
+        });
+        let _ = self.nats.ev.send(Ev::Lease(term)).await;
+    }
+
+    /// Drops the interest of edges that stopped renewing it.
+    async fn sweep(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let ttl = self.nats.link.cfg.interest_ttl;
+        let before = self.edges.len();
+        self.edges.retain(|node, (_, at)| {
+            let live = at.elapsed() < ttl;
+            if !live {
+                log::info!(event = "interest_expired", node = node.as_str(); "nats: edge {node}'s interest expired");
+            }
+            live
+        });
+        if self.edges.len() != before {
+            self.send_union().await;
+        }
+    }
+
+    async fn send_union(&mut self) {
+        let union: BTreeSet<Key> = self.edges.values().flat_map(|(k, _)| k.iter().cloned()).collect();
+        if union == self.union {
+            return;
+        }
+        self.union = union.clone();
+        self.nats.link.set_status(|s| s.interest = union.iter().map(key_name).collect());
+        let _ = self.nats.ev.send(Ev::Interest(union)).await;
+    }
+
+    /// While active: answer seeds and history.
+    async fn serve_ingest_requests(&mut self) {
+        let (client, ev, slots) = (self.nats.client.clone(), self.nats.ev.clone(), self.nats.slots.clone());
+        if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.seed()).await {
+            let (ev, inner) = (ev.clone(), self.nats.inner_tx.clone());
+            self.serving.push(tokio::spawn(serve_requests(sub, client.clone(), slots.clone(), move |payload| {
+                let (ev, inner) = (ev.clone(), inner.clone());
+                async move { seed(payload, ev, inner).await }
+            })));
+        }
+        if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.history()).await {
+            self.serving.push(tokio::spawn(serve_requests(sub, client, slots, move |payload| {
+                let ev = ev.clone();
+                async move {
+                    let ask = serde_json::from_slice(&payload).map_err(|e| format!("bad history request: {e}"))?;
+                    let (reply, answer) = oneshot::channel();
+                    ev.send(Ev::History { ask, reply }).await.map_err(|_| "shutting down".to_string())?;
+                    answer.await.map(String::into_bytes).map_err(|_| "no answer".to_string())
+                }
+            })));
+        }
+    }
+
+    /// Keeps (or tries to take) the lease: every second while active, every
+    /// 250 ms while standby.
+    fn spawn_lease_keeper(&self) {
+        let nats = self.nats.clone();
+        let (upstream, products) = (self.upstream_connected.clone(), self.products.clone());
+        tokio::spawn(async move {
+            let mut store: Option<kv::Store> = None;
+            let mut held: Option<(u64, u64)> = None; // (term, revision)
+            let mut published_products: Option<Bytes> = None;
+            let node = nats.link.node.clone();
+            loop {
+                let pause = if held.is_some() { 1000 } else { 250 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                if nats.client.connection_state() != async_nats::connection::State::Connected {
+                    continue;
+                }
+                if store.is_none() {
+                    match nats.bucket().await {
+                        Ok(s) => store = Some(s),
+                        Err(e) => {
+                            log::warn!(event = "nats_bucket_failed"; "nats: {e}");
+                            continue;
+                        }
+                    }
+                }
+                let Some(kv) = &store else { continue };
+                let up = if upstream.load(std::sync::atomic::Ordering::Relaxed) { "connected" } else { "connecting" };
+                match held {
+                    Some((term, rev)) => {
+                        let value = json!({"node": node, "term": term, "upstream": up}).to_string();
+                        let sent = Instant::now();
+                        match tokio::time::timeout(Duration::from_secs(1), kv.update("ingest", value.into(), rev)).await
+                        {
+                            Ok(Ok(rev)) => {
+                                held = Some((term, rev));
+                                let _ = nats.inner_tx.send(Inner::Lease(Some((term, sent)), String::new())).await;
+                            }
+                            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                                held = None;
+                                let why = "another ingest holds the lease".to_string();
+                                let _ = nats.inner_tx.send(Inner::Lease(None, why)).await;
+                            }
+                            // Not renewed this time; the lease lapses on its own
+                            // clock if this goes on (see `publish`).
+                            _ => {}
+                        }
+                        let p = products.lock().ok().and_then(|p| p.clone());
+                        if let Some(p) = p.filter(|p| published_products.as_ref() != Some(p)) {
+                            if kv.put("products", p.clone()).await.is_ok() {
+                                published_products = Some(p);
+                            }
+                        }
+                    }
+                    None => {
+                        // The term is the revision that creates the entry: read it
+                        // back into the value at the first renewal.
+                        let value = json!({"node": node, "term": 0, "upstream": "connecting"}).to_string();
+                        let sent = Instant::now();
+                        if let Ok(Ok(rev)) =
+                            tokio::time::timeout(Duration::from_secs(1), kv.create("ingest", value.into())).await
+                        {
+                            held = Some((rev, rev));
+                            published_products = None;
+                            let why = "no other ingest held it".to_string();
+                            let _ = nats.inner_tx.send(Inner::Lease(Some((rev, sent)), why)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_interest_listener(&self) {
+        let (client, inner, all, query) = (
+            self.nats.client.clone(),
+            self.nats.inner_tx.clone(),
+            self.nats.subjects.interest_all(),
+            self.nats.subjects.interest_query(),
+        );
+        tokio::spawn(async move {
+            let Ok(mut sub) = client.subscribe(all).await else { return };
+            while let Some(msg) = sub.next().await {
+                if msg.subject.as_str() == query {
+                    continue;
+                }
+                if let Ok(i) = serde_json::from_slice::<Interest>(&msg.payload) {
+                    let topics = parse_keys(i.topics);
+                    let _ = inner.send(Inner::Interest { node: i.node, topics }).await;
+                }
+            }
+        });
+    }
+}
+
+/// A seed request: the asking edge's interest in the topic counts from now
+/// (so the ingest subscribes upstream even before the edge's next
+/// declaration), then shard 0 answers.
+async fn seed(payload: Bytes, ev: mpsc::Sender<Ev>, inner: mpsc::Sender<Inner>) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    struct Ask {
+        node: String,
+        product: String,
+        channel: String,
+    }
+    let ask: Ask = serde_json::from_slice(&payload).map_err(|e| format!("bad seed request: {e}"))?;
+    let channel = Channel::parse(&ask.channel).ok_or("bad seed request: no such channel")?;
+    if !super::is_token(&ask.product) {
+        return Err("bad seed request: not a product".into());
+    }
+    let key = (ask.product.clone(), channel);
+    inner.send(Inner::Wants { node: ask.node, key }).await.map_err(|_| "shutting down".to_string())?;
+    let (reply, answer) = oneshot::channel();
+    ev.send(Ev::SeedAsk { product: ask.product, channel, reply }).await.map_err(|_| "shutting down".to_string())?;
+    let a = answer.await.map_err(|_| "no answer".to_string())?;
+    let raw = |v: Vec<Vec<u8>>| -> Vec<Box<serde_json::value::RawValue>> {
+        v.into_iter()
+            .filter_map(|b| String::from_utf8(b).ok())
+            .filter_map(|s| serde_json::value::RawValue::from_string(s).ok())
+            .collect()
+    };
+    let reply =
+        SeedReply { epoch: a.epoch, seq: a.seq, first: raw(a.first), history: raw(a.history), refused: a.refused };
+    serde_json::to_vec(&reply).map_err(|e| e.to_string())
+}
