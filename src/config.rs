@@ -905,6 +905,30 @@ mod tests {
     }
 
     #[test]
+    fn roles_need_nats_and_a_node_and_one_process_needs_neither() {
+        use crate::cluster::Role;
+        let c = serve_cfg("", &[]);
+        assert_eq!((c.role, c.cluster.urls.len()), (Role::All, 0));
+        let c = serve_cfg("--role edge --node a --nats nats://127.0.0.1:4222,nats://127.0.0.1:4223", &[]);
+        assert_eq!((c.role, c.cluster.urls.len(), c.cluster.prefix.as_str()), (Role::Edge, 2, "hedgehog"));
+        let c = serve_cfg("--node i", &[("HEDGEHOG_ROLE", "ingest"), ("HEDGEHOG_NATS", "nats://n:4222")]);
+        assert_eq!(c.role, Role::Ingest, "from the environment");
+        let c = serve_cfg("--role edge --node a --nats nats://n --lease-ttl 5 --interest-ttl 2", &[]);
+        assert_eq!((c.cluster.lease_ttl.as_secs(), c.cluster.interest_ttl.as_secs()), (5, 2));
+        for (line, says) in [
+            ("--role edge --node a", "--role edge needs --nats URL"),
+            ("--role ingest --nats nats://n", "--role ingest needs --node NAME"),
+            ("--nats nats://n", "--nats needs --role ingest or --role edge"),
+            ("--role hub", "--role \"hub\": use all, ingest or edge"),
+            ("--role edge --node a --nats nats://n --nats-prefix a.b", "--nats-prefix \"a.b\""),
+            ("--role edge --node a --nats nats://n --lease-ttl 1", "--lease-ttl must be at least 2 seconds"),
+        ] {
+            let e = run(line, &[]).unwrap_err();
+            assert!(e.starts_with(says) && !e.contains('\n'), "{line}: {e}");
+        }
+    }
+
+    #[test]
     fn defaults_then_env_then_flags() {
         let c = serve_cfg("", &[]);
         assert_eq!(
