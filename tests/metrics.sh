@@ -39,6 +39,35 @@ echo "promtool check metrics (--metrics-addr, then the main port):"
 promtool check metrics <"$WORK/metrics.txt"
 promtool check metrics <"$WORK/main.txt"
 
+echo "an ingest and an edge on NATS (their cluster families too):"
+command -v nats-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nats-server >/dev/null
+nats-server -a 127.0.0.1 -p -1 -js -sd "$WORK/js" --ports_file_dir "$WORK" >"$WORK/nats.log" 2>&1 &
+NATS_PID=$!
+trap '[ -z "$PID" ] || kill "$PID" 2>/dev/null || true; kill $NATS_PID ${CLUSTER_PIDS:-} 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 300); do ls "$WORK"/*.ports >/dev/null 2>&1 && break; sleep 0.1; done
+NATS=$(python3 -c 'import json,glob,sys; print(json.load(open(glob.glob(sys.argv[1]+"/*.ports")[0]))["nats"][0])' "$WORK")
+CLUSTER_PIDS=
+for role in ingest edge; do
+  WEB_CONCURRENCY=1 RUST_LOG=info "$BIN" --simulate --role $role --node "m_$role" --nats "$NATS" \
+    --host 127.0.0.1 --port 0 2>"$WORK/$role.log" &
+  CLUSTER_PIDS="$CLUSTER_PIDS $!"
+done
+for role in ingest edge; do
+  for _ in $(seq 1 300); do grep -q "hedgehog listening on " "$WORK/$role.log" && break; sleep 0.1; done
+done
+INGEST=$(sed -n 's/.*hedgehog listening on \([^ ]*\).*/\1/p' "$WORK/ingest.log" | head -1)
+EDGE=$(sed -n 's/.*hedgehog listening on \([^ ]*\).*/\1/p' "$WORK/edge.log" | head -1)
+# Data through the edge (so that the ingest publishes), for up to 30 s.
+for _ in $(seq 1 30); do
+  curl -sN --max-time 1 "http://$EDGE/api/v1/subscribe/BTC-USD" | grep -q '"type":"match"' && break || true
+done
+for node in "$INGEST" "$EDGE"; do
+  curl -sf "http://$node/metrics" >"$WORK/node.txt"
+  promtool check metrics <"$WORK/node.txt"
+  grep -E '^hedgehog_(nats_messages_total|nats_connected|cluster_role)' "$WORK/node.txt"
+done
+grep -q '^hedgehog_ingest_lease_active 1' <(curl -sf "http://$INGEST/metrics") || { echo "the ingest holds no lease"; exit 1; }
+
 echo "the dashboard's queries name metrics that exist:"
 python3 - deploy/grafana-dashboard.json "$WORK/metrics.txt" <<'PY'
 import json, re, sys

@@ -153,7 +153,9 @@ struct Nats {
     subjects: Subjects,
     ev: mpsc::Sender<Ev>,
     inner_tx: mpsc::Sender<Inner>,
+    /// Requests served at once, and asked at once (see [`IN_FLIGHT`]).
     slots: Arc<tokio::sync::Semaphore>,
+    asks: Arc<tokio::sync::Semaphore>,
 }
 
 async fn run(
@@ -212,6 +214,7 @@ async fn run(
         ev,
         inner_tx,
         slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+        asks: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
     };
     nats.serve_rest().await;
     match link.role {
@@ -255,7 +258,13 @@ impl Nats {
         read: impl FnOnce(Bytes) -> Result<T, String> + Send + 'static,
     ) {
         let client = self.client.clone();
+        // Bounded like the requests served: past it, the asker hears so at once.
+        let Ok(permit) = self.asks.clone().try_acquire_owned() else {
+            let _ = reply.send(Err("too many requests on their way".into()));
+            return;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let answer = match tokio::time::timeout(REQUEST_DEADLINE, client.request(subject, payload.into())).await {
                 Ok(Ok(msg)) => read(msg.payload),
                 Ok(Err(e)) => Err(match e.kind() {
@@ -293,16 +302,18 @@ impl Nats {
         });
     }
 
-    async fn bucket(&self) -> Result<kv::Store, String> {
+    /// The lease's bucket (`P`: entries age out after the lease's time to
+    /// live) or, `lease` false, the product list's (`P-products`: kept).
+    async fn bucket(&self, lease: bool) -> Result<kv::Store, String> {
         let js = async_nats::jetstream::new(self.client.clone());
-        let name = self.link.cfg.prefix.clone();
+        let name = bucket_name(&self.link.cfg.prefix, lease);
         if let Ok(store) = js.get_key_value(name.clone()).await {
             return Ok(store);
         }
         let config = kv::Config {
             bucket: name.clone(),
             history: 1,
-            max_age: self.link.cfg.lease_ttl,
+            max_age: if lease { self.link.cfg.lease_ttl } else { Duration::ZERO },
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
         };
@@ -338,6 +349,15 @@ where
             let _ = client.publish(reply, body.into()).await;
             drop(permit);
         });
+    }
+}
+
+/// See [`Nats::bucket`].
+fn bucket_name(prefix: &str, lease: bool) -> String {
+    if lease {
+        prefix.to_string()
+    } else {
+        format!("{prefix}-products")
     }
 }
 
@@ -729,6 +749,7 @@ impl Edge {
         );
         tokio::spawn(async move {
             let mut store: Option<kv::Store> = None;
+            let mut listing: Option<kv::Store> = None;
             let mut products: Option<Bytes> = None;
             let mut tick = tokio::time::interval(Duration::from_millis(250).min(ttl / 4));
             loop {
@@ -736,9 +757,10 @@ impl Edge {
                 if client.connection_state() != async_nats::connection::State::Connected {
                     continue;
                 }
-                if store.is_none() {
+                if store.is_none() || listing.is_none() {
                     let js = async_nats::jetstream::new(client.clone());
-                    store = js.get_key_value(prefix.clone()).await.ok();
+                    store = js.get_key_value(bucket_name(&prefix, true)).await.ok();
+                    listing = js.get_key_value(bucket_name(&prefix, false)).await.ok();
                 }
                 let Some(kv) = store.clone() else {
                     let _ = inner.send(Inner::LeaseSeen(None)).await;
@@ -754,7 +776,8 @@ impl Edge {
                     }
                     Err(_) => store = None,
                 }
-                if let Ok(Some(e)) = kv.entry("products").await {
+                let Some(listing) = &listing else { continue };
+                if let Ok(Some(e)) = listing.entry("products").await {
                     if products.as_ref() != Some(&e.value) {
                         if let Ok(list) = serde_json::from_slice::<Vec<Product>>(&e.value) {
                             let _ = inner.send(Inner::Products(list)).await;
@@ -1008,6 +1031,7 @@ impl Ingest {
         let (upstream, products) = (self.upstream_connected.clone(), self.products.clone());
         tokio::spawn(async move {
             let mut store: Option<kv::Store> = None;
+            let mut listing: Option<kv::Store> = None;
             let mut held: Option<(u64, u64)> = None; // (term, revision)
             let mut published_products: Option<Bytes> = None;
             let node = nats.link.node.clone();
@@ -1017,10 +1041,10 @@ impl Ingest {
                 if nats.client.connection_state() != async_nats::connection::State::Connected {
                     continue;
                 }
-                if store.is_none() {
-                    match nats.bucket().await {
-                        Ok(s) => store = Some(s),
-                        Err(e) => {
+                if store.is_none() || listing.is_none() {
+                    match (nats.bucket(true).await, nats.bucket(false).await) {
+                        (Ok(s), Ok(l)) => (store, listing) = (Some(s), Some(l)),
+                        (Err(e), _) | (_, Err(e)) => {
                             log::warn!(event = "nats_bucket_failed"; "nats: {e}");
                             continue;
                         }
@@ -1049,7 +1073,11 @@ impl Ingest {
                         }
                         let p = products.lock().ok().and_then(|p| p.clone());
                         if let Some(p) = p.filter(|p| published_products.as_ref() != Some(p)) {
-                            if kv.put("products", p.clone()).await.is_ok() {
+                            let put = listing.as_ref().map(|l| l.put("products", p.clone()));
+                            if let Some(Ok(_)) = match put {
+                                Some(f) => Some(f.await),
+                                None => None,
+                            } {
                                 published_products = Some(p);
                             }
                         }

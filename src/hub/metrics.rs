@@ -111,6 +111,23 @@ impl Hub {
             panics: g.panics(),
             tls: g.tls,
             per_shard,
+            cluster: g.cluster().map(|link| {
+                let (s, c) = (link.status(), &link.counters);
+                let n = crate::cluster::Counters::get;
+                metrics::ClusterFigures {
+                    role: link.role.as_str(),
+                    nats_connected: s.nats == "connected",
+                    lease_active: s.lease == Some("active"),
+                    published: n(&c.published),
+                    received: n(&c.received),
+                    fenced: n(&c.fenced),
+                    seeds: n(&c.seeds),
+                    gaps: n(&c.gaps),
+                    forwarded_ok: n(&c.forwarded_ok),
+                    forwarded_failed: n(&c.forwarded_failed),
+                    lease_takeovers: n(&c.lease_takeovers),
+                }
+            }),
         };
         Ok(metrics::render(&all, &p))
     }

@@ -327,6 +327,25 @@ pub struct ProcessFigures {
     pub tls: bool,
     /// Each shard's own load, to see an imbalance between them.
     pub per_shard: Vec<ShardFigures>,
+    /// With `--role ingest|edge`: the NATS side's figures.
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// An ingest's or an edge's NATS figures (read from its NATS thread's counters).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub role: &'static str,
+    pub nats_connected: bool,
+    /// Ingest: whether it holds the lease.
+    pub lease_active: bool,
+    pub published: u64,
+    pub received: u64,
+    pub fenced: u64,
+    pub seeds: u64,
+    pub gaps: u64,
+    pub forwarded_ok: u64,
+    pub forwarded_failed: u64,
+    pub lease_takeovers: u64,
 }
 
 /// One shard's connections and deliveries (the `shard` label).
@@ -344,7 +363,44 @@ impl ShardFigures {
 }
 
 /// The states `hedgehog_upstream_state` has a series for.
-const UPSTREAM_STATES: [&str; 3] = ["connecting", "connected", "reconnecting"];
+const UPSTREAM_STATES: [&str; 4] = ["connecting", "connected", "reconnecting", "standby"];
+
+/// The NATS figures of an ingest or an edge.
+fn cluster(out: &mut Exposition, c: &ClusterFigures) {
+    out.family("hedgehog_cluster_role", "gauge", "This node's role among several (value 1).");
+    out.sample("hedgehog_cluster_role", &[("role", c.role)], 1.0);
+    out.gauge(
+        "hedgehog_nats_connected",
+        "Whether the NATS connection is up (1) or not (0).",
+        f64::from(c.nats_connected),
+    );
+    if c.role == "ingest" {
+        out.gauge(
+            "hedgehog_ingest_lease_active",
+            "Whether this ingest holds the lease (1) or is standby (0).",
+            f64::from(c.lease_active),
+        );
+        out.counter(
+            "hedgehog_ingest_lease_takeovers_total",
+            "Times this ingest took the lease.",
+            c.lease_takeovers as f64,
+        );
+    }
+    out.family("hedgehog_nats_messages_total", "counter", "Feed messages over NATS, by direction.");
+    out.sample("hedgehog_nats_messages_total", &[("direction", "published")], c.published as f64);
+    out.sample("hedgehog_nats_messages_total", &[("direction", "received")], c.received as f64);
+    let help = "Feed messages an old lease term sent (edge) or a lapsed lease kept from NATS (ingest).";
+    out.counter("hedgehog_nats_fenced_total", help, c.fenced as f64);
+    out.counter("hedgehog_nats_seeds_total", "Topics an edge asked the ingest to seed.", c.seeds as f64);
+    out.counter(
+        "hedgehog_nats_gaps_total",
+        "Gaps in a subject's numbers an edge saw (then it seeded afresh).",
+        c.gaps as f64,
+    );
+    out.family("hedgehog_forwarded_requests_total", "counter", "REST calls forwarded to another node, by result.");
+    out.sample("hedgehog_forwarded_requests_total", &[("result", "ok")], c.forwarded_ok as f64);
+    out.sample("hedgehog_forwarded_requests_total", &[("result", "failed")], c.forwarded_failed as f64);
+}
 
 /// The exposition of `s` (every shard's figures added up) and `p`.
 pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
@@ -470,6 +526,9 @@ pub fn render(s: &Snapshot, p: &ProcessFigures) -> String {
         for (how, n) in Handshake::ALL.iter().zip(s.tls_handshakes) {
             out.sample("hedgehog_tls_handshakes_total", &[("result", how.name())], n as f64);
         }
+    }
+    if let Some(c) = &p.cluster {
+        cluster(&mut out, c);
     }
     out.family("hedgehog_access_refusals_total", "counter", "Access control refusals, by status.");
     for (status, n) in ["401", "403", "429"].iter().zip(p.refusals) {
