@@ -363,6 +363,71 @@ impl Owner {
 mod tests {
     use super::*;
 
+    fn limits() -> HistoryLimits {
+        HistoryLimits { per_topic: 10, max_age: std::time::Duration::from_secs(60), max_bytes: 1 << 20 }
+    }
+
+    fn msg(text: &str) -> FeedMessage {
+        FeedMessage::new(text.as_bytes()).unwrap()
+    }
+
+    fn payloads(frames: &[Frame]) -> Vec<String> {
+        let text = |f: &Frame| crate::ws::frame::split_server_frame(f).map(|(_, p)| p.to_vec()).unwrap_or_default();
+        frames.iter().map(|f| String::from_utf8(text(f)).unwrap()).collect()
+    }
+
+    #[test]
+    fn an_edge_answers_joins_once_the_topic_is_seeded_and_again_after_a_loss() {
+        let edge = Owner::with_cluster(Upstream::detached(), limits(), Some(ClusterPart::Edge(EdgePart::default())));
+        let topic = Topic::new("A-B", Channel::Matches);
+        let (c1, c2, c3) = (ClientId::new(None, 0, 1), ClientId::new(None, 1, 2), ClientId::new(None, 1, 3));
+        assert_eq!(edge.join(&topic, c1, None), None, "not seeded: the join waits");
+        assert_eq!(edge.join(&topic, c2, Some(5)), None);
+        assert!(edge.upstream.desired().contains(&("A-B".to_string(), Channel::Matches)), "and NATS is asked");
+        assert_eq!(edge.take_fresh(), vec![topic.clone()]);
+        let old = msg(r#"{"type":"match","trade_id":6,"product_id":"A-B"}"#);
+        let last = msg(r#"{"type":"match","trade_id":7,"product_id":"A-B"}"#);
+        let late = edge.seed(&topic, &[old, last.clone()], &[last]);
+        let by = |c: ClientId| payloads(&late.iter().find(|(id, _)| *id == c).unwrap().1);
+        assert_eq!(by(c1), [r#"{"type":"last_match","trade_id":7,"product_id":"A-B"}"#]);
+        assert_eq!(by(c2).len(), 2, "?replay= is answered from the ingest's history");
+        assert_eq!(edge.join(&topic, c3, None).map(|f| f.len()), Some(1), "seeded: answered at once");
+        // The ingest or NATS went away: every topic waits for a fresh seed.
+        edge.feed.borrow_mut().forget_all();
+        edge.unready_all();
+        assert_eq!(edge.join(&topic, c3, None), None);
+        assert_eq!(edge.drop_pending("A-B"), vec![(topic, c3)], "a refused product answers them with nothing");
+    }
+
+    #[test]
+    fn an_ingest_numbers_each_subject_per_term_and_its_seed_says_how_far_it_goes() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let ingest =
+            Owner::with_cluster(Upstream::detached(), limits(), Some(ClusterPart::Ingest(IngestPart::new(tx))));
+        let topic = Topic::new("A-B", Channel::Matches);
+        ingest.set_remote([("A-B".to_string(), Channel::Matches)].into());
+        assert!(!ingest.shards_for("A-B", Channel::Matches).is_empty(), "the edges' interest is a member of the set");
+        let m = msg(r#"{"type":"match","trade_id":1,"product_id":"A-B"}"#);
+        ingest.publish(&m, "A-B", Channel::Matches);
+        assert!(rx.try_recv().is_err(), "standby: nothing is published");
+        ingest.set_term(Some(9));
+        for _ in 0..3 {
+            ingest.feed.borrow_mut().on_message(&m, Channel::Matches, true, crate::clock::now_micros());
+            ingest.publish(&m, "A-B", Channel::Matches);
+        }
+        let sent: Vec<(u64, u64)> = std::iter::from_fn(|| rx.try_recv().ok()).map(|p| (p.epoch, p.seq)).collect();
+        assert_eq!(sent, [(9, 1), (9, 2), (9, 3)]);
+        let a = ingest.seed_answer(&topic, None);
+        assert_eq!((a.epoch, a.seq, a.first.len(), a.history.len(), a.refused), (9, 3, 1, 3, None));
+        let known: HashSet<String> = ["C-D".to_string()].into();
+        assert!(ingest.seed_answer(&topic, Some(&known)).refused.is_some(), "an unlisted product is refused");
+        ingest.set_term(Some(12));
+        ingest.publish(&m, "A-B", Channel::Matches);
+        assert_eq!(rx.try_recv().map(|p| (p.epoch, p.seq)).ok(), Some((12, 1)), "a new term numbers from 1");
+        ingest.set_remote(BTreeSet::new());
+        assert!(ingest.shards_for("A-B", Channel::Matches).is_empty(), "a dropped interest leaves the set");
+    }
+
     #[test]
     fn shard_sets_hold_up_to_256_shards() {
         let mut s = ShardSet::default();
