@@ -128,8 +128,10 @@ enum Inner {
     /// Ingest: this process's lease (its term, and when the request that took
     /// or renewed it was sent) or none; `why` when it changed.
     Lease(Option<(u64, Instant)>, String),
-    /// Ingest: an edge asked for a topic's seed (its interest counts from now).
-    Wants { node: String, key: Key },
+    /// Ingest: an edge asks for a topic's seed. Its interest in the topic
+    /// counts from now, and reaches shard 0 before the question does: the
+    /// topic is published from the moment the answer is made.
+    Wants { node: String, key: Key, reply: oneshot::Sender<super::SeedAnswer> },
     /// Edge: ask for a topic's seed again (after a failed one).
     AskAgain(Key),
     /// Ingest: an edge declared its interest.
@@ -925,13 +927,15 @@ impl Ingest {
                 self.edges.insert(node, (topics, Instant::now()));
                 self.send_union().await;
             }
-            Inner::Wants { node, key } => {
+            Inner::Wants { node, key, reply } => {
                 let (keys, at) = self.edges.entry(node).or_insert_with(|| (Vec::new(), Instant::now()));
                 *at = Instant::now();
                 if !keys.contains(&key) {
-                    keys.push(key);
+                    keys.push(key.clone());
                 }
                 self.send_union().await;
+                let (product, channel) = key;
+                let _ = self.nats.ev.send(Ev::SeedAsk { product, channel, reply }).await;
             }
             _ => {}
         }
@@ -1005,10 +1009,10 @@ impl Ingest {
     async fn serve_ingest_requests(&mut self) {
         let (client, ev, slots) = (self.nats.client.clone(), self.nats.ev.clone(), self.nats.slots.clone());
         if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.seed()).await {
-            let (ev, inner) = (ev.clone(), self.nats.inner_tx.clone());
+            let inner = self.nats.inner_tx.clone();
             self.serving.push(tokio::spawn(serve_requests(sub, client.clone(), slots.clone(), move |payload| {
-                let (ev, inner) = (ev.clone(), inner.clone());
-                async move { seed(payload, ev, inner).await }
+                let inner = inner.clone();
+                async move { seed(payload, inner).await }
             })));
         }
         if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.history()).await {
@@ -1033,6 +1037,7 @@ impl Ingest {
             let mut store: Option<kv::Store> = None;
             let mut listing: Option<kv::Store> = None;
             let mut held: Option<(u64, u64)> = None; // (term, revision)
+            let mut bucket_error: Option<String> = None;
             let mut published_products: Option<Bytes> = None;
             let node = nats.link.node.clone();
             loop {
@@ -1045,7 +1050,12 @@ impl Ingest {
                     match (nats.bucket(true).await, nats.bucket(false).await) {
                         (Ok(s), Ok(l)) => (store, listing) = (Some(s), Some(l)),
                         (Err(e), _) | (_, Err(e)) => {
-                            log::warn!(event = "nats_bucket_failed"; "nats: {e}");
+                            // Said once, not four times a second (JetStream off, say).
+                            if bucket_error.as_ref() != Some(&e) {
+                                log::warn!(event = "nats_bucket_failed";
+                                    "nats: {e} (is JetStream on? nats-server -js); trying again");
+                                bucket_error = Some(e);
+                            }
                             continue;
                         }
                     }
@@ -1126,7 +1136,7 @@ impl Ingest {
 /// A seed request: the asking edge's interest in the topic counts from now
 /// (so the ingest subscribes upstream even before the edge's next
 /// declaration), then shard 0 answers.
-async fn seed(payload: Bytes, ev: mpsc::Sender<Ev>, inner: mpsc::Sender<Inner>) -> Result<Vec<u8>, String> {
+async fn seed(payload: Bytes, inner: mpsc::Sender<Inner>) -> Result<Vec<u8>, String> {
     #[derive(serde::Deserialize)]
     struct Ask {
         node: String,
@@ -1138,10 +1148,9 @@ async fn seed(payload: Bytes, ev: mpsc::Sender<Ev>, inner: mpsc::Sender<Inner>) 
     if !super::is_token(&ask.product) {
         return Err("bad seed request: not a product".into());
     }
-    let key = (ask.product.clone(), channel);
-    inner.send(Inner::Wants { node: ask.node, key }).await.map_err(|_| "shutting down".to_string())?;
     let (reply, answer) = oneshot::channel();
-    ev.send(Ev::SeedAsk { product: ask.product, channel, reply }).await.map_err(|_| "shutting down".to_string())?;
+    let wants = Inner::Wants { node: ask.node, key: (ask.product, channel), reply };
+    inner.send(wants).await.map_err(|_| "shutting down".to_string())?;
     let a = answer.await.map_err(|_| "no answer".to_string())?;
     let raw = |v: Vec<Vec<u8>>| -> Vec<Box<serde_json::value::RawValue>> {
         v.into_iter()
