@@ -199,6 +199,9 @@ pub enum Cmd {
     Upstream { connected: bool },
     /// An ingest's feed listed its products.
     Products(Vec<Product>),
+    /// The process is stopping: an active ingest gives the lease up (a
+    /// standby takes it at once, not a lease's time later), then says so.
+    Release(std::sync::mpsc::Sender<()>),
 }
 
 /// From the NATS thread to shard 0.
@@ -299,6 +302,15 @@ impl Link {
         let (reply, answer) = oneshot::channel();
         let cmd = Cmd::Forward { node: node.to_string(), request, reply };
         self.ask(cmd, answer).await?
+    }
+
+    /// At shutdown (after the shards stopped): an active ingest gives its
+    /// lease up, waiting at most `within` for NATS to take it.
+    pub fn release(&self, within: Duration) {
+        let (done, released) = std::sync::mpsc::channel();
+        if self.role == Role::Ingest && self.cmd.try_send(Cmd::Release(done)).is_ok() {
+            let _ = released.recv_timeout(within);
+        }
     }
 
     /// `/api/v1/history`, asked of the active ingest.

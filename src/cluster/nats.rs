@@ -465,7 +465,7 @@ impl Edge {
                     }
                 });
             }
-            Cmd::Upstream { .. } | Cmd::Products(_) => {}
+            Cmd::Upstream { .. } | Cmd::Products(_) | Cmd::Release(_) => {}
         }
     }
 
@@ -830,11 +830,17 @@ struct Ingest {
     upstream_connected: Arc<std::sync::atomic::AtomicBool>,
     products: Arc<std::sync::Mutex<Option<Bytes>>>,
     connected: bool,
+    /// To the lease keeper: give the lease up, then say so.
+    release: mpsc::Sender<std::sync::mpsc::Sender<()>>,
+    released: Option<mpsc::Receiver<std::sync::mpsc::Sender<()>>>,
 }
 
 impl Ingest {
     fn new(nats: Nats) -> Ingest {
+        let (release, released) = mpsc::channel(1);
         Ingest {
+            release,
+            released: Some(released),
             nats,
             term: None,
             valid_until: None,
@@ -854,7 +860,8 @@ impl Ingest {
         inner: &mut mpsc::Receiver<Inner>,
     ) {
         self.nats.link.set_status(|s| s.lease = Some("standby"));
-        self.spawn_lease_keeper();
+        let released = self.released.take();
+        self.spawn_lease_keeper(released);
         self.spawn_interest_listener();
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -883,6 +890,13 @@ impl Ingest {
             }
             Cmd::History { reply, .. } => {
                 let _ = reply.send(Err("an ingest answers history itself".into()));
+            }
+            Cmd::Release(done) => {
+                // The publish fence closes first; the keeper then deletes the entry.
+                self.valid_until = None;
+                if self.release.try_send(done).is_err() {
+                    log::warn!(event = "lease_release_failed"; "nats: could not give the lease up");
+                }
             }
             Cmd::Want(_) | Cmd::Reseed { .. } => {}
         }
@@ -1030,7 +1044,7 @@ impl Ingest {
 
     /// Keeps (or tries to take) the lease: every second while active, every
     /// 250 ms while standby.
-    fn spawn_lease_keeper(&self) {
+    fn spawn_lease_keeper(&self, mut release: Option<mpsc::Receiver<std::sync::mpsc::Sender<()>>>) {
         let nats = self.nats.clone();
         let (upstream, products) = (self.upstream_connected.clone(), self.products.clone());
         tokio::spawn(async move {
@@ -1040,9 +1054,33 @@ impl Ingest {
             let mut bucket_error: Option<String> = None;
             let mut published_products: Option<Bytes> = None;
             let node = nats.link.node.clone();
+            let mut given_up = false;
             loop {
-                let pause = if held.is_some() { 1000 } else { 250 };
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let pause = Duration::from_millis(if held.is_some() { 1000 } else { 250 });
+                let asked = async {
+                    match release.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    Some(done) = asked => {
+                        // Stopping: the entry goes (only if still ours), and no
+                        // lease is taken again.
+                        if let (Some((_, rev)), Some(kv)) = (held.take(), &store) {
+                            let delete = kv.delete_expect_revision("ingest", Some(rev));
+                            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), delete).await {
+                                log::info!(event = "lease_released"; "nats: gave the lease up");
+                            }
+                        }
+                        given_up = true;
+                        let _ = done.send(());
+                    }
+                }
+                if given_up {
+                    continue;
+                }
                 if nats.client.connection_state() != async_nats::connection::State::Connected {
                     continue;
                 }

@@ -176,6 +176,10 @@ impl RelayHandle {
         self.stop();
         let stopped = self.wait_for_threads(STOP_GRACE);
         self.close_recorder();
+        // An active ingest's upstream is closed: a standby may take over now.
+        if let Some(link) = self.global.cluster() {
+            link.release(Duration::from_secs(2));
+        }
         if !stopped {
             let stuck: Vec<String> = self.threads.iter().map(|(id, _)| id.to_string()).collect();
             let stuck = stuck.join(", ");
