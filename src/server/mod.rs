@@ -340,6 +340,10 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     let n = cfg.shards;
     let mut global = Global::new(&cfg).with_recording(recorder.as_ref().map(Recorder::stats));
     global.replay = simulator.as_ref().and_then(SimHandle::replay_progress);
+    if cfg.role == crate::cluster::Role::Edge {
+        // An edge's feed is what the active ingest publishes.
+        global.upstream_url = format!("{} (the active ingest's feed)", cfg.cluster.urls.join(","));
+    }
     let global = Arc::new(global);
     // Several nodes: the NATS thread, whose events shard 0 takes.
     let mut cluster_events = match cfg.role {
@@ -401,7 +405,7 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
     let scheme = if tls.is_some() && tls_addr.is_none() { "https:// and wss://" } else { "http:// and ws://" };
     let also = tls_addr.map(|a| format!(", TLS (https:// and wss://) on {a}")).unwrap_or_default();
     log::info!(event = "listening", addr:%;
-        "hedgehog listening on {addr} ({scheme}){also} with {n} shard(s); upstream {}", cfg.upstream.url);
+        "hedgehog listening on {addr} ({scheme}){also} with {n} shard(s); upstream {}", global.upstream_url);
     let config_file = cfg.config_file.clone();
     Ok(RelayHandle { addr, tls_addr, global, stop, threads, ended, simulator, recorder, config_file, tls })
 }
