@@ -984,7 +984,7 @@ impl Ingest {
         self.nats.link.set_status(|s| {
             s.lease = Some(if term.is_some() { "active" } else { "standby" });
             s.epoch = term.unwrap_or(s.epoch);
-            // A standby does not read who holds the lease: it says only that it does not.
+            // A standby's keeper reads who holds it, at its next try.
             s.active_ingest = term.map(|_| self.nats.link.node.clone());
         });
         let _ = self.nats.ev.send(Ev::Lease(term)).await;
@@ -1142,6 +1142,15 @@ impl Ingest {
                             published_products = None;
                             let why = "no other ingest held it".to_string();
                             let _ = nats.inner_tx.send(Inner::Lease(Some((rev, sent)), why)).await;
+                        } else {
+                            // Another holds it: who, for /healthz.
+                            let holder = match kv.entry("ingest").await {
+                                Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                                    serde_json::from_slice::<Lease>(&e.value).ok().map(|l| l.node)
+                                }
+                                _ => None,
+                            };
+                            nats.link.set_status(|s| s.active_ingest = holder);
                         }
                     }
                 }
