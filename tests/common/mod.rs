@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod access;
+pub mod nats;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
