@@ -320,7 +320,7 @@ fn a_late_joiner_on_an_edge_gets_the_first_messages_then_every_trade() {
 
 #[test]
 fn a_killed_active_ingest_is_replaced_by_the_standby() {
-    let mut cl = Cluster::start(&["BTC-USD"], 20.0, &["--lease-ttl", "2"]);
+    let mut cl = Cluster::start(&["BTC-USD"], 20.0, &["--lease-ttl", "3"]);
     let mut clients = Vec::new();
     for edge in ["a", "b"] {
         let (mut c, id) = cl.edge(edge).client();
@@ -390,7 +390,7 @@ fn no_subscription_is_lost_when_nats_is_killed_and_restarted() {
 
 #[test]
 fn a_killed_edges_interest_expires_upstream() {
-    let mut cl = Cluster::start(&["BTC-USD", "ETH-USD"], 10.0, &["--interest-ttl", "2"]);
+    let mut cl = Cluster::start(&["BTC-USD", "ETH-USD"], 10.0, &["--interest-ttl", "4"]);
     let (mut on_a, _) = cl.edge("a").client();
     subscribe(&mut on_a, &["ETH-USD"], &["matches"]);
     let (mut on_b, _) = cl.edge("b").client();
