@@ -256,6 +256,11 @@ pub struct Counters {
     pub forwarded_ok: AtomicU64,
     pub forwarded_failed: AtomicU64,
     pub lease_takeovers: AtomicU64,
+    /// Messages async-nats dropped for a slow subscription (its buffer full).
+    pub slow_consumer: AtomicU64,
+    /// Messages larger than the NATS server's max_payload: not published
+    /// (ingest), or a seed's history cut to fit.
+    pub oversize: AtomicU64,
 }
 
 impl Counters {
@@ -283,7 +288,10 @@ pub struct Link {
     /// Ingest: shard 0's queue of messages to publish.
     pub publish: Option<mpsc::Sender<Publish>>,
     pub status: Mutex<Status>,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
+    /// The NATS server's largest message (0 until connected): an ingest
+    /// publishes nothing larger, and cuts a seed's history to fit.
+    pub max_payload: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Link {

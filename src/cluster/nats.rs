@@ -66,7 +66,8 @@ pub fn start(role: Role, node: &str, cfg: ClusterConfig) -> Result<(Arc<Link>, E
         cmd: cmd_tx,
         publish: (role == Role::Ingest).then_some(pub_tx),
         status: std::sync::Mutex::new(Status { nats: "disconnected", ..Status::default() }),
-        counters: Counters::default(),
+        counters: Arc::default(),
+        max_payload: Arc::default(),
     });
     let thread_link = link.clone();
     std::thread::Builder::new()
@@ -99,8 +100,9 @@ impl Subjects {
     fn interest_all(&self) -> String {
         format!("{}.interest.*", self.0)
     }
+    /// Outside `interest.*`: no node's name can be it.
     fn interest_query(&self) -> String {
-        format!("{}.interest.query", self.0)
+        format!("{}.ctl.interest_query", self.0)
     }
     fn seed(&self) -> String {
         format!("{}.ingest.seed", self.0)
@@ -125,8 +127,8 @@ enum Inner {
     LeaseSeen(Option<(Lease, u64)>),
     /// Edge: the product list changed.
     Products(Vec<Product>),
-    /// Ingest: this process's lease (its term, and when the request that took
-    /// or renewed it was sent) or none; `why` when it changed.
+    /// Ingest: this process's lease (its term, and until when it is surely
+    /// still its own) or none; `why` when it changed.
     Lease(Option<(u64, Instant)>, String),
     /// Ingest: an edge asks for a topic's seed. Its interest in the topic
     /// counts from now, and reaches shard 0 before the question does: the
@@ -135,9 +137,7 @@ enum Inner {
     /// Edge: ask for a topic's seed again (after a failed one).
     AskAgain(Key),
     /// Ingest: an edge declared its interest.
-    Interest { node: String, topics: Vec<Key> },
-    /// Ingest: a new active ingest asked for interest (edges answer).
-    InterestQuery,
+    Interest { node: String, topics: Vec<Key>, ttl: Option<Duration> },
 }
 
 /// The lease's value in the bucket.
@@ -169,6 +169,8 @@ async fn run(
 ) {
     let (inner_tx, mut inner) = mpsc::channel::<Inner>(4096);
     let events = inner_tx.clone();
+    let slow_warned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counters = link.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("hedgehog {} {}", link.role.as_str(), link.node))
         .retry_on_initial_connect()
@@ -178,13 +180,22 @@ async fn run(
         .reconnect_delay_callback(|attempts| Duration::from_millis((100 * attempts as u64).min(1000)))
         .event_callback(move |event| {
             let events = events.clone();
+            let (counters, slow_warned) = (counters.clone(), slow_warned.clone());
             async move {
+                let counters = &counters.counters;
                 match event {
                     async_nats::Event::Connected => {
                         let _ = events.send(Inner::Nats(true)).await;
                     }
                     async_nats::Event::Disconnected => {
                         let _ = events.send(Inner::Nats(false)).await;
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        Counters::add(&counters.slow_consumer, 1);
+                        if may_warn(&slow_warned) {
+                            log::warn!(event = "nats_slow_consumer";
+                                "nats: messages dropped for a slow subscription (this process falls behind); counted in hedgehog_nats_dropped_total");
+                        }
                     }
                     other => log::warn!(event = "nats_event"; "nats: {other}"),
                 }
@@ -249,6 +260,11 @@ impl Nats {
                 serde_json::to_vec(&resp).map_err(|e| e.to_string())
             }
         }));
+    }
+
+    fn note_max_payload(&self) {
+        let max = self.client.server_info().max_payload;
+        self.link.max_payload.store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends `cmd`'s request and hands back the answer, in a task of its own.
@@ -348,7 +364,12 @@ where
                 Ok(Err(e)) => json!({"error": e}).to_string().into_bytes(),
                 Err(_) => json!({"error": "no answer in time"}).to_string().into_bytes(),
             };
-            let _ = client.publish(reply, body.into()).await;
+            if let Err(e) = client.publish(reply, body.into()).await {
+                static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if may_warn(&WARNED) {
+                    log::warn!(event = "nats_reply_failed"; "nats: an answer could not be sent: {e}");
+                }
+            }
             drop(permit);
         });
     }
@@ -376,13 +397,38 @@ fn keys_json(keys: &BTreeSet<Key>) -> Vec<(String, String)> {
 }
 
 fn parse_keys(list: Vec<(String, String)>) -> Vec<Key> {
-    list.into_iter().filter_map(|(p, c)| Some((p, Channel::parse(&c)?))).filter(|(p, _)| super::is_token(p)).collect()
+    list.into_iter()
+        .take(MAX_INTEREST)
+        .filter_map(|(p, c)| Some((p, Channel::parse(&c)?)))
+        .filter(|(p, _)| super::is_token(p))
+        .collect()
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Interest {
     node: String,
     topics: Vec<(String, String)>,
+    /// The edge's `--interest-ttl`, in milliseconds: how long the ingest keeps
+    /// this without a renewal (the edge renews every third of it).
+    #[serde(default)]
+    ttl_ms: u64,
+}
+
+/// Topics one edge may declare (more are ignored).
+const MAX_INTEREST: usize = 100_000;
+
+/// One warning line per this long for a kind of trouble that can repeat per
+/// message (slow consumers, oversized messages); the rest are counted.
+const QUIET: Duration = Duration::from_secs(10);
+
+/// Whether a warning of a kind last said at `last` (seconds since `epoch`) may
+/// be said now.
+fn may_warn(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = START.get_or_init(Instant::now).elapsed().as_secs() + QUIET.as_secs();
+    let before = last.load(Relaxed);
+    now >= before + QUIET.as_secs() && last.compare_exchange(before, now, Relaxed, Relaxed).is_ok()
 }
 
 // ---------------------------------------------------------------- the edge
@@ -418,18 +464,29 @@ struct Edge {
     /// What shard 0 was last told: data can flow.
     up: bool,
     gen: u64,
+    /// The wanted topics, for the task that declares them.
+    declared: tokio::sync::watch::Sender<Vec<(String, String)>>,
 }
 
 impl Edge {
     fn new(nats: Nats) -> Edge {
-        Edge { nats, topics: HashMap::new(), epoch: 0, connected: false, lease: None, renewed: None, up: false, gen: 0 }
+        let declared = tokio::sync::watch::Sender::new(Vec::new());
+        Edge {
+            nats,
+            topics: HashMap::new(),
+            epoch: 0,
+            connected: false,
+            lease: None,
+            renewed: None,
+            up: false,
+            gen: 0,
+            declared,
+        }
     }
 
     async fn run(mut self, cmds: &mut mpsc::Receiver<Cmd>, inner: &mut mpsc::Receiver<Inner>) {
         self.spawn_lease_reader();
-        self.spawn_interest_query();
-        let ttl = self.nats.link.cfg.interest_ttl;
-        let mut declare = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+        self.spawn_declarer();
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -437,7 +494,6 @@ impl Edge {
                     None => return,
                 },
                 Some(msg) = inner.recv() => self.on_inner(msg).await,
-                _ = declare.tick() => self.declare().await,
             }
         }
     }
@@ -489,23 +545,44 @@ impl Edge {
                 .insert(key.clone(), Topic { task, stage: Stage::Seeding { held: VecDeque::new(), asked: None } });
             self.ask_seed(&key);
         }
-        self.declare().await;
-        self.nats.link.set_status(|s| {
-            let mut names: Vec<String> = self.topics.keys().map(key_name).collect();
-            names.sort();
-            s.interest = names;
-        });
+        let keys: BTreeSet<Key> = self.topics.keys().cloned().collect();
+        self.declared.send_replace(keys_json(&keys));
+        self.nats.link.set_status(|s| s.interest = keys.iter().map(key_name).collect());
     }
 
-    /// Tells the ingests what this edge wants (a renewal of its lease on it).
-    async fn declare(&self) {
-        if !self.connected {
-            return;
-        }
-        let keys: BTreeSet<Key> = self.topics.keys().cloned().collect();
-        let body = Interest { node: self.nats.link.node.clone(), topics: keys_json(&keys) };
-        let Ok(payload) = serde_json::to_vec(&body) else { return };
-        let _ = self.nats.client.publish(self.nats.subjects.interest(&self.nats.link.node), payload.into()).await;
+    /// Tells the ingests what this edge wants: at once when it changes, when
+    /// an ingest asks, and every third of `--interest-ttl` (a renewal). A task
+    /// of its own, so that a busy shard 0 (the main loop waiting to hand it
+    /// messages) never lets the interest lapse.
+    fn spawn_declarer(&self) {
+        let (client, subjects, node) =
+            (self.nats.client.clone(), self.nats.subjects.clone(), self.nats.link.node.clone());
+        let ttl = self.nats.link.cfg.interest_ttl;
+        let mut wanted = self.declared.subscribe();
+        tokio::spawn(async move {
+            let mut asked = client.subscribe(subjects.interest_query()).await.ok();
+            loop {
+                let query = async {
+                    match asked.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                    changed = wanted.changed() => if changed.is_err() { return },
+                    _ = query => {}
+                }
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    continue;
+                }
+                let topics = wanted.borrow_and_update().clone();
+                let body = Interest { node: node.clone(), topics, ttl_ms: ttl.as_millis() as u64 };
+                if let Ok(payload) = serde_json::to_vec(&body) {
+                    let _ = client.publish(subjects.interest(&node), payload.into()).await;
+                }
+            }
+        });
     }
 
     /// Asks the active ingest for a topic's first messages (when data can flow).
@@ -558,12 +635,15 @@ impl Edge {
                 self.connected = up;
                 self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
                 if up {
+                    // Data flows again once the lease is read afresh (on_lease).
                     log::info!(event = "nats_connected"; "nats: connected");
-                    self.declare().await;
+                    self.nats.note_max_payload();
+                    self.declared.send_modify(|_| {});
                 } else {
                     log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
+                    (self.lease, self.renewed) = (None, None);
+                    self.update_up(Some("the NATS connection dropped".into())).await;
                 }
-                self.update_up(if up { None } else { Some("the NATS connection dropped".into()) }).await;
             }
             Inner::LeaseSeen(seen) => self.on_lease(seen).await,
             Inner::Products(list) => {
@@ -577,7 +657,6 @@ impl Edge {
                 }
             }
             Inner::Lease(..) | Inner::Interest { .. } | Inner::Wants { .. } => {}
-            Inner::InterestQuery => self.declare().await,
         }
     }
 
@@ -588,21 +667,24 @@ impl Edge {
                 if self.renewed.is_none_or(|(_, r)| r != rev) {
                     self.renewed = Some((now, rev));
                 }
-                if lease.term > self.epoch {
-                    log::info!(event = "ingest_changed", node = lease.node.as_str();
-                        "nats: following ingest {} (term {})", lease.node, lease.term);
-                    self.epoch = lease.term;
-                    if self.up {
-                        // A new term: everything is seeded afresh from the new ingest.
-                        self.update_up(Some(format!("the active ingest is now {}", lease.node))).await;
-                    }
-                }
                 self.lease = Some(lease);
             }
             None => self.lease = None,
         }
         let ttl = self.nats.link.cfg.lease_ttl;
         let fresh = self.renewed.is_some_and(|(at, _)| now.duration_since(at) < ttl) && self.lease.is_some();
+        // The live holder's term is followed whatever it is: newer, or lower
+        // (a bucket made again numbers from 1). Messages of any other term
+        // are dropped from here on.
+        if let Some(l) = self.lease.clone().filter(|l| fresh && l.term != 0 && l.term != self.epoch) {
+            log::info!(event = "ingest_changed", node = l.node.as_str();
+                "nats: following ingest {} (term {})", l.node, l.term);
+            self.epoch = l.term;
+            if self.up {
+                // A new term: everything is seeded afresh from the new ingest.
+                self.update_up(Some(format!("the active ingest is now {}", l.node))).await;
+            }
+        }
         let why = match &self.lease {
             _ if !self.connected => Some("the NATS connection dropped".to_string()),
             Some(l) if !fresh => Some(format!("the active ingest {} stopped renewing its lease", l.node)),
@@ -639,23 +721,14 @@ impl Edge {
 
     async fn on_live(&mut self, key: Key, epoch: u64, seq: u64, payload: Bytes) {
         Counters::add(&self.nats.link.counters.received, 1);
-        if epoch < self.epoch {
+        // Another term's: an old ingest's (fenced), or a new one's that the
+        // lease reader has not seen yet (it then seeds every topic afresh,
+        // and the seeds cover what is dropped here).
+        if epoch != self.epoch {
             Counters::add(&self.nats.link.counters.fenced, 1);
             return;
         }
         let Some(topic) = self.topics.get_mut(&key) else { return };
-        if epoch > self.epoch {
-            // A new term, before the lease reader has seen it: held until it
-            // has (then every topic is seeded afresh from the new ingest).
-            match &mut topic.stage {
-                Stage::Seeding { held, .. } if held.len() < SEED_HOLD => held.push_back((epoch, seq, payload)),
-                Stage::Seeding { .. } => {}
-                Stage::Live { .. } => {
-                    topic.stage = Stage::Seeding { held: VecDeque::from([(epoch, seq, payload)]), asked: None }
-                }
-            }
-            return;
-        }
         match &mut topic.stage {
             Stage::Seeding { held, asked } => {
                 held.push_back((epoch, seq, payload));
@@ -672,8 +745,12 @@ impl Edge {
                     return;
                 }
                 if seq != *last + 1 {
-                    log::warn!(event = "nats_gap", product = key.0.as_str();
-                        "nats: {} skipped from {} to {}; seeding it afresh", key_name(&key), *last, seq);
+                    static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    if may_warn(&WARNED) {
+                        log::warn!(event = "nats_gap", product = key.0.as_str();
+                            "nats: {} skipped from {} to {}; seeding it afresh (counted in hedgehog_nats_gaps_total)",
+                            key_name(&key), *last, seq);
+                    }
                     Counters::add(&self.nats.link.counters.gaps, 1);
                     topic.stage = Stage::Seeding { held: VecDeque::from([(epoch, seq, payload)]), asked: None };
                     self.ask_seed(&key);
@@ -697,7 +774,8 @@ impl Edge {
             // Another term's answer is asked again (the lease reader catches up).
             Ok(r) if r.epoch == self.epoch => r,
             Ok(_) | Err(_) => {
-                if let Err(e) = &result {
+                static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if let (Err(e), true) = (&result, may_warn(&WARNED)) {
                     log::warn!(event = "nats_seed_failed"; "nats: seeding {} failed: {e}; asking again", key_name(&key));
                 }
                 // An old term's answer, or none: ask again, after a pause.
@@ -790,17 +868,6 @@ impl Edge {
             }
         });
     }
-
-    fn spawn_interest_query(&self) {
-        let (client, inner, subject) =
-            (self.nats.client.clone(), self.nats.inner_tx.clone(), self.nats.subjects.interest_query());
-        tokio::spawn(async move {
-            let Ok(mut sub) = client.subscribe(subject).await else { return };
-            while sub.next().await.is_some() {
-                let _ = inner.send(Inner::InterestQuery).await;
-            }
-        });
-    }
 }
 
 /// One topic's subscription: its messages, in order, to the edge's loop.
@@ -815,6 +882,16 @@ async fn forward_live(mut sub: Subscriber, key: Key, inner: mpsc::Sender<Inner>)
 
 // ---------------------------------------------------------------- the ingest
 
+/// One edge's declared interest.
+struct EdgeInterest {
+    topics: Vec<Key>,
+    /// When it was last declared (renewed).
+    at: Instant,
+    /// How long it lives unrenewed: the edge's own `--interest-ttl`, or this
+    /// process's for an edge that does not say.
+    ttl: Duration,
+}
+
 struct Ingest {
     nats: Nats,
     /// This process's term while it holds the lease.
@@ -822,7 +899,7 @@ struct Ingest {
     /// Until when the lease is surely still this process's.
     valid_until: Option<Instant>,
     /// Per edge: its topics and when it last declared them.
-    edges: HashMap<String, (Vec<Key>, Instant)>,
+    edges: HashMap<String, EdgeInterest>,
     /// The union last sent to shard 0.
     union: BTreeSet<Key>,
     /// The active ingest's request subscriptions (seed, history).
@@ -915,8 +992,15 @@ impl Ingest {
         headers.insert(EPOCH, p.epoch.to_string().as_str());
         headers.insert(SEQ, p.seq.to_string().as_str());
         let subject = self.nats.subjects.feed(&p.product, p.channel);
-        if self.nats.client.publish_with_headers(subject, headers, p.body).await.is_ok() {
-            Counters::add(&self.nats.link.counters.published, 1);
+        match self.nats.client.publish_with_headers(subject, headers, p.body).await {
+            Ok(()) => Counters::add(&self.nats.link.counters.published, 1),
+            Err(e) => {
+                Counters::add(&self.nats.link.counters.fenced, 1);
+                static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if may_warn(&WARNED) {
+                    log::warn!(event = "nats_publish_failed"; "nats: a feed message was not published: {e}");
+                }
+            }
         }
     }
 
@@ -927,25 +1011,32 @@ impl Ingest {
                 self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
                 if up {
                     log::info!(event = "nats_connected"; "nats: connected");
+                    self.nats.note_max_payload();
                     // Edges could not declare while NATS was away: their leases
                     // run from now.
                     let now = Instant::now();
-                    self.edges.values_mut().for_each(|(_, at)| *at = now);
+                    self.edges.values_mut().for_each(|e| e.at = now);
                     let _ = self.nats.client.publish(self.nats.subjects.interest_query(), Bytes::new()).await;
                 } else {
                     log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
                 }
             }
             Inner::Lease(term, why) => self.on_lease(term, why).await,
-            Inner::Interest { node, topics } => {
-                self.edges.insert(node, (topics, Instant::now()));
+            Inner::Interest { node, topics, ttl } => {
+                let ttl = ttl.unwrap_or(self.nats.link.cfg.interest_ttl);
+                self.edges.insert(node, EdgeInterest { topics, at: Instant::now(), ttl });
                 self.send_union().await;
             }
             Inner::Wants { node, key, reply } => {
-                let (keys, at) = self.edges.entry(node).or_insert_with(|| (Vec::new(), Instant::now()));
-                *at = Instant::now();
-                if !keys.contains(&key) {
-                    keys.push(key.clone());
+                let ttl = self.nats.link.cfg.interest_ttl;
+                let e = self.edges.entry(node).or_insert_with(|| EdgeInterest {
+                    topics: Vec::new(),
+                    at: Instant::now(),
+                    ttl,
+                });
+                e.at = Instant::now();
+                if !e.topics.contains(&key) {
+                    e.topics.push(key.clone());
                 }
                 self.send_union().await;
                 let (product, channel) = key;
@@ -956,12 +1047,8 @@ impl Ingest {
     }
 
     async fn on_lease(&mut self, held: Option<(u64, Instant)>, why: String) {
-        if let Some((_, sent)) = held {
-            // The server counts the entry's age from when it received the
-            // request, which was after `sent`: until `sent` + the time to live
-            // (less a margin for the clocks' rates) no other ingest can take it.
-            let ttl = self.nats.link.cfg.lease_ttl;
-            self.valid_until = Some(sent + ttl.saturating_sub(ttl / 5));
+        if let Some((_, until)) = held {
+            self.valid_until = Some(until);
         }
         let term = held.map(|(t, _)| t);
         if term == self.term {
@@ -995,10 +1082,9 @@ impl Ingest {
         if !self.connected {
             return;
         }
-        let ttl = self.nats.link.cfg.interest_ttl;
         let before = self.edges.len();
-        self.edges.retain(|node, (_, at)| {
-            let live = at.elapsed() < ttl;
+        self.edges.retain(|node, e| {
+            let live = e.at.elapsed() < e.ttl;
             if !live {
                 log::info!(event = "interest_expired", node = node.as_str(); "nats: edge {node}'s interest expired");
             }
@@ -1010,7 +1096,7 @@ impl Ingest {
     }
 
     async fn send_union(&mut self) {
-        let union: BTreeSet<Key> = self.edges.values().flat_map(|(k, _)| k.iter().cloned()).collect();
+        let union: BTreeSet<Key> = self.edges.values().flat_map(|e| e.topics.iter().cloned()).collect();
         if union == self.union {
             return;
         }
@@ -1023,10 +1109,10 @@ impl Ingest {
     async fn serve_ingest_requests(&mut self) {
         let (client, ev, slots) = (self.nats.client.clone(), self.nats.ev.clone(), self.nats.slots.clone());
         if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.seed()).await {
-            let inner = self.nats.inner_tx.clone();
+            let (inner, link) = (self.nats.inner_tx.clone(), self.nats.link.clone());
             self.serving.push(tokio::spawn(serve_requests(sub, client.clone(), slots.clone(), move |payload| {
-                let inner = inner.clone();
-                async move { seed(payload, inner).await }
+                let (inner, link) = (inner.clone(), link.clone());
+                async move { seed(payload, inner, &link).await }
             })));
         }
         if let Ok(sub) = self.nats.client.subscribe(self.nats.subjects.history()).await {
@@ -1044,118 +1130,19 @@ impl Ingest {
 
     /// Keeps (or tries to take) the lease: every second while active, every
     /// 250 ms while standby.
-    fn spawn_lease_keeper(&self, mut release: Option<mpsc::Receiver<std::sync::mpsc::Sender<()>>>) {
-        let nats = self.nats.clone();
-        let (upstream, products) = (self.upstream_connected.clone(), self.products.clone());
-        tokio::spawn(async move {
-            let mut store: Option<kv::Store> = None;
-            let mut listing: Option<kv::Store> = None;
-            let mut held: Option<(u64, u64)> = None; // (term, revision)
-            let mut bucket_error: Option<String> = None;
-            let mut published_products: Option<Bytes> = None;
-            let node = nats.link.node.clone();
-            let mut given_up = false;
-            loop {
-                let pause = Duration::from_millis(if held.is_some() { 1000 } else { 250 });
-                let asked = async {
-                    match release.as_mut() {
-                        Some(r) => r.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    Some(done) = asked => {
-                        // Stopping: the entry goes (only if still ours), and no
-                        // lease is taken again.
-                        if let (Some((_, rev)), Some(kv)) = (held.take(), &store) {
-                            let delete = kv.delete_expect_revision("ingest", Some(rev));
-                            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), delete).await {
-                                log::info!(event = "lease_released"; "nats: gave the lease up");
-                            }
-                        }
-                        given_up = true;
-                        let _ = done.send(());
-                    }
-                }
-                if given_up {
-                    continue;
-                }
-                if nats.client.connection_state() != async_nats::connection::State::Connected {
-                    continue;
-                }
-                if store.is_none() || listing.is_none() {
-                    match (nats.bucket(true).await, nats.bucket(false).await) {
-                        (Ok(s), Ok(l)) => (store, listing) = (Some(s), Some(l)),
-                        (Err(e), _) | (_, Err(e)) => {
-                            // Said once, not four times a second (JetStream off, say).
-                            if bucket_error.as_ref() != Some(&e) {
-                                log::warn!(event = "nats_bucket_failed";
-                                    "nats: {e} (is JetStream on? nats-server -js); trying again");
-                                bucket_error = Some(e);
-                            }
-                            continue;
-                        }
-                    }
-                }
-                let Some(kv) = &store else { continue };
-                let up = if upstream.load(std::sync::atomic::Ordering::Relaxed) { "connected" } else { "connecting" };
-                match held {
-                    Some((term, rev)) => {
-                        let value = json!({"node": node, "term": term, "upstream": up}).to_string();
-                        let sent = Instant::now();
-                        match tokio::time::timeout(Duration::from_secs(1), kv.update("ingest", value.into(), rev)).await
-                        {
-                            Ok(Ok(rev)) => {
-                                held = Some((term, rev));
-                                let _ = nats.inner_tx.send(Inner::Lease(Some((term, sent)), String::new())).await;
-                            }
-                            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                                held = None;
-                                let why = "another ingest holds the lease".to_string();
-                                let _ = nats.inner_tx.send(Inner::Lease(None, why)).await;
-                            }
-                            // Not renewed this time; the lease lapses on its own
-                            // clock if this goes on (see `publish`).
-                            _ => {}
-                        }
-                        let p = products.lock().ok().and_then(|p| p.clone());
-                        if let Some(p) = p.filter(|p| published_products.as_ref() != Some(p)) {
-                            let put = listing.as_ref().map(|l| l.put("products", p.clone()));
-                            if let Some(Ok(_)) = match put {
-                                Some(f) => Some(f.await),
-                                None => None,
-                            } {
-                                published_products = Some(p);
-                            }
-                        }
-                    }
-                    None => {
-                        // The term is the revision that creates the entry: read it
-                        // back into the value at the first renewal.
-                        let value = json!({"node": node, "term": 0, "upstream": "connecting"}).to_string();
-                        let sent = Instant::now();
-                        if let Ok(Ok(rev)) =
-                            tokio::time::timeout(Duration::from_secs(1), kv.create("ingest", value.into())).await
-                        {
-                            held = Some((rev, rev));
-                            published_products = None;
-                            let why = "no other ingest held it".to_string();
-                            let _ = nats.inner_tx.send(Inner::Lease(Some((rev, sent)), why)).await;
-                        } else {
-                            // Another holds it: who, for /healthz.
-                            let holder = match kv.entry("ingest").await {
-                                Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                                    serde_json::from_slice::<Lease>(&e.value).ok().map(|l| l.node)
-                                }
-                                _ => None,
-                            };
-                            nats.link.set_status(|s| s.active_ingest = holder);
-                        }
-                    }
-                }
-            }
-        });
+    fn spawn_lease_keeper(&self, release: Option<mpsc::Receiver<std::sync::mpsc::Sender<()>>>) {
+        let keeper = Keeper {
+            nats: self.nats.clone(),
+            ttl: self.nats.link.cfg.lease_ttl,
+            store: None,
+            listing: None,
+            held: None,
+            bucket_error: None,
+            published_products: None,
+            upstream: self.upstream_connected.clone(),
+            products: self.products.clone(),
+        };
+        tokio::spawn(keeper.run(release));
     }
 
     fn spawn_interest_listener(&self) {
@@ -1173,17 +1160,215 @@ impl Ingest {
                 }
                 if let Ok(i) = serde_json::from_slice::<Interest>(&msg.payload) {
                     let topics = parse_keys(i.topics);
-                    let _ = inner.send(Inner::Interest { node: i.node, topics }).await;
+                    let ttl = (i.ttl_ms > 0).then(|| Duration::from_millis(i.ttl_ms.min(3_600_000)));
+                    let _ = inner.send(Inner::Interest { node: i.node, topics, ttl }).await;
                 }
             }
         });
     }
 }
 
+/// The lease this ingest holds: its term, the entry's revision, and when the
+/// last renewal that NATS confirmed was sent.
+struct Held {
+    term: u64,
+    rev: u64,
+    confirmed: Instant,
+}
+
+/// Takes and keeps the lease (an ingest's task).
+struct Keeper {
+    nats: Nats,
+    /// The lease's time to live: `--lease-ttl`, or the bucket's own max_age
+    /// when that is shorter (a bucket made by a process with another setting).
+    ttl: Duration,
+    store: Option<kv::Store>,
+    listing: Option<kv::Store>,
+    held: Option<Held>,
+    bucket_error: Option<String>,
+    published_products: Option<Bytes>,
+    upstream: Arc<std::sync::atomic::AtomicBool>,
+    products: Arc<std::sync::Mutex<Option<Bytes>>>,
+}
+
+impl Keeper {
+    /// Every second while active, four times a second while standby; until
+    /// told to give the lease up (at shutdown), then never again.
+    async fn run(mut self, mut release: Option<mpsc::Receiver<std::sync::mpsc::Sender<()>>>) {
+        loop {
+            let pause = Duration::from_millis(if self.held.is_some() { 1000 } else { 250 });
+            let asked = async {
+                match release.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                Some(done) = asked => {
+                    self.give_up().await;
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            self.turn().await;
+        }
+    }
+
+    /// Stopping: the entry goes, only if it is still ours.
+    async fn give_up(&mut self) {
+        if let (Some(h), Some(kv)) = (self.held.take(), &self.store) {
+            let delete = kv.delete_expect_revision("ingest", Some(h.rev));
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), delete).await {
+                log::info!(event = "lease_released"; "nats: gave the lease up");
+            }
+        }
+    }
+
+    async fn lost(&mut self, why: String) {
+        self.held = None;
+        let _ = self.nats.inner_tx.send(Inner::Lease(None, why)).await;
+    }
+
+    async fn turn(&mut self) {
+        // The lease lapses by this process's own clock, whatever NATS says or
+        // cannot say: past it another ingest may hold it.
+        if let Some(h) = &self.held {
+            if Instant::now() >= self.until(h.confirmed) {
+                let why = format!("no renewal confirmed within {:?}: the lease has lapsed", self.ttl);
+                self.lost(why).await;
+            }
+        }
+        if self.nats.client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
+        if !self.open().await {
+            return;
+        }
+        let Some(kv) = self.store.clone() else { return };
+        let up = if self.upstream.load(std::sync::atomic::Ordering::Relaxed) { "connected" } else { "connecting" };
+        let node = self.nats.link.node.clone();
+        let sent = Instant::now();
+        match self.held.as_ref().map(|h| (h.term, h.rev)) {
+            Some((term, rev)) => {
+                let value = json!({"node": node, "term": term, "upstream": up}).to_string();
+                match tokio::time::timeout(Duration::from_secs(1), kv.update("ingest", value.into(), rev)).await {
+                    Ok(Ok(rev)) => {
+                        self.held = Some(Held { term, rev, confirmed: sent });
+                        let until = self.until(sent);
+                        let _ = self.nats.inner_tx.send(Inner::Lease(Some((term, until)), String::new())).await;
+                    }
+                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        // A renewal given up on may have been applied after all:
+                        // if the entry is still this term's, it is ours.
+                        match kv.entry("ingest").await {
+                            Ok(Some(e)) if Self::is(&e, &node, term) => {
+                                if let Some(h) = &mut self.held {
+                                    h.rev = e.revision;
+                                }
+                            }
+                            _ => self.lost("another ingest holds the lease".into()).await,
+                        }
+                    }
+                    // The bucket may be gone (a NATS server without its store):
+                    // opened or made again next time.
+                    Ok(Err(_)) => (self.store, self.listing) = (None, None),
+                    Err(_) => {}
+                }
+                self.put_products().await;
+            }
+            None => {
+                // The term is the revision that creates the entry: written into
+                // the value at the first renewal.
+                let value = json!({"node": node, "term": 0, "upstream": "connecting"}).to_string();
+                match tokio::time::timeout(Duration::from_secs(1), kv.create("ingest", value.into())).await {
+                    Ok(Ok(rev)) => {
+                        self.held = Some(Held { term: rev, rev, confirmed: sent });
+                        self.published_products = None;
+                        let why = "no other ingest held it".to_string();
+                        let until = self.until(sent);
+                        let _ = self.nats.inner_tx.send(Inner::Lease(Some((rev, until)), why)).await;
+                    }
+                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        // Another holds it: who, for /healthz.
+                        let holder = match kv.entry("ingest").await {
+                            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                                serde_json::from_slice::<Lease>(&e.value).ok().map(|l| l.node)
+                            }
+                            _ => None,
+                        };
+                        self.nats.link.set_status(|s| s.active_ingest = holder);
+                    }
+                    Ok(Err(_)) => (self.store, self.listing) = (None, None),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Until when a renewal sent at `sent` keeps the lease surely ours: the
+    /// server counts the entry's age from when it received the request, which
+    /// was after `sent`; less a fifth for the clocks' rates.
+    fn until(&self, sent: Instant) -> Instant {
+        sent + self.ttl.saturating_sub(self.ttl / 5)
+    }
+
+    fn is(e: &kv::Entry, node: &str, term: u64) -> bool {
+        e.operation == kv::Operation::Put
+            && serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| l.node == node && l.term == term)
+    }
+
+    /// Opens (or makes) both buckets; false if it cannot (said once).
+    async fn open(&mut self) -> bool {
+        if self.store.is_some() && self.listing.is_some() {
+            return true;
+        }
+        match (self.nats.bucket(true).await, self.nats.bucket(false).await) {
+            (Ok(s), Ok(l)) => {
+                // A bucket made with a shorter time to live than ours lets
+                // entries go sooner than we would count: count by it.
+                if let Ok(status) = s.status().await {
+                    let theirs = status.max_age();
+                    if !theirs.is_zero() && theirs < self.nats.link.cfg.lease_ttl {
+                        log::warn!(event = "lease_ttl_mismatch";
+                            "nats: the lease bucket's entries live {theirs:?}, less than --lease-ttl; counting by the bucket");
+                    }
+                    self.ttl = match theirs.is_zero() {
+                        true => self.nats.link.cfg.lease_ttl,
+                        false => theirs.min(self.nats.link.cfg.lease_ttl),
+                    };
+                }
+                (self.store, self.listing, self.bucket_error) = (Some(s), Some(l), None);
+                true
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                // Said once, not four times a second (JetStream off, say).
+                if self.bucket_error.as_ref() != Some(&e) {
+                    log::warn!(event = "nats_bucket_failed"; "nats: {e} (is JetStream on? nats-server -js); trying again");
+                    self.bucket_error = Some(e);
+                }
+                false
+            }
+        }
+    }
+
+    /// The feed's product list, for the edges, when it changed.
+    async fn put_products(&mut self) {
+        let p = self.products.lock().ok().and_then(|p| p.clone());
+        let (Some(p), Some(listing)) = (p, &self.listing) else { return };
+        if self.published_products.as_ref() == Some(&p) {
+            return;
+        }
+        if listing.put("products", p.clone()).await.is_ok() {
+            self.published_products = Some(p);
+        }
+    }
+}
+
 /// A seed request: the asking edge's interest in the topic counts from now
 /// (so the ingest subscribes upstream even before the edge's next
 /// declaration), then shard 0 answers.
-async fn seed(payload: Bytes, inner: mpsc::Sender<Inner>) -> Result<Vec<u8>, String> {
+async fn seed(payload: Bytes, inner: mpsc::Sender<Inner>, link: &Link) -> Result<Vec<u8>, String> {
     #[derive(serde::Deserialize)]
     struct Ask {
         node: String,
@@ -1205,7 +1390,40 @@ async fn seed(payload: Bytes, inner: mpsc::Sender<Inner>) -> Result<Vec<u8>, Str
             .filter_map(|s| serde_json::value::RawValue::from_string(s).ok())
             .collect()
     };
-    let reply =
-        SeedReply { epoch: a.epoch, seq: a.seq, first: raw(a.first), history: raw(a.history), refused: a.refused };
+    let mut reply =
+        SeedReply { epoch: a.epoch, seq: a.seq, first: raw(a.first), history: Vec::new(), refused: a.refused };
+    // Within what NATS carries: the history, newest kept, as much as fits
+    // (a client's `?replay=` then gets less than asked); the first messages
+    // too, else nothing but the position (the live ones still come).
+    let max = link.max_payload.load(std::sync::atomic::Ordering::Relaxed);
+    let room = if max == 0 { usize::MAX } else { max.saturating_sub(1024) };
+    let size = |r: &SeedReply| serde_json::to_vec(r).map_or(usize::MAX, |v| v.len());
+    let a_first_empty = reply.first.is_empty();
+    if size(&reply) > room {
+        reply.first.clear();
+    }
+    let mut left = room.saturating_sub(size(&reply));
+    let history = raw(a.history);
+    let keep = history
+        .iter()
+        .rev()
+        .take_while(|m| {
+            let n = m.get().len() + 1;
+            let fits = n <= left;
+            left = left.saturating_sub(n);
+            fits
+        })
+        .count();
+    if keep < history.len() || reply.first.is_empty() != a_first_empty {
+        Counters::add(&link.counters.oversize, 1);
+        static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if may_warn(&WARNED) {
+            log::warn!(event = "nats_oversize";
+                "nats: a seed was cut to the NATS server's max_payload ({max} bytes): {} of {} history messages{}; raise max_payload",
+                keep, history.len(), if reply.first.is_empty() && !a_first_empty { ", and no first messages" } else { "" });
+        }
+    }
+    let skip = history.len() - keep;
+    reply.history = history.into_iter().skip(skip).collect();
     serde_json::to_vec(&reply).map_err(|e| e.to_string())
 }

@@ -126,6 +126,8 @@ impl Hub {
                     forwarded_ok: n(&c.forwarded_ok),
                     forwarded_failed: n(&c.forwarded_failed),
                     lease_takeovers: n(&c.lease_takeovers),
+                    slow_consumer: n(&c.slow_consumer),
+                    oversize: n(&c.oversize),
                 }
             }),
         };

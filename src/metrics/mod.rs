@@ -346,6 +346,8 @@ pub struct ClusterFigures {
     pub forwarded_ok: u64,
     pub forwarded_failed: u64,
     pub lease_takeovers: u64,
+    pub slow_consumer: u64,
+    pub oversize: u64,
 }
 
 /// One shard's connections and deliveries (the `shard` label).
@@ -391,6 +393,10 @@ fn cluster(out: &mut Exposition, c: &ClusterFigures) {
     out.sample("hedgehog_nats_messages_total", &[("direction", "received")], c.received as f64);
     let help = "Feed messages an old lease term sent (edge) or a lapsed lease kept from NATS (ingest).";
     out.counter("hedgehog_nats_fenced_total", help, c.fenced as f64);
+    let help = "Feed messages async-nats dropped for a slow subscription (this node fell behind).";
+    out.counter("hedgehog_nats_dropped_total", help, c.slow_consumer as f64);
+    let help = "Messages over the NATS server's max_payload: not published, or a seed cut to fit.";
+    out.counter("hedgehog_nats_oversize_total", help, c.oversize as f64);
     out.counter("hedgehog_nats_seeds_total", "Topics an edge asked the ingest to seed.", c.seeds as f64);
     out.counter(
         "hedgehog_nats_gaps_total",

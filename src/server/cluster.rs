@@ -166,9 +166,13 @@ pub(super) fn other_node(hub: &Hub, route: &Route, req: &Request) -> Option<Stri
     if req.header(FORWARDED).is_some() {
         return None;
     }
+    // Only the calls that act on a client (an id sent along with others is ignored).
     let raw = match route {
         Route::Disconnect(id) => Some(id.clone()),
-        _ => req.header_str("X-Client-Id").map(str::to_string).or_else(|| req.query_param("client_id")),
+        Route::Subscribe(_) | Route::Unsubscribe(_) | Route::List | Route::Pair(_) => {
+            req.header_str("X-Client-Id").map(str::to_string).or_else(|| req.query_param("client_id"))
+        }
+        _ => None,
     }?;
     let id = ClientId::parse(&raw)?;
     (id.node != hub.global.node).then(|| id.node.map(|n| n.to_string()).unwrap_or_default())

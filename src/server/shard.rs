@@ -115,8 +115,8 @@ impl Shard {
             }
             0 => match crate::upstream::spawn_recorded(self.cfg.upstream.clone(), self.tap, role == Role::Ingest) {
                 Ok((up, events)) => {
-                    let publish = self.global.cluster().and_then(|l| l.publish.clone());
-                    let part = publish.map(|p| hub::ClusterPart::Ingest(hub::IngestPart::new(p)));
+                    let part =
+                        self.global.cluster().and_then(|l| hub::IngestPart::new(l)).map(hub::ClusterPart::Ingest);
                     (Some(Owner::with_cluster(up, self.global.history, part)), Some(events))
                 }
                 Err(e) => {

@@ -45,8 +45,12 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
             hub.count_upstream(&msg, channel);
             let Some(product) = msg.product() else { return };
             // Only a heartbeat needs it (its last trade id is checked against the
-            // matches seen only while matches are subscribed).
-            let watching_trades = msg.kind() == "heartbeat" && !owner.shards_for(product, Channel::Matches).is_empty();
+            // matches seen only while matches are subscribed). Not on an edge:
+            // its heartbeats and matches come by separate NATS subscriptions,
+            // whose order between them is not kept (the ingest checks).
+            let watching_trades = msg.kind() == "heartbeat"
+                && !owner.is_edge()
+                && !owner.shards_for(product, Channel::Matches).is_empty();
             let gap = {
                 let mut feed = owner.feed.borrow_mut();
                 let gap = feed.on_message(&msg, channel, watching_trades, crate::clock::now_micros());

@@ -109,17 +109,21 @@ pub struct IngestPart {
     remote: RefCell<BTreeSet<(String, Channel)>>,
     /// Messages not published because the queue to NATS was full.
     pub dropped: Cell<u64>,
+    counters: std::sync::Arc<crate::cluster::Counters>,
+    max_payload: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl IngestPart {
-    pub fn new(publish: tokio::sync::mpsc::Sender<Publish>) -> IngestPart {
-        IngestPart {
-            publish,
+    pub fn new(link: &crate::cluster::Link) -> Option<IngestPart> {
+        Some(IngestPart {
+            publish: link.publish.clone()?,
             epoch: Cell::new(0),
             seqs: RefCell::default(),
             remote: RefCell::default(),
             dropped: Cell::new(0),
-        }
+            counters: link.counters.clone(),
+            max_payload: link.max_payload.clone(),
+        })
     }
 
     /// The queue to NATS, for the dispatcher to wait for room in.
@@ -145,6 +149,10 @@ impl Owner {
             Some(ClusterPart::Edge(e)) => Some(e),
             _ => None,
         }
+    }
+
+    pub fn is_edge(&self) -> bool {
+        self.edge().is_some()
     }
 
     pub fn ingest(&self) -> Option<&IngestPart> {
@@ -192,12 +200,11 @@ impl Owner {
         let Some(edge) = self.edge() else { return Vec::new() };
         let now = crate::clock::now_micros();
         self.feed.borrow_mut().seed(&topic.product, topic.channel, history, first, now);
-        // Wanted still (a seed may come for a topic just left)?
-        if self.shards_for(&topic.product, topic.channel).is_empty() {
-            return Vec::new();
-        }
-        edge.ready.borrow_mut().insert(topic.clone());
         let waiting = edge.pending.borrow_mut().remove(topic).unwrap_or_default();
+        // Ready if wanted still (a seed may come for a topic just left).
+        if !self.shards_for(&topic.product, topic.channel).is_empty() {
+            edge.ready.borrow_mut().insert(topic.clone());
+        }
         waiting.into_iter().map(|(client, replay)| (client, self.first(topic, replay))).collect()
     }
 
@@ -235,6 +242,12 @@ impl Owner {
             self.interest(&Topic::new(product.clone(), *channel), REMOTE, false);
         }
         for (product, channel) in topics.difference(&old) {
+            // Not published for a while (an edge's interest lapsed and came
+            // back): a number is skipped, so that an edge still following the
+            // subject sees the hole and asks for a fresh seed.
+            if let Some(seqs) = ingest.seqs.borrow_mut().get_mut(product.as_str()) {
+                seqs[channel.index()] += 1;
+            }
             self.interest(&Topic::new(product.clone(), *channel), REMOTE, true);
         }
     }
@@ -254,6 +267,19 @@ impl Owner {
         let Some(ingest) = self.ingest() else { return };
         let epoch = ingest.epoch.get();
         if epoch == 0 {
+            return;
+        }
+        // Larger than NATS carries: not published, and not numbered (the edges
+        // would ask for seeds that cannot carry it either).
+        let max = ingest.max_payload.load(std::sync::atomic::Ordering::Relaxed);
+        if max > 0 && msg.body().len() + 256 > max {
+            crate::cluster::Counters::add(&ingest.counters.oversize, 1);
+            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(event = "nats_oversize", product = product;
+                    "a {} message of {} bytes is larger than the NATS server's max_payload ({max}): not published to the edges; raise max_payload (counted in hedgehog_nats_oversize_total)",
+                    channel.name(), msg.body().len());
+            }
             return;
         }
         let mut seqs = ingest.seqs.borrow_mut();
@@ -402,8 +428,18 @@ mod tests {
     #[test]
     fn an_ingest_numbers_each_subject_per_term_and_its_seed_says_how_far_it_goes() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let ingest =
-            Owner::with_cluster(Upstream::detached(), limits(), Some(ClusterPart::Ingest(IngestPart::new(tx))));
+        let link = crate::cluster::Link {
+            role: crate::cluster::Role::Ingest,
+            node: "i".into(),
+            cfg: crate::cluster::ClusterConfig::default(),
+            cmd: tokio::sync::mpsc::channel(1).0,
+            publish: Some(tx),
+            status: Default::default(),
+            counters: Default::default(),
+            max_payload: Default::default(),
+        };
+        let part = IngestPart::new(&link).map(ClusterPart::Ingest);
+        let ingest = Owner::with_cluster(Upstream::detached(), limits(), part);
         let topic = Topic::new("A-B", Channel::Matches);
         ingest.set_remote([("A-B".to_string(), Channel::Matches)].into());
         assert!(!ingest.shards_for("A-B", Channel::Matches).is_empty(), "the edges' interest is a member of the set");
