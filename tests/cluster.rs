@@ -424,3 +424,40 @@ fn a_killed_edges_interest_expires_upstream() {
     assert!(!u.iter().any(|r| r.to_string().contains("BTC-USD")), "only a's pair: {u:?}");
     until(&mut on_b, "BTC-USD trades on b still", |v| is(v, "match", "BTC-USD"));
 }
+
+#[test]
+fn a_stopped_ingest_gives_its_lease_to_the_standby() {
+    let mut cl = Cluster::start(&["BTC-USD"], 20.0, &[]);
+    let (mut c, _) = cl.edge("a").client();
+    subscribe(&mut c, &["BTC-USD"], &["matches"]);
+    until(&mut c, "trades", |v| is(v, "match", "BTC-USD"));
+    let active = cl.active();
+    let status = cl.ingests[active].terminate();
+    assert!(status.success(), "a clean stop: {status}");
+    assert!(
+        cl.ingests[active].log.tail().contains("gave the lease up"),
+        "it deleted its lease entry on the way out:\n{}",
+        cl.ingests[active].log.tail()
+    );
+    let standby = 1 - active;
+    wait_cluster(&cl.ingests[standby], "the standby takes the lease", |c| c["lease"] == "active");
+    cl.ready();
+    let first = until(&mut c, "a fresh last_match", |v| v["type"] == "last_match");
+    contiguous_after(&mut c, "a", trade_id(&first), 10);
+}
+
+#[test]
+fn nats_restarted_without_its_store_makes_the_buckets_again_and_data_flows() {
+    let mut cl = Cluster::start(&["BTC-USD"], 20.0, &[]);
+    let (mut c, _) = cl.edge("b").client();
+    subscribe(&mut c, &["BTC-USD"], &["matches"]);
+    until(&mut c, "trades", |v| is(v, "match", "BTC-USD"));
+    cl.nats.restart_empty();
+    // The lease's terms start again from the new bucket's revisions: the
+    // edges follow the new holder whatever its term.
+    cl.ready();
+    let mut direct = Client::connect(&cl.sim.url());
+    subscribe(&mut direct, &["BTC-USD"], &["matches"]);
+    let newest = trade_id(&until(&mut direct, "the feed's last_match", |v| v["type"] == "last_match"));
+    until(&mut c, "trades after the restart", |v| is(v, "match", "BTC-USD") && trade_id(v) > newest);
+}

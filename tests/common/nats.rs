@@ -105,6 +105,16 @@ impl Nats {
         self.spawn(&self.port.to_string());
     }
 
+    /// Starts it again on the same port with an empty store (a server whose
+    /// volume was not kept): the buckets are gone.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("a store directory");
+        self.log.push("---- restarted by the test, its store emptied ----".into());
+        self.spawn(&self.port.to_string());
+    }
+
     fn spawn(&mut self, port: &str) {
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
@@ -210,6 +220,21 @@ impl Node {
 
     pub fn alive(&self) -> bool {
         self.process.is_some()
+    }
+
+    /// SIGTERM, and its exit status once it has gone (within the deadline).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut running = self.process.take().expect("a running node");
+        running.signal("-TERM");
+        let end = std::time::Instant::now() + 2 * DEADLINE;
+        loop {
+            if let Some(status) = running.0.try_wait().expect("its status") {
+                self.log.push("---- stopped by SIGTERM from the test ----".into());
+                return status;
+            }
+            assert!(std::time::Instant::now() < end, "{} did not stop on SIGTERM:\n{}", self.name, self.log.tail());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
