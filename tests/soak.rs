@@ -545,7 +545,7 @@ fn ws_client(addr: SocketAddr, n: usize, stop: &AtomicBool, hard_end: Instant) -
         seen.messages += 1;
     }
     (seen.trades, seen.restarts) = (ids.checked, ids.restarts);
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let _ = c.ws.close(None);
         let end = Instant::now() + DEADLINE;
         while Instant::now() < end && c.ws.read().is_ok() {}

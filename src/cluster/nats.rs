@@ -125,6 +125,9 @@ enum Inner {
     Seeded { key: Key, gen: u64, result: Result<SeedReply, String> },
     /// Edge: the lease as last read (`None`: no entry), with its revision.
     LeaseSeen(Option<(Lease, u64)>),
+    /// Edge: the lease could not be read this time (NATS away or hanging):
+    /// what was last read ages.
+    LeaseUnread,
     /// Edge: the product list changed.
     Products(Vec<Product>),
     /// Ingest: this process's lease (its term, and until when it is surely
@@ -177,6 +180,9 @@ async fn run(
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(REQUEST_DEADLINE))
+        // A server that stops answering (not gone) is found within seconds,
+        // not the client's default two minutes.
+        .ping_interval(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| Duration::from_millis((100 * attempts as u64).min(1000)))
         .event_callback(move |event| {
             let events = events.clone();
@@ -645,7 +651,8 @@ impl Edge {
                     self.update_up(Some("the NATS connection dropped".into())).await;
                 }
             }
-            Inner::LeaseSeen(seen) => self.on_lease(seen).await,
+            Inner::LeaseSeen(seen) => self.on_lease(Some(seen)).await,
+            Inner::LeaseUnread => self.on_lease(None).await,
             Inner::Products(list) => {
                 let _ = self.nats.ev.send(Ev::Products(list)).await;
             }
@@ -660,16 +667,20 @@ impl Edge {
         }
     }
 
-    async fn on_lease(&mut self, seen: Option<(Lease, u64)>) {
+    /// The lease as read (`Some`), or not readable this time (`None`: it is
+    /// judged by when it was last seen renewed).
+    async fn on_lease(&mut self, read: Option<Option<(Lease, u64)>>) {
         let now = Instant::now();
-        match seen {
-            Some((lease, rev)) => {
+        let unread = read.is_none();
+        match read {
+            Some(Some((lease, rev))) => {
                 if self.renewed.is_none_or(|(_, r)| r != rev) {
                     self.renewed = Some((now, rev));
                 }
                 self.lease = Some(lease);
             }
-            None => self.lease = None,
+            Some(None) => self.lease = None,
+            None => {}
         }
         let ttl = self.nats.link.cfg.lease_ttl;
         let fresh = self.renewed.is_some_and(|(at, _)| now.duration_since(at) < ttl) && self.lease.is_some();
@@ -687,6 +698,9 @@ impl Edge {
         }
         let why = match &self.lease {
             _ if !self.connected => Some("the NATS connection dropped".to_string()),
+            Some(l) if !fresh && unread => {
+                Some(format!("NATS does not answer: the lease of the active ingest {} is not seen renewed", l.node))
+            }
             Some(l) if !fresh => Some(format!("the active ingest {} stopped renewing its lease", l.node)),
             None => Some("no ingest holds the lease".to_string()),
             Some(l) if l.upstream != "connected" => Some(format!("ingest {}'s upstream is {}", l.node, l.upstream)),
@@ -831,33 +845,55 @@ impl Edge {
             let mut store: Option<kv::Store> = None;
             let mut listing: Option<kv::Store> = None;
             let mut products: Option<Bytes> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(250).min(ttl / 4));
+            let every = Duration::from_millis(250).min(ttl / 4);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Each read within a third of the lease (a second at most): a NATS
+            // server that hangs (not gone: the connection stays up) must not
+            // hide that the lease is no longer seen renewed.
+            let patience = (ttl / 3).min(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if client.connection_state() != async_nats::connection::State::Connected {
+                    let _ = inner.send(Inner::LeaseUnread).await;
                     continue;
                 }
                 if store.is_none() || listing.is_none() {
                     let js = async_nats::jetstream::new(client.clone());
-                    store = js.get_key_value(bucket_name(&prefix, true)).await.ok();
-                    listing = js.get_key_value(bucket_name(&prefix, false)).await.ok();
+                    let open = async {
+                        let store = js.get_key_value(bucket_name(&prefix, true)).await.ok();
+                        (store, js.get_key_value(bucket_name(&prefix, false)).await.ok())
+                    };
+                    match tokio::time::timeout(patience, open).await {
+                        Ok((s, l)) => (store, listing) = (s, l),
+                        Err(_) => {
+                            let _ = inner.send(Inner::LeaseUnread).await;
+                            continue;
+                        }
+                    }
                 }
                 let Some(kv) = store.clone() else {
                     let _ = inner.send(Inner::LeaseSeen(None)).await;
                     continue;
                 };
-                match kv.entry("ingest").await {
-                    Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                match tokio::time::timeout(patience, kv.entry("ingest")).await {
+                    Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => {
                         let lease = serde_json::from_slice::<Lease>(&e.value).ok();
                         let _ = inner.send(Inner::LeaseSeen(lease.map(|l| (l, e.revision)))).await;
                     }
-                    Ok(_) => {
+                    Ok(Ok(_)) => {
                         let _ = inner.send(Inner::LeaseSeen(None)).await;
                     }
-                    Err(_) => store = None,
+                    Ok(Err(_)) => {
+                        store = None;
+                        let _ = inner.send(Inner::LeaseUnread).await;
+                    }
+                    Err(_) => {
+                        let _ = inner.send(Inner::LeaseUnread).await;
+                    }
                 }
                 let Some(listing) = &listing else { continue };
-                if let Ok(Some(e)) = listing.entry("products").await {
+                if let Ok(Ok(Some(e))) = tokio::time::timeout(patience, listing.entry("products")).await {
                     if products.as_ref() != Some(&e.value) {
                         if let Ok(list) = serde_json::from_slice::<Vec<Product>>(&e.value) {
                             let _ = inner.send(Inner::Products(list)).await;

@@ -32,6 +32,9 @@ pub(super) fn spawn(
     queue: glommio::TaskQueueHandle,
 ) {
     let Some(link) = hub.global.cluster().cloned() else { return };
+    if link.role == crate::cluster::Role::Ingest {
+        standing_by(&hub, Some("starting: no lease yet"));
+    }
     let feed = feed.map(Rc::new);
     glommio::spawn_local_into(listen(hub.clone(), events, feed.clone()), queue).map(|t| t.detach()).ok();
     glommio::spawn_local_into(watch(hub, link, feed), queue).map(|t| t.detach()).ok();
@@ -66,7 +69,12 @@ async fn listen(hub: Rc<Hub>, mut events: mpsc::Receiver<Ev>, feed: Option<Rc<Lo
             Ev::Refused { product, message, reason } => {
                 to_owner(Event::Error { message, reason, product: Some(product) }).await
             }
-            Ev::Lease(term) => owner.set_term(term),
+            Ev::Lease(term) => {
+                owner.set_term(term);
+                if term.is_none() {
+                    standing_by(&hub, Some("another ingest holds the lease"));
+                }
+            }
             Ev::Interest(topics) => owner.set_remote(topics),
             Ev::SeedAsk { product, channel, reply } => {
                 let known = hub.global.products().map(|l| l.iter().map(|p| p.id.clone()).collect());
@@ -139,6 +147,18 @@ async fn watch(hub: Rc<Hub>, link: std::sync::Arc<Link>, feed: Option<Rc<LocalSe
             }
         }
     }
+}
+
+/// A standby ingest says so in `/healthz` and `/metrics` (its clients hear it
+/// when an upstream connection it held closes, through the owner).
+fn standing_by(hub: &Hub, why: Option<&str>) {
+    hub.global.set_upstream(|u| {
+        if u.state != "standby" {
+            u.changed_at = Some(std::time::Instant::now());
+        }
+        u.state = "standby";
+        u.last_error = why.map(str::to_string);
+    });
 }
 
 fn query_of(ask: HistoryAsk) -> Option<HistoryQuery> {

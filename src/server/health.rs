@@ -39,6 +39,10 @@ pub async fn live(hub: &Rc<Hub>) -> Response {
 /// start or a loss); 503 with the reason otherwise.
 pub fn ready(hub: &Hub) -> Response {
     let state = hub.global.upstream().state;
+    if state == "standby" {
+        let why = "a standby ingest: another holds the lease and the upstream, so no data flows here";
+        return Response::json(503, &json!({"error": "not_ready", "message": why, "upstream": state}));
+    }
     match hub.global.readiness() {
         Ok(()) => Response::json(200, &json!({"status": "ready", "upstream": state})),
         Err(why) => Response::json(503, &json!({"error": "not_ready", "message": why, "upstream": state})),
@@ -50,9 +54,12 @@ pub fn ready(hub: &Hub) -> Response {
 pub fn report(hub: &Hub) -> Response {
     let g = &hub.global;
     let up = g.upstream();
-    let readiness = g.readiness();
+    // A standby ingest is healthy, standing by (200, `status: standby`); its
+    // `/readyz` keeps clients away.
+    let standby = up.state == "standby";
+    let readiness = if standby { Ok(()) } else { g.readiness() };
     let body = json!({
-        "status": if readiness.is_ok() { "ok" } else { "not_ready" },
+        "status": if standby { "standby" } else if readiness.is_ok() { "ok" } else { "not_ready" },
         "not_ready_reason": readiness.as_ref().err(),
         "simulated": g.simulated,
         "replay": g.replay.as_ref().map(|r| r.report()),

@@ -301,6 +301,11 @@ impl Upstream {
         }
     }
 
+    /// Whether it is held as a standby ingest's.
+    pub fn is_standby(&self) -> bool {
+        self.shared.standby.get()
+    }
+
     /// The desired set, as an edge asks NATS for it (`status` left out: the
     /// product list comes by the key-value bucket).
     pub fn desired(&self) -> std::collections::BTreeSet<(String, Channel)> {

@@ -92,6 +92,19 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
         Event::Connected => announce(hub, owner, State::Connected, None),
         Event::Seed { product, channel, first, history } => {
             let topic = Topic::new(product, channel);
+            // A topic seeded again while followed (its NATS subject had a
+            // hole): trades it missed are a gap its subscribers hear of, as on
+            // one process (the ingest already asked the feed afresh if need be).
+            let before =
+                (channel == Channel::Matches).then(|| owner.feed.borrow().last_trade(&topic.product)).flatten();
+            let now = first.iter().filter(|m| m.kind() == "last_match").find_map(|m| m.trade_id);
+            if let (Some(before), Some(now)) = (before, now) {
+                if now > before + 1 {
+                    log::warn!(event = "upstream_gap", product = topic.product.as_str();
+                        "gap on {}: seeded afresh at trade {now}, after {before}", topic.product);
+                    tell_gap(hub, owner, &Gap { product: topic.product.clone(), expected: before + 1, received: now });
+                }
+            }
             let late = owner.seed(&topic, &history, &first);
             // Its subscribers here hear the first messages, as after a reconnect.
             for msg in first {
@@ -106,7 +119,9 @@ fn dispatch(hub: &Hub, owner: &Owner, event: Event) {
             // A new connection starts every book and trade count afresh.
             owner.feed.borrow_mut().forget_all();
             owner.unready_all();
-            announce(hub, owner, State::Reconnecting, Some(&reason))
+            // A standby ingest's upstream closed because another took the lease.
+            let state = if owner.upstream.is_standby() { State::Standby } else { State::Reconnecting };
+            announce(hub, owner, state, Some(&reason))
         }
     }
 }
@@ -139,6 +154,11 @@ fn on_gap(hub: &Hub, owner: &Owner, gap: Gap) {
     log::warn!(event = "upstream_gap", product = gap.product.as_str();
         "gap on {}: expected trade {}, got {}; resubscribing it", gap.product, gap.expected, gap.received);
     owner.upstream.resubscribe(&gap.product);
+    tell_gap(hub, owner, &gap);
+}
+
+/// Counts a gap and tells the product's subscribers.
+fn tell_gap(hub: &Hub, owner: &Owner, gap: &Gap) {
     hub.global.count_gap();
     let frame = frame::text(protocol::notes::gap(&gap.product, gap.expected, gap.received).as_bytes());
     for shard in owner.shards_for_product(&gap.product).iter().filter(|&s| s != REMOTE) {

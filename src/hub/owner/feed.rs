@@ -176,6 +176,11 @@ impl FeedState {
         frame.into_iter().collect()
     }
 
+    /// The last trade id seen of `product`, if any.
+    pub fn last_trade(&self, product: &str) -> Option<u64> {
+        self.products.get(product)?.last_trade
+    }
+
     /// The book of `product`, if one is being kept.
     pub fn book(&self, product: &str) -> Option<&Book> {
         self.products.get(product)?.book.as_ref()
