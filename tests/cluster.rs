@@ -461,3 +461,36 @@ fn nats_restarted_without_its_store_makes_the_buckets_again_and_data_flows() {
     let newest = trade_id(&until(&mut direct, "the feed's last_match", |v| v["type"] == "last_match"));
     until(&mut c, "trades after the restart", |v| is(v, "match", "BTC-USD") && trade_id(v) > newest);
 }
+
+#[test]
+fn a_standby_ingest_is_healthy_but_not_ready() {
+    let cl = Cluster::start(&["BTC-USD"], 10.0, &[]);
+    let standby = &cl.ingests[1 - cl.active()];
+    let health = common::nats::wait_health(standby, "it says it stands by", |h| h["status"] == "standby");
+    assert_eq!(health["upstream"]["state"], "standby", "{health}");
+    let (status, _, _) = http(standby.addr, "GET", "/healthz", "");
+    assert_eq!(status, 200, "a standby is healthy (a container's HEALTHCHECK passes)");
+    let (status, _, body) = http(standby.addr, "GET", "/readyz", "");
+    assert_eq!((status, body["upstream"].as_str()), (503, Some("standby")), "no clients to a standby: {body}");
+    let (status, _, metrics) =
+        common::http_raw(standby.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("hedgehog_upstream_state{state=\"standby\"} 1"), "{metrics}");
+    assert!(metrics.contains("hedgehog_ingest_lease_active 0"), "{metrics}");
+}
+
+#[test]
+fn a_hanging_nats_server_is_noticed_and_data_resumes_after_it() {
+    let cl = Cluster::start(&["BTC-USD"], 20.0, &[]);
+    let (mut c, _) = cl.edge("a").client();
+    subscribe(&mut c, &["BTC-USD"], &["matches"]);
+    until(&mut c, "trades", |v| is(v, "match", "BTC-USD"));
+    // The server stops answering, its connections still open.
+    cl.nats.pause(true);
+    let note = until(&mut c, "the reconnecting note", |v| v["type"] == "upstream" && v["state"] == "reconnecting");
+    assert!(note["reason"].is_string(), "{note}");
+    cl.nats.pause(false);
+    until(&mut c, "the connected note", |v| v["type"] == "upstream" && v["state"] == "connected");
+    let first = until(&mut c, "a fresh last_match", |v| v["type"] == "last_match");
+    contiguous_after(&mut c, "a", trade_id(&first), 10);
+}

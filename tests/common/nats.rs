@@ -105,6 +105,14 @@ impl Nats {
         self.spawn(&self.port.to_string());
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: a server that hangs, its connections open.
+    pub fn pause(&self, stop: bool) {
+        let pid = self.child.as_ref().expect("a running server").id().to_string();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port with an empty store (a server whose
     /// volume was not kept): the buckets are gone.
     pub fn restart_empty(&mut self) {
