@@ -10,6 +10,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
+import report_scaleout
+
 TARGETS = ["hedgehog", "hedgehog-baseline", "nats", "ceiling"]
 # hedgehog built from another revision (`bench.sh --baseline REV`), when the run has one.
 BASELINE = "hedgehog-baseline"
@@ -434,6 +436,7 @@ def main():
         tls = {r["target"] for r in rows if r["scenario"] == "tls" and r["result"].get("deliveries", 0) > 0
                and (not r["target"].endswith("-tls") or r["result"].get("tls"))}
         missing |= {"tls " + t for t in TLS_TARGETS if t not in tls and (served or t != "hedgehog-tls")}
+        missing |= report_scaleout.missing(rows)
         if any(r["scenario"] == "baseline" for r in rows):
             ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
             missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
@@ -471,6 +474,7 @@ def main():
     access_section(by_scenario["access"], by_scenario["access-config"], out)
     metrics_section(by_scenario["metrics"], out)
     tls = tls_section(by_scenario["tls"], by_scenario["tls-config"], out)
+    report_scaleout.section(by_scenario["scaleout"], by_scenario["scaleout-msgs"], out)
     feed = [r["result"] for r in by_scenario["feed"]][:1]
     title = "Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)"
     latency = [("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),
