@@ -527,6 +527,8 @@ tls_step() {
 # price of a message: two clients (one per edge) each following SCALE_PRODUCTS
 # products at SCALE_MSG_RATE msg/s each, so each process's CPU is per message, not
 # per delivery, and nats-server's /connz gives the bytes each message costs an edge.
+# Its window is SCALE_MSG_SECONDS: a process's CPU is read in 10 ms ticks, and a
+# few percent of a core over the usual 2 s would price a message to 2.5 us only.
 # A topic new to the cluster takes most of a second to reach an edge's clients (the
 # edge declares its interest, the ingest subscribes upstream and seeds the edge), so
 # both targets wait SCALE_WARMUP before the window, not the other steps' WARMUP.
@@ -538,7 +540,8 @@ scale_out() {
   for round in $(seq 1 "$SCALE_ROUNDS"); do
     for target in "${order[@]}"; do
       log "scale-out, per message: $target, 2 clients x $SCALE_PRODUCTS products x $SCALE_MSG_RATE msg/s (round $round)"
-      run scaleout-msgs "$target" 2 "$SCALE_MSG_RATE" "$products" "$SCALE_PRODUCTS" --procs 2 --warmup "$SCALE_WARMUP"
+      run scaleout-msgs "$target" 2 "$SCALE_MSG_RATE" "$products" "$SCALE_PRODUCTS" --procs 2 --warmup "$SCALE_WARMUP" \
+        --duration "$SCALE_MSG_SECONDS"
     done
     order=("${order[@]:1}" "${order[0]}")
   done
@@ -632,13 +635,16 @@ PY
 case "$MODE" in
   --smoke)
     WARMUP=0.2; DURATION=0.5; FANOUT_CLIENTS="20"; FANOUT_RATES="10"; MIX_CLIENTS=30; MIX_HOLD=1; IDLE_CLIENTS=50; STORM_CLIENTS=50; REST_SECONDS=1
-    ACCESS_RATE=10; ACCESS_ROUNDS=1; SCALE_PRODUCTS=5; SCALE_MSG_RATE=20; SCALE_WARMUP=1.5 ;;
+    ACCESS_RATE=10; ACCESS_ROUNDS=1; SCALE_PRODUCTS=5; SCALE_MSG_RATE=20; SCALE_WARMUP=1.5
+    SCALE_MSG_SECONDS=$DURATION ;;
   --quick)
     WARMUP=1; DURATION=2; FANOUT_CLIENTS="1000"; FANOUT_RATES="10 50 200 800"; MIX_CLIENTS=2000; MIX_HOLD=6; IDLE_CLIENTS=5000; STORM_CLIENTS=2000; REST_SECONDS=3
-    ACCESS_RATE=50; ACCESS_ROUNDS=2; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2 ;;
+    ACCESS_RATE=50; ACCESS_ROUNDS=2; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2
+    SCALE_MSG_SECONDS=8 ;;
   --full)
     WARMUP=1; DURATION=4; FANOUT_CLIENTS="1000 5000 15000"; FANOUT_RATES="10 50 100 200 400 800 1600"; MIX_CLIENTS=10000; MIX_HOLD=15; IDLE_CLIENTS=19000; STORM_CLIENTS=10000; REST_SECONDS=8
-    ACCESS_RATE=50; ACCESS_ROUNDS=3; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2 ;;
+    ACCESS_RATE=50; ACCESS_ROUNDS=3; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2
+    SCALE_MSG_SECONDS=10 ;;
 esac
 # The metrics step runs where the access step does, so the two compare: 50 msg/s
 # to 1,000 clients is 50,000 deliveries a second, a real load for the server core
