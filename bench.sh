@@ -661,10 +661,18 @@ ports_free
 started=$(date +%s)
 install
 [ -z "$BASELINE" ] || build_baseline
+# The machine's load average (1 min) as each step starts and as the run ends:
+# other work on a shared machine moves every figure, and RESULTS.md says how much
+# there was.
+load_row() { # step
+  printf '{"scenario":"load","target":"-","step":"%s","result":{"load1":%s}}\n' "$1" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
+}
 for step in $STEPS; do
   [ -z "$ONLY" ] || [[ ",$ONLY," == *",$step,"* ]] || continue
+  load_row "$step"
   "$step"
 done
+load_row end
 elapsed=$(( $(date +%s) - started ))
 if [ -n "$ONLY" ]; then
   python3 benches/report.py "$RAW" "$MODE --only $ONLY" "$elapsed"
