@@ -2,9 +2,11 @@
 # hedgehog's benchmark: hedgehog, nats-server and the ceiling program, measured in
 # the same run on this machine, written to benches/RESULTS.md as ratios.
 #
-#   bash bench.sh            full run (under 20 minutes)
-#   bash bench.sh --quick    daily development (under 2 minutes)
-#   bash bench.sh --smoke    a few seconds, tiny sizes; CI runs it so the harness cannot rot
+#   bash bench.sh            full run
+#   bash bench.sh --quick    daily development (17 minutes on the 2-core machine on
+#                            2026-12-01: a release build and criterion took 12 of them)
+#   bash bench.sh --smoke    tiny sizes, under a minute of steps after the build; CI runs it
+#                            so the harness cannot rot
 #   bash bench.sh --quick --baseline REV    (or --full --baseline REV)
 #                            also measure hedgehog as built from git revision REV
 #                            ("hedgehog-baseline"), each run right beside hedgehog's;
@@ -45,7 +47,8 @@
 #
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
-# the other core(s). Everything targets loopback only, bounded in time and count.
+# the other core(s); the scale-out step's cluster is laid out in start_cluster.
+# Everything targets loopback only, bounded in time and count.
 set -euo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")"
@@ -224,7 +227,7 @@ start_target() { # target rate products
     hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled|hedgehog-scraped|hedgehog-tls)
       # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
-      local bin=$BIN/hedgehog budget option config=()
+      local bin=$BIN/hedgehog config=()
       [ "$1" != hedgehog-baseline ] || bin=$BASE_BIN
       # The same binary, with access rules (see write_access_configs), or serving TLS.
       case "$1" in
