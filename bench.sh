@@ -2,9 +2,11 @@
 # hedgehog's benchmark: hedgehog, nats-server and the ceiling program, measured in
 # the same run on this machine, written to benches/RESULTS.md as ratios.
 #
-#   bash bench.sh            full run (under 20 minutes)
-#   bash bench.sh --quick    daily development (under 2 minutes)
-#   bash bench.sh --smoke    a few seconds, tiny sizes; CI runs it so the harness cannot rot
+#   bash bench.sh            full run
+#   bash bench.sh --quick    daily development (17 minutes on the 2-core machine on
+#                            2026-12-01: a release build and criterion took 12 of them)
+#   bash bench.sh --smoke    tiny sizes, under a minute of steps after the build; CI runs it
+#                            so the harness cannot rot
 #   bash bench.sh --quick --baseline REV    (or --full --baseline REV)
 #                            also measure hedgehog as built from git revision REV
 #                            ("hedgehog-baseline"), each run right beside hedgehog's;
@@ -12,6 +14,11 @@
 #   bash bench.sh --quick --feed FILE       (any mode) the market mix replays FILE, a
 #                            capture of the real feed (README: Record and replay), looped,
 #                            instead of the generated market
+#   bash bench.sh --quick --only scale_out,idle
+#                            (any mode) only these steps (of fanout, access, metrics,
+#                            tls_step, scale_out, market_mix, idle, storm, rest, micro);
+#                            the report goes to stdout with the raw lines after it, and
+#                            benches/ is left alone
 #
 # Access control (issue 13): one fan-out step is run with access control off
 # ("hedgehog") and on ("hedgehog-access", a key of a class allowing everything),
@@ -30,18 +37,29 @@
 # trusting a test CA made for the run (`loadgen certs`). RESULTS.md's "TLS"
 # section gives deliveries per CPU-second and the ratios TLS/plain and hedgehog/nats.
 #
+# Scale-out (issue 17): the same kind of fan-out step is run by "hedgehog" (one
+# process) and by "cluster": a nats-server with JetStream, one ingest fed by the
+# simulator, and two edges, the clients split between the edges; taking turns.
+# Then both serve two clients following many products at a high message rate,
+# which prices a message rather than a delivery. RESULTS.md's "Scale-out" section
+# gives deliveries per CPU-second of the edges, the latency the NATS hop adds and
+# the CPU per message of each process; ANALYSIS.md scales them to N machines.
+#
 # Layout: every server (hedgehog with WEB_CONCURRENCY=1, nats-server, the ceiling)
 # is pinned to core 0; the simulator, the NATS bridge and the load generator run on
-# the other core(s). Everything targets loopback only, bounded in time and count.
+# the other core(s); the scale-out step's cluster is laid out in start_cluster.
+# Everything targets loopback only, bounded in time and count.
 set -euo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")"
 
-usage() { echo "usage: bash bench.sh [--full|--quick|--smoke] [--baseline REV] [--feed FILE]" >&2; exit 2; }
+STEPS="fanout access metrics tls_step scale_out market_mix idle storm rest micro"
+usage() { echo "usage: bash bench.sh [--full|--quick|--smoke] [--baseline REV] [--feed FILE] [--only STEP,...]" >&2; exit 2; }
 MODE=--full
 BASELINE=
 BASELINE_COMMIT=
 FEED=
+ONLY=
 while [ $# -gt 0 ]; do
   case "$1" in
     --full|--quick|--smoke) MODE=$1 ;;
@@ -49,9 +67,14 @@ while [ $# -gt 0 ]; do
     --baseline=*) BASELINE=${1#--baseline=} ;;
     --feed) [ $# -ge 2 ] || usage; FEED=$2; shift ;;
     --feed=*) FEED=${1#--feed=} ;;
+    --only) [ $# -ge 2 ] || usage; ONLY=$2; shift ;;
+    --only=*) ONLY=${1#--only=} ;;
     *) usage ;;
   esac
   shift
+done
+for step in ${ONLY//,/ }; do
+  [[ " $STEPS " == *" $step "* ]] || { echo "bench: --only $step: the steps are $STEPS" >&2; exit 2; }
 done
 if [ -n "$BASELINE" ] && ! BASELINE_COMMIT=$(git rev-parse --verify --quiet "$BASELINE^{commit}"); then
   echo "bench: --baseline $BASELINE is not a commit in this repository" >&2; exit 2
@@ -75,6 +98,8 @@ PY
 fi
 # Set while the market mix runs on the capture.
 REPLAYING=
+# Set while start_target is to wait for a hedgehog to have the feed (wait_feed).
+WAIT_FEED=
 
 SERVER_CORE=0
 HOLD=0
@@ -84,6 +109,11 @@ HH_PORT=${HH_PORT:-18080}
 NATS_PORT=${NATS_PORT:-14222}
 NATS_WS_PORT=${NATS_WS_PORT:-14223}
 CEIL_PORT=${CEIL_PORT:-19100}
+# The scale-out step's cluster: the ingest's and the two edges' ports, nats-server's
+# monitoring port (its /connz counts each node's messages and bytes).
+INGEST_PORT=${INGEST_PORT:-18081}
+EDGE_PORTS=${EDGE_PORTS:-"18082 18083"}
+NATS_MON_PORT=${NATS_MON_PORT:-18222}
 WORK=$(mktemp -d /tmp/hedgehog-bench.XXXXXX)
 # The TLS step's test CA and server certificate (see tls_step).
 TLS_DIR="$WORK/tls"
@@ -94,6 +124,21 @@ PIDS=()
 HEDGEHOGS=(hedgehog)
 BASE_TREE="$WORK/baseline"
 trap 'stop_all; remove_baseline_tree; rm -rf "$WORK"' EXIT
+
+# The fixed ports must be free: the simulator binds with SO_REUSEPORT (glommio's
+# listeners do), so a second simulator on a taken port is not refused, and the
+# kernel shares this run's connections with whatever listens there already
+# (another bench.sh, a test's simulator) without a word.
+ports_free() {
+  local port taken=()
+  for port in "$SIM_PORT" "$HH_PORT" "$NATS_PORT" "$NATS_WS_PORT" "$CEIL_PORT" "$INGEST_PORT" $EDGE_PORTS "$NATS_MON_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then taken+=("$port"); fi
+  done
+  [ ${#taken[@]} -eq 0 ] && return 0
+  echo "bench: something already listens on 127.0.0.1 port(s) ${taken[*]} (another bench.sh?); stop it, or move" \
+    "this run with SIM_PORT, HH_PORT, NATS_PORT, NATS_WS_PORT, CEIL_PORT, INGEST_PORT, EDGE_PORTS, NATS_MON_PORT" >&2
+  exit 2
+}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -182,24 +227,21 @@ start_target() { # target rate products
     hedgehog|hedgehog-baseline|hedgehog-access|hedgehog-throttled|hedgehog-scraped|hedgehog-tls)
       # Both hedgehogs are fed by this tree's simulator, so they see the same feed.
       start_sim "$2" "$3" "$HOLD"
-      local bin=$BIN/hedgehog budget option config=()
+      local bin=$BIN/hedgehog config=()
       [ "$1" != hedgehog-baseline ] || bin=$BASE_BIN
       # The same binary, with access rules (see write_access_configs), or serving TLS.
       case "$1" in
         hedgehog-access|hedgehog-throttled) config=(--config "$WORK/$1.toml") ;;
         hedgehog-tls) config=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key") ;;
       esac
-      # The load comes from a few 127.0.0.x addresses (up to 9,000 clients each) and
-      # the idle step holds 19,000 connections: lift the per-address and total
-      # connection budgets (a quarter and 95% of the file limit by default) to the
-      # file limit itself, as an operator load-testing from few hosts would.
-      budget=()
-      for option in --max-connections-per-ip --max-connections; do
-        if supports "$bin" "$option"; then budget+=("$option" "$(ulimit -n)"); fi
-      done
-      WEB_CONCURRENCY=1 RUST_LOG=warn taskset -c "$SERVER_CORE" "$bin" --host 127.0.0.1 --port "$HH_PORT" \
-        --upstream-url "ws://127.0.0.1:$SIM_PORT" "${budget[@]}" "${config[@]}" >"$WORK/$1.log" 2>&1 &
-      SERVER_PID=$!; PIDS+=($SERVER_PID); ADDR="127.0.0.1:$HH_PORT"
+      start_hedgehog "$bin" "$1" "$SERVER_CORE" "$HH_PORT" --upstream-url "ws://127.0.0.1:$SIM_PORT" "${config[@]}"
+      SERVER_PID=$!; ADDR="127.0.0.1:$HH_PORT"
+      [ -z "$WAIT_FEED" ] || wait_feed "$ADDR" "${3%%,*}"
+      ;;
+    cluster)
+      start_sim "$2" "$3" "$HOLD"
+      start_cluster "${3%%,*}"
+      return
       ;;
     nats|nats-tls)
       start_sim "$2" "$3" "$HOLD"
@@ -222,6 +264,80 @@ start_target() { # target rate products
   wait_port "$ADDR"
 }
 
+# One hedgehog process (WEB_CONCURRENCY=1) pinned to CORE, listening on PORT,
+# logging to $WORK/NAME.log; its pid is $!. The load comes from a few 127.0.0.x
+# addresses (up to 9,000 clients each) and the idle step holds 19,000 connections:
+# lift the per-address and total connection budgets (a quarter and 95% of the file
+# limit by default) to the file limit itself, as an operator load-testing from few
+# hosts would.
+start_hedgehog() { # binary name core port serve-args...
+  local bin=$1 name=$2 core=$3 port=$4 budget=() option
+  shift 4
+  for option in --max-connections-per-ip --max-connections; do
+    if supports "$bin" "$option"; then budget+=("$option" "$(ulimit -n)"); fi
+  done
+  WEB_CONCURRENCY=1 RUST_LOG=warn taskset -c "$core" "$bin" --host 127.0.0.1 --port "$port" \
+    "${budget[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+# Issue 17's cluster on loopback, beside the simulator start_target started: a
+# nats-server with JetStream (`-js -sd`, its store fresh for each run, so no lease
+# outlives its run) and the ingest, both on the load cores; edge a pinned to core
+# 0, edge b to the last core (on 2 cores there is no core of its own left for b:
+# it shares the load core). Each edge is waited for until it has the feed (see
+# wait_feed). Sets SERVER_PID and ADDR to both edges' (comma-separated,
+# as `loadgen clients` takes them) and SIDE_PIDS to the ingest's and nats-server's.
+start_cluster() { # a product of the feed
+  local js="$WORK/jetstream" nats="nats://127.0.0.1:$NATS_PORT" cores=("$SERVER_CORE" "${LOAD_CORES##*-}")
+  local node=(a b) i=0 port pids=() addrs=() nats_pid ingest_pid
+  rm -rf "$js"
+  taskset -c "$LOAD_CORES" nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -js -sd "$js" \
+    >"$WORK/nats-js.log" 2>&1 &
+  nats_pid=$!; PIDS+=($nats_pid)
+  wait_port "127.0.0.1:$NATS_PORT"
+  start_hedgehog "$BIN/hedgehog" ingest "$LOAD_CORES" "$INGEST_PORT" --role ingest --nats "$nats" --node i \
+    --upstream-url "ws://127.0.0.1:$SIM_PORT"
+  ingest_pid=$!
+  for port in $EDGE_PORTS; do
+    start_hedgehog "$BIN/hedgehog" "edge-${node[i]}" "${cores[i]}" "$port" --role edge --nats "$nats" --node "${node[i]}"
+    pids+=($!); addrs+=("127.0.0.1:$port"); i=$((i + 1))
+  done
+  for port in $EDGE_PORTS; do wait_feed "127.0.0.1:$port" "$1"; done
+  SERVER_PID=$(IFS=,; echo "${pids[*]}"); ADDR=$(IFS=,; echo "${addrs[*]}")
+  SIDE_PIDS="ingest:$ingest_pid,nats:$nats_pid"
+}
+
+# Waits until the hedgehog at ADDR has the feed: its /api/v1/products lists
+# PRODUCT, which it learns from the simulator (an edge: from the ingest, over
+# NATS). Until then it lists a built-in default, and a subscribe to a product it
+# has not heard of is a 404 (/readyz answers 200 from the start, within its grace).
+wait_feed() { # host:port product
+  for _ in $(seq 1 300); do
+    [[ $(curl -s -m 1 "http://$1/api/v1/products") == *'"id":"'$2'"'* ]] && return 0
+    sleep 0.05
+  done
+  log "$1 does not list $2 (/api/v1/products)"; return 1
+}
+
+# RESULT, the loadgen's JSON, with nats-server's counts (its /connz, since the
+# start) of what it sent the edges and took from the ingest, for bytes per message.
+with_nats_counts() { # result
+  python3 - "$1" "http://127.0.0.1:$NATS_MON_PORT/connz?limit=1024" <<'PY'
+import json, sys, urllib.request
+r = json.loads(sys.argv[1])
+try:
+    conns = json.load(urllib.request.urlopen(sys.argv[2], timeout=2)).get("connections", [])
+except OSError:
+    conns = []
+count = lambda role, way: sum(c.get(way, 0) for c in conns if c.get("name", "").startswith("hedgehog " + role))
+r["nats"] = {"edges": sum(1 for c in conns if c.get("name", "").startswith("hedgehog edge")),
+             "edge_msgs": count("edge", "out_msgs"), "edge_bytes": count("edge", "out_bytes"),
+             "ingest_msgs": count("ingest", "in_msgs"), "ingest_bytes": count("ingest", "in_bytes")}
+print(json.dumps(r))
+PY
+}
+
 # One measured run; appends a JSON line tagged with the scenario to $RAW and
 # leaves the loadgen's result in $WORK/last.json. The extra arguments come last
 # and win (`--channel ticker` replaces `matches`).
@@ -229,17 +345,21 @@ run() { # scenario target clients rate products subs extra-loadgen-args...
   local scenario=$1 target=$2 clients=$3 rate=$4 products=$5 subs=$6; shift 6
   start_target "$target" "$rate" "$products"
   [ "$target" != hedgehog-scraped ] || start_scraper
-  local out protocol=$target extra=()
+  local out protocol=$target extra=() core=(--server-core "$SERVER_CORE")
   # The load generator speaks hedgehog's protocol to every hedgehog and NATS to
   # every nats-server, presents the key to the hedgehogs with access control on,
   # and speaks TLS, trusting the run's test CA, to the targets serving it.
   case "$target" in hedgehog-*) protocol=hedgehog ;; nats-*) protocol=nats ;; esac
   case "$target" in hedgehog-access|hedgehog-throttled) extra=(--bearer "$BENCH_KEY") ;; esac
   case "$target" in *-tls) extra+=(--ca "$TLS_DIR/ca.pem") ;; esac
+  # The cluster's clients are split between the edges; their CPU is summed, and
+  # the ingest's and nats-server's are read over the same window.
+  [ "$target" != cluster ] || { protocol=hedgehog; extra+=(--side-pid "$SIDE_PIDS"); core=(); }
   if out=$(timeout 300 taskset -c "$LOAD_CORES" "$BIN/loadgen" clients --target "$protocol" --addr "$ADDR" --clients "$clients" \
-      --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
+      --products "$products" --subs "$subs" --channel matches --server-pid "$SERVER_PID" "${core[@]}" \
       --source "$(next_source)" --warmup "$WARMUP" --duration "$DURATION" "${extra[@]}" "$@" 2>>"$WORK/loadgen.log"); then
     [ "$target" != hedgehog-scraped ] || { stop_scraper; out=$(with_scrapes "$out"); }
+    [ "$target" != cluster ] || out=$(with_nats_counts "$out")
     printf '{"scenario":"%s","target":"%s","rate":%s,"subs":%s,"result":%s}\n' "$scenario" "$target" "$rate" "$subs" "$out" >>"$RAW"
   else
     log "$scenario/$target/$clients/$rate failed: $(tail -1 "$WORK/loadgen.log")"
@@ -401,6 +521,36 @@ tls_step() {
   in_turns tls TLS "$TLS_RATE" "$TLS_ROUNDS" -- "${order[@]}"
 }
 
+# Issue 17's scale-out, on loopback: one process ("hedgehog", core 0) against
+# the cluster (1 ingest + 2 edges, see start_cluster), the clients split between
+# the two edges, in both cases over two load generator processes (--procs 2).
+# First the fan-out: the first fan-out size at SCALE_RATE on one product's
+# `matches`, SCALE_ROUNDS rounds taking turns: deliveries per CPU-second (of the
+# edges, summed) and latency, whose difference is what the NATS hop adds. Then the
+# price of a message: two clients (one per edge) each following SCALE_PRODUCTS
+# products at SCALE_MSG_RATE msg/s each, so each process's CPU is per message, not
+# per delivery, and nats-server's /connz gives the bytes each message costs an edge.
+# Its window is SCALE_MSG_SECONDS: a process's CPU is read in 10 ms ticks, and a
+# few percent of a core over the usual 2 s would price a message to 2.5 us only.
+# A topic new to the cluster takes most of a second to reach an edge's clients (the
+# edge declares its interest, the ingest subscribes upstream and seeds the edge), so
+# both targets wait SCALE_WARMUP before the window, not the other steps' WARMUP.
+scale_out() {
+  local products round target order=(hedgehog cluster)
+  WAIT_FEED=1
+  in_turns scaleout scale-out "$SCALE_RATE" "$SCALE_ROUNDS" --procs 2 --warmup "$SCALE_WARMUP" -- "${order[@]}"
+  products=$(python3 -c 'import sys; print(",".join("C%02d-USD" % i for i in range(int(sys.argv[1]))))' "$SCALE_PRODUCTS")
+  for round in $(seq 1 "$SCALE_ROUNDS"); do
+    for target in "${order[@]}"; do
+      log "scale-out, per message: $target, 2 clients x $SCALE_PRODUCTS products x $SCALE_MSG_RATE msg/s (round $round)"
+      run scaleout-msgs "$target" 2 "$SCALE_MSG_RATE" "$products" "$SCALE_PRODUCTS" --procs 2 --warmup "$SCALE_WARMUP" \
+        --duration "$SCALE_MSG_SECONDS"
+    done
+    order=("${order[@]:1}" "${order[0]}")
+  done
+  WAIT_FEED=
+}
+
 market_mix() {
   local products target targets=("${HEDGEHOGS[@]}" nats ceiling) what="50 products (Zipf), 2,000 msg/s in total"
   products=$(python3 -c 'print(",".join("C%02d-USD" % i for i in range(50)))')
@@ -488,13 +638,16 @@ PY
 case "$MODE" in
   --smoke)
     WARMUP=0.2; DURATION=0.5; FANOUT_CLIENTS="20"; FANOUT_RATES="10"; MIX_CLIENTS=30; MIX_HOLD=1; IDLE_CLIENTS=50; STORM_CLIENTS=50; REST_SECONDS=1
-    ACCESS_RATE=10; ACCESS_ROUNDS=1 ;;
+    ACCESS_RATE=10; ACCESS_ROUNDS=1; SCALE_PRODUCTS=5; SCALE_MSG_RATE=20; SCALE_WARMUP=1.5
+    SCALE_MSG_SECONDS=$DURATION ;;
   --quick)
     WARMUP=1; DURATION=2; FANOUT_CLIENTS="1000"; FANOUT_RATES="10 50 200 800"; MIX_CLIENTS=2000; MIX_HOLD=6; IDLE_CLIENTS=5000; STORM_CLIENTS=2000; REST_SECONDS=3
-    ACCESS_RATE=50; ACCESS_ROUNDS=2 ;;
+    ACCESS_RATE=50; ACCESS_ROUNDS=2; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2
+    SCALE_MSG_SECONDS=8 ;;
   --full)
     WARMUP=1; DURATION=4; FANOUT_CLIENTS="1000 5000 15000"; FANOUT_RATES="10 50 100 200 400 800 1600"; MIX_CLIENTS=10000; MIX_HOLD=15; IDLE_CLIENTS=19000; STORM_CLIENTS=10000; REST_SECONDS=8
-    ACCESS_RATE=50; ACCESS_ROUNDS=3 ;;
+    ACCESS_RATE=50; ACCESS_ROUNDS=3; SCALE_PRODUCTS=50; SCALE_MSG_RATE=40; SCALE_WARMUP=2
+    SCALE_MSG_SECONDS=10 ;;
 esac
 # The metrics step runs where the access step does, so the two compare: 50 msg/s
 # to 1,000 clients is 50,000 deliveries a second, a real load for the server core
@@ -503,21 +656,33 @@ esac
 METRICS_RATE=$ACCESS_RATE; METRICS_ROUNDS=$ACCESS_ROUNDS
 # The TLS step too: issue 15's step is 1,000 clients x 50 msg/s.
 TLS_RATE=$ACCESS_RATE; TLS_ROUNDS=$ACCESS_ROUNDS
+# The scale-out step too (its fan-out half); its per-message half is the market
+# mix's upstream, 2,000 msg/s over 50 products, every one followed by both clients.
+SCALE_RATE=$ACCESS_RATE; SCALE_ROUNDS=$ACCESS_ROUNDS
 
+ports_free
 started=$(date +%s)
 install
 [ -z "$BASELINE" ] || build_baseline
-fanout
-access
-metrics
-tls_step
-market_mix
-idle
-storm
-rest
-micro
+# The machine's load average (1 min) as each step starts and as the run ends:
+# other work on a shared machine moves every figure, and RESULTS.md says how much
+# there was.
+load_row() { # step
+  printf '{"scenario":"load","target":"-","step":"%s","result":{"load1":%s}}\n' "$1" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
+}
+for step in $STEPS; do
+  [ -z "$ONLY" ] || [[ ",$ONLY," == *",$step,"* ]] || continue
+  load_row "$step"
+  "$step"
+done
+load_row end
 elapsed=$(( $(date +%s) - started ))
-if [ "$MODE" = --smoke ]; then
+if [ -n "$ONLY" ]; then
+  python3 benches/report.py "$RAW" "$MODE --only $ONLY" "$elapsed"
+  printf '\n## Raw results\n\n'
+  cat "$RAW"
+  log "ran $ONLY in ${elapsed}s (benches/ left alone)"
+elif [ "$MODE" = --smoke ]; then
   python3 benches/report.py "$RAW" "$MODE" "$elapsed" >"$WORK/RESULTS.md"
   python3 benches/report.py --check "$RAW"
   log "smoke run passed in ${elapsed}s (results not written)"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
+import report_scaleout
+
 TARGETS = ["hedgehog", "hedgehog-baseline", "nats", "ceiling"]
 # hedgehog built from another revision (`bench.sh --baseline REV`), when the run has one.
 BASELINE = "hedgehog-baseline"
@@ -417,6 +419,14 @@ def rss_per_conn(r):
     return (r.get("rss_after_kib", 0) - r.get("rss_before_kib", 0)) * 1024 / n if n else None
 
 
+def load_line(rows):
+    """The machine's 1-minute load average as each step started and as the run ended, if recorded."""
+    if not rows:
+        return []
+    return ["- Load average (1 min, /proc/loadavg; 2 is both cores busy) as each step started: "
+            + ", ".join(f"{r['step'].replace('_', ' ')} {r['result']['load1']:.1f}" for r in rows)]
+
+
 def main():
     if sys.argv[1] == "--check":
         rows = load(sys.argv[2])
@@ -434,10 +444,12 @@ def main():
         tls = {r["target"] for r in rows if r["scenario"] == "tls" and r["result"].get("deliveries", 0) > 0
                and (not r["target"].endswith("-tls") or r["result"].get("tls"))}
         missing |= {"tls " + t for t in TLS_TARGETS if t not in tls and (served or t != "hedgehog-tls")}
+        missing |= report_scaleout.missing(rows)
         if any(r["scenario"] == "baseline" for r in rows):
             ran = {r["scenario"] for r in rows if r["target"] == BASELINE}
             missing |= {"baseline " + s for s in {"fanout", "mix", "idle", "storm", "rest"} - ran}
-        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed", "access-config", "tls-config") and r["result"].get("ready", 0) == 0]
+        bad = [r for r in rows if r["scenario"] not in ("rest", "baseline", "feed", "access-config", "tls-config", "load")
+               and r["result"].get("ready", 0) == 0]
         if missing or bad:
             print(f"bench smoke failed: missing {sorted(missing)}, empty runs {len(bad)}", file=sys.stderr)
             sys.exit(1)
@@ -461,6 +473,7 @@ def main():
            "WebSocket listener, fed by a bridge that publishes the simulator's messages; the ceiling program, which "
            "writes pre-encoded stamped frames, one write per delivery, no logic). Simulator, bridge and load "
            "generator on the other core(s). Loopback only.",
+           *load_line(by_scenario["load"]),
            "- Figures are from one run on a shared machine: compare ratios within this file, not across files.",
            "- What bounds these numbers, with profiles, and the targets missed: `benches/ANALYSIS.md` "
            "(written for the committed run; re-read it against a new one).\n"]
@@ -471,6 +484,7 @@ def main():
     access_section(by_scenario["access"], by_scenario["access-config"], out)
     metrics_section(by_scenario["metrics"], out)
     tls = tls_section(by_scenario["tls"], by_scenario["tls-config"], out)
+    report_scaleout.section(by_scenario["scaleout"], by_scenario["scaleout-msgs"], out)
     feed = [r["result"] for r in by_scenario["feed"]][:1]
     title = "Market mix (50 products, Zipf popularity, 3 subscriptions per client, 2,000 msg/s upstream)"
     latency = [("p50 ms", lambda r: fmt(r.get("p50_ms")), lambda r: r.get("p50_ms")),

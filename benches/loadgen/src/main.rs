@@ -10,6 +10,10 @@
 //!   throttled class, whose tickers are thinned on purpose;
 //!   `--ca FILE` speaks wss:// (and https:// for hedgehog's REST subscribes),
 //!   trusting the certificates in FILE, and reports the TLS version and suite.
+//!   Several servers: `--addr A,B` gives child process i the address i mod 2 (at
+//!   least one process per address), `--server-pid P,Q` sums their CPU seconds
+//!   (and lists each one's), and `--side-pid NAME:PID,...` reports the CPU seconds
+//!   of other processes in the same window (`side_cpu`), e.g. an ingest and NATS.
 //! - `loadgen ceiling ...` runs the ceiling program (see ceiling.rs).
 //! - `loadgen bridge ...` publishes the simulator's messages into nats-server.
 //! - `loadgen client-id ...` holds one hedgehog client and prints its id (for wrk).
@@ -249,14 +253,17 @@ fn child(f: &Flags) -> Result<(), String> {
 fn parent(f: &Flags) -> Result<(), String> {
     let clients = num(f, "clients", 1.0) as usize;
     let procs = (num(f, "procs", 0.0) as usize).max(clients.div_ceil(9000)).max(1);
-    let server_pid = num(f, "server-pid", 0.0) as u32;
+    let addrs = list(f, "addr", "127.0.0.1:8080");
+    let procs = procs.max(addrs.len());
+    let server_pids: Vec<u32> = list(f, "server-pid", "0").iter().filter_map(|p| p.parse().ok()).collect();
+    let sides = side_pids(f)?;
     let base: Vec<u8> = flag(f, "source", "127.0.1").split('.').filter_map(|p| p.parse().ok()).collect();
     if base.len() != 3 {
         return Err("--source takes the first three octets, e.g. 127.0.5".into());
     }
     let (warmup, duration) = (num(f, "warmup", 2.0), num(f, "duration", 5.0));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let rss0 = stats::rss_kib(server_pid);
+    let rss0: u64 = server_pids.iter().map(|&p| stats::rss_kib(p)).sum();
     let dir = std::env::temp_dir();
     let mut children = Vec::new();
     for i in 0..procs {
@@ -265,7 +272,7 @@ fn parent(f: &Flags) -> Result<(), String> {
         let mut cmd = Command::new(&exe);
         cmd.arg("clients").arg("--child").arg("--child").arg(i.to_string());
         for (k, v) in f {
-            if !["clients", "source", "procs", "child", "hist-out"].contains(&k.as_str()) {
+            if !["clients", "source", "procs", "child", "hist-out", "addr"].contains(&k.as_str()) {
                 cmd.arg(format!("--{k}"));
                 if !v.is_empty() {
                     cmd.arg(v);
@@ -273,7 +280,7 @@ fn parent(f: &Flags) -> Result<(), String> {
             }
         }
         cmd.args(["--clients", &n.to_string(), "--source", &format!("{}.{}.{}.{}", base[0], base[1], base[2], i + 1)]);
-        cmd.args(["--hist-out", &hist.display().to_string()]);
+        cmd.args(["--hist-out", &hist.display().to_string(), "--addr", &addrs[i % addrs.len()]]);
         let mut c = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
         let out = BufReader::new(c.stdout.take().expect("piped"));
         children.push((c, out, hist));
@@ -291,17 +298,22 @@ fn parent(f: &Flags) -> Result<(), String> {
         ready += parts[2].parse::<u64>().unwrap_or(0);
         errors += parts[3].parse::<u64>().unwrap_or(0);
     }
-    let rss1 = stats::rss_kib(server_pid);
+    let rss1: u64 = server_pids.iter().map(|&p| stats::rss_kib(p)).sum();
     for (c, _, _) in &mut children {
         let _ = c.stdin.as_mut().expect("piped").write_all(b"go\n");
     }
     std::thread::sleep(Duration::from_secs_f64(warmup));
     let core = f.get("server-core").and_then(|c| c.parse::<usize>().ok());
     let busy = || core.map_or(0.0, stats::core_busy_seconds);
-    let (cpu0, core0) = (stats::cpu_seconds(server_pid), busy());
+    let cpus = |pids: &[u32]| pids.iter().map(|&p| stats::cpu_seconds(p)).collect::<Vec<f64>>();
+    let side: Vec<u32> = sides.iter().map(|(_, p)| *p).collect();
+    let (cpu0, side0, core0) = (cpus(&server_pids), cpus(&side), busy());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(duration));
-    let server_cpu = stats::cpu_seconds(server_pid) - cpu0;
+    let server_cpus: Vec<f64> = cpus(&server_pids).iter().zip(&cpu0).map(|(b, a)| b - a).collect();
+    let side_cpu: serde_json::Map<String, serde_json::Value> =
+        sides.iter().zip(cpus(&side).iter().zip(&side0)).map(|((n, _), (b, a))| (n.clone(), (b - a).into())).collect();
+    let server_cpu: f64 = server_cpus.iter().sum();
     let core_cpu = busy() - core0;
     let window = t0.elapsed().as_secs_f64();
     let mut hist = stats::histogram();
@@ -348,6 +360,8 @@ fn parent(f: &Flags) -> Result<(), String> {
         ("skipped", skipped.into()),
         ("dups", dups.into()),
         ("server_cpu", server_cpu.into()),
+        ("server_cpus", server_cpus.into()),
+        ("side_cpu", side_cpu.into()),
         ("core_cpu", core_cpu.into()),
         ("per_cpu_s", (if server_cpu > 0.0 { deliveries as f64 / server_cpu } else { 0.0 }).into()),
         ("per_core_s", (if core_cpu > 0.0 { deliveries as f64 / core_cpu } else { 0.0 }).into()),
@@ -363,6 +377,15 @@ fn parent(f: &Flags) -> Result<(), String> {
     }
     println!("{}", serde_json::Value::Object(total));
     Ok(())
+}
+
+/// `--side-pid NAME:PID,...`: other processes whose CPU seconds the window reports.
+fn side_pids(f: &Flags) -> Result<Vec<(String, u32)>, String> {
+    let parse = |s: &String| {
+        let (name, pid) = s.split_once(':')?;
+        Some((name.to_string(), pid.parse().ok()?))
+    };
+    list(f, "side-pid", "").iter().map(|s| parse(s).ok_or(format!("--side-pid {s:?}: use NAME:PID"))).collect()
 }
 
 /// Holds one hedgehog WebSocket client and prints its id, for wrk's scripts.
