@@ -268,9 +268,17 @@ impl Nats {
         }));
     }
 
-    fn note_max_payload(&self) {
-        let max = self.client.server_info().max_payload;
-        self.link.max_payload.store(max, std::sync::atomic::Ordering::Relaxed);
+    /// The connection came or went: said, shown, and the server's largest
+    /// message noted.
+    fn connection_changed(&self, up: bool) {
+        self.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
+        if up {
+            log::info!(event = "nats_connected"; "nats: connected");
+            let max = self.client.server_info().max_payload;
+            self.link.max_payload.store(max, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
+        }
     }
 
     /// Sends `cmd`'s request and hands back the answer, in a task of its own.
@@ -639,14 +647,11 @@ impl Edge {
         match msg {
             Inner::Nats(up) => {
                 self.connected = up;
-                self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
+                self.nats.connection_changed(up);
                 if up {
                     // Data flows again once the lease is read afresh (on_lease).
-                    log::info!(event = "nats_connected"; "nats: connected");
-                    self.nats.note_max_payload();
                     self.declared.send_modify(|_| {});
                 } else {
-                    log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
                     (self.lease, self.renewed) = (None, None);
                     self.update_up(Some("the NATS connection dropped".into())).await;
                 }
@@ -1044,17 +1049,13 @@ impl Ingest {
         match msg {
             Inner::Nats(up) => {
                 self.connected = up;
-                self.nats.link.set_status(|s| s.nats = if up { "connected" } else { "disconnected" });
+                self.nats.connection_changed(up);
                 if up {
-                    log::info!(event = "nats_connected"; "nats: connected");
-                    self.nats.note_max_payload();
                     // Edges could not declare while NATS was away: their leases
                     // run from now.
                     let now = Instant::now();
                     self.edges.values_mut().for_each(|e| e.at = now);
                     let _ = self.nats.client.publish(self.nats.subjects.interest_query(), Bytes::new()).await;
-                } else {
-                    log::warn!(event = "nats_disconnected"; "nats: the connection dropped; reconnecting");
                 }
             }
             Inner::Lease(term, why) => self.on_lease(term, why).await,
