@@ -3,6 +3,9 @@
 //! task whose pending accept had been re-polled 32,768 times (a 20 ms stop-flag poll
 //! raced against the accept: see GLOMMIO notes, "A pending accept or connect").
 //!
+//! Beside this test, in the same run and for as long, [`cluster`] soaks issue 17's
+//! cluster (two ingests, two edges, nats-server); its header says what it asserts.
+//!
 //! Run by `bash tests/soak.sh [SECONDS]`; ignored by `cargo test`. Three processes of
 //! the release binary: the simulator, relay A under a small steady load, and relay B,
 //! which nobody connects to until the end. What it asserts:
@@ -25,6 +28,8 @@
 //! broken ... refcount: -32768`, and the next once-a-second check reads it in their
 //! logs. Nothing here times the relay: every wait has a deadline, nothing more.
 
+#[path = "soak/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -70,8 +75,7 @@ const ALARMS: [&str; 2] = ["panicked", "Waker invariant"];
 #[test]
 #[ignore = "a 12-minute soak: run it with `bash tests/soak.sh [SECONDS]`"]
 fn stays_up_flat_and_serving_past_the_accept_repoll_limit() {
-    let secs: u64 = std::env::var("SOAK_SECONDS").map_or(720, |s| s.parse().expect("SOAK_SECONDS: whole seconds"));
-    assert!(secs >= 30, "SOAK_SECONDS must be at least 30");
+    let secs = soak_seconds();
     let sim_args = ["simulate", "--host", "127.0.0.1", "--port", "0", "--seed", "1", "--rate", "5"];
     let sim = Proc::start("simulator", &sim_args, "simulator listening on ");
     let relay_args = ["--host", "127.0.0.1", "--port", "0", "--upstream-url", sim.addr.as_str()];
@@ -109,6 +113,13 @@ fn stays_up_flat_and_serving_past_the_accept_repoll_limit() {
         "soak: relay B served both shards' clients after {attempts} connection(s) (REST answered by shard(s) \
          {rest_shards:?}); SIGTERM: A exited 0 in {a_took:?}, B in {b_took:?}"
     );
+}
+
+/// `SOAK_SECONDS`, 720 by default, at least 30.
+fn soak_seconds() -> u64 {
+    let secs = std::env::var("SOAK_SECONDS").map_or(720, |s| s.parse().expect("SOAK_SECONDS: whole seconds"));
+    assert!(secs >= 30, "SOAK_SECONDS must be at least 30");
+    secs
 }
 
 /// What the run under load leaves for the summary.
@@ -223,17 +234,26 @@ impl Proc {
 
     /// Starts the binary with `args` and two shards; waits for the log line with `marker`.
     fn start(name: &'static str, args: &[&str], marker: &'static str) -> Proc {
+        Self::hedgehog(name, args, 2, marker)
+    }
+
+    /// Starts the binary with `args` and `shards` shards; waits for the log line with `marker`.
+    fn hedgehog(name: &'static str, args: &[&str], shards: usize, marker: &'static str) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hedgehog"));
+        cmd.args(args).env("WEB_CONCURRENCY", shards.to_string()).env("RUST_LOG", "info");
+        Self::spawn(name, cmd, marker)
+    }
+
+    /// Starts `cmd`; waits for its stderr's line with `marker`.
+    fn spawn(name: &'static str, mut cmd: Command, marker: &'static str) -> Proc {
         std::fs::create_dir_all(Self::log_dir()).expect("the log directory");
         let log = Self::log_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("the log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hedgehog"))
-            .args(args)
-            .env("WEB_CONCURRENCY", "2")
-            .env("RUST_LOG", "info")
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("the binary starts");
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let alarms = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -247,7 +267,12 @@ impl Proc {
     /// Waits until the log has a line containing `text`.
     fn wait_log(&self, text: &str) {
         let what = format!("{} to log {text:?}", self.name);
-        common::wait_until(&what, || std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text)));
+        common::wait_until(&what, || self.log_lines(text) > 0);
+    }
+
+    /// The log's lines so far that contain `text`.
+    fn log_lines(&self, text: &str) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |l| l.lines().filter(|l| l.contains(text)).count())
     }
 
     fn pid(&self) -> u32 {
@@ -278,6 +303,14 @@ impl Proc {
     /// Waits for the exit that `signalled` asked for; panics unless it is status 0
     /// within [`EXIT_LIMIT`]. Returns how long it took.
     fn exits_cleanly(&mut self, signalled: Instant) -> Duration {
+        let (status, took) = self.exits(signalled);
+        assert!(status.success(), "{} exited with {status} after SIGTERM; its log: {}", self.name, self.log.display());
+        took
+    }
+
+    /// Waits for the exit that `signalled` asked for, within [`EXIT_LIMIT`], and for
+    /// the rest of its log; returns its status and how long it took.
+    fn exits(&mut self, signalled: Instant) -> (ExitStatus, Duration) {
         let status: ExitStatus = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
@@ -286,13 +319,12 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         };
         let took = signalled.elapsed();
-        assert!(status.success(), "{} exited with {status} after SIGTERM; its log: {}", self.name, self.log.display());
         // Its stderr is closed now: the watcher reads what is left, then ends.
         if let Some(watcher) = self.watcher.take() {
             watcher.join().expect("the log watcher");
         }
         self.no_alarms();
-        took
+        (status, took)
     }
 }
 
@@ -435,14 +467,8 @@ impl Load {
 
     /// Panics if a thread of the load ended (by a failed check) before it was told to.
     fn check(&mut self) {
-        for workers in [&mut self.clients, &mut self.others] {
-            if let Some(i) = workers.iter().position(|w| w.handle.is_finished()) {
-                let w = workers.remove(i);
-                let name = w.name.clone();
-                w.finish();
-                panic!("{name} ended on its own");
-            }
-        }
+        Worker::none_ended(&mut self.clients);
+        Worker::none_ended(&mut self.others);
     }
 
     fn progress(&self) -> String {
@@ -458,15 +484,15 @@ impl Load {
     }
 }
 
-/// A thread of the load, told to stop by a flag.
-struct Worker {
+/// A thread of the load, told to stop by a flag; it returns what it saw.
+struct Worker<T = Seen> {
     name: String,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Seen>,
+    handle: JoinHandle<T>,
 }
 
-impl Worker {
-    fn spawn(name: String, f: impl FnOnce(&AtomicBool) -> Seen + Send + 'static) -> Worker {
+impl<T: Send + 'static> Worker<T> {
+    fn spawn(name: String, f: impl FnOnce(&AtomicBool) -> T + Send + 'static) -> Worker<T> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || f(&flag)).expect("a thread");
@@ -474,9 +500,24 @@ impl Worker {
     }
 
     /// Stops the thread and returns what it saw; a failed check fails the soak.
-    fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::SeqCst);
+    fn finish(self) -> T {
+        self.tell();
         self.handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Raises the thread's flag (what it does then is its own).
+    fn tell(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Panics if one of `workers` ended (by a failed check) before it was told to.
+    fn none_ended(workers: &mut Vec<Worker<T>>) {
+        if let Some(i) = workers.iter().position(|w| w.handle.is_finished()) {
+            let w = workers.remove(i);
+            let name = w.name.clone();
+            w.finish();
+            panic!("{name} ended on its own");
+        }
     }
 }
 
@@ -553,35 +594,23 @@ fn ws_client(addr: SocketAddr, n: usize, stop: &AtomicBool, hard_end: Instant) -
     seen
 }
 
-/// Subscribes to, or (every other time) unsubscribes from, one of [`CHURN_PAIRS`].
-fn toggle(addr: SocketAddr, id: &str, who: &str, k: usize) {
+/// Subscribes to, or (every other time) unsubscribes from, one of [`CHURN_PAIRS`];
+/// returns the note that says it took effect (its type and pair).
+fn toggle(addr: SocketAddr, id: &str, who: &str, k: usize) -> (&'static str, &'static str) {
     let pair = CHURN_PAIRS[(k / 2) % CHURN_PAIRS.len()];
-    let (method, path) = match k % 2 {
-        0 => ("POST", format!("/api/v1/subscribe/{pair}?channels=matches")),
-        _ => ("DELETE", format!("/api/v1/subscribe/{pair}")),
+    let (method, path, note) = match k % 2 {
+        0 => ("POST", format!("/api/v1/subscribe/{pair}?channels=matches"), "subscribed"),
+        _ => ("DELETE", format!("/api/v1/subscribe/{pair}"), "unsubscribed"),
     };
     let (status, _, body) = http(addr, method, &path, &client_header(id));
     assert_eq!(status, 200, "{who}: {method} {path}: {body}");
+    (note, pair)
 }
 
 /// `curl -N`: a plain GET of ETH-USD with no client id streams NDJSON until told to stop.
 fn ndjson_stream(addr: SocketAddr, stop: &AtomicBool, hard_end: Instant) -> Seen {
     let who = "the NDJSON stream";
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    s.write_all(b"GET /api/v1/subscribe/ETH-USD HTTP/1.1\r\nHost: soak\r\n\r\n").unwrap();
-    let mut r = BufReader::new(s);
-    let mut buf = Vec::new();
-    let mut head = Vec::new();
-    for _ in 0..64 {
-        match next_line(&mut r, &mut buf, Instant::now() + DEADLINE) {
-            Some(line) if line.is_empty() => break,
-            Some(line) => head.push(line),
-            None => panic!("{who}: no head in {DEADLINE:?}"),
-        }
-    }
-    let head = head.join("\n");
-    assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/x-ndjson"), "{who}: {head}");
+    let (mut r, mut buf) = open_stream(addr, "/api/v1/subscribe/ETH-USD", who);
     let (mut ids, mut seen) = (TradeIds::default(), Seen::default());
     let mut leave_by = None;
     while !(leave_by.is_some() && ids.since_mark("ETH-USD") > 0) {
@@ -599,6 +628,26 @@ fn ndjson_stream(addr: SocketAddr, stop: &AtomicBool, hard_end: Instant) -> Seen
     seen.ndjson_trades = ids.checked;
     seen.trades = ids.checked;
     seen
+}
+
+/// `GET path` as an NDJSON stream: past its head, and the buffer of [`next_line`].
+fn open_stream(addr: SocketAddr, path: &str, who: &str) -> (BufReader<TcpStream>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: soak\r\n\r\n").as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut buf = Vec::new();
+    let mut head = Vec::new();
+    for _ in 0..64 {
+        match next_line(&mut r, &mut buf, Instant::now() + DEADLINE) {
+            Some(line) if line.is_empty() => break,
+            Some(line) => head.push(line),
+            None => panic!("{who}: no head in {DEADLINE:?}"),
+        }
+    }
+    let head = head.join("\n");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("application/x-ndjson"), "{who}: {head}");
+    (r, buf)
 }
 
 /// The next line (without its end), or `None` once `deadline` has passed.

@@ -3,7 +3,9 @@
 # CI runs it), past the ~655 s at which glommio 0.9 used to end a task whose
 # pending accept had been re-polled 32,768 times (a shard or the simulator that
 # accepted no connection for that long). The driver is tests/soak.rs, an ignored
-# test (`cargo test` skips it); its header says what it asserts.
+# test (`cargo test` skips it); its header says what it asserts. Beside it, at
+# the same time and for as long, tests/soak/cluster.rs soaks a cluster (two
+# ingests, two edges, Debian's nats-server: apt-get install nats-server).
 #
 #   bash tests/soak.sh [SECONDS]      # at least 30; logs in target/tmp/soak/
 #
@@ -22,7 +24,7 @@ cargo test --release --locked --test soak --no-run
 
 logs="${CARGO_TARGET_DIR:-target}/tmp/soak"
 echo "soak: ${seconds} s against the release binary"
-if ! SOAK_SECONDS="$seconds" cargo test --release --locked --test soak -- --ignored --nocapture; then
+if ! SOAK_SECONDS="$seconds" cargo test --release --locked --test soak -- --ignored --nocapture --test-threads 2; then
     for log in "$logs"/*.log; do
         [ -f "$log" ] || continue
         echo "== the end of $log" >&2
