@@ -339,11 +339,3 @@ impl Link {
         futures_lite::future::or(work, deadline).await
     }
 }
-
-/// The ends shard 0 keeps.
-pub struct Ends {
-    pub events: mpsc::Receiver<Ev>,
-}
-
-/// Shared by [`start`]'s caller and the thread.
-pub type Shared = Arc<Link>;

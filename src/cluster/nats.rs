@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{
-    ClusterConfig, Cmd, Counters, Ends, Ev, ForwardedResponse, Key, Link, Publish, Role, SeedReply, Status, CMD_QUEUE,
+    ClusterConfig, Cmd, Counters, Ev, ForwardedResponse, Key, Link, Publish, Role, SeedReply, Status, CMD_QUEUE,
     EV_QUEUE, PUBLISH_QUEUE, REQUEST_DEADLINE,
 };
 use crate::protocol::{Channel, Product};
@@ -43,7 +43,8 @@ const IN_FLIGHT: usize = 256;
 /// Starts the NATS thread for `role` as node `node`. It connects in the
 /// background (and again whenever the connection drops): the process starts
 /// while NATS is away and says so in `/healthz`.
-pub fn start(role: Role, node: &str, cfg: ClusterConfig) -> Result<(Arc<Link>, Ends), String> {
+/// Returns the shards' handle and the events shard 0 takes.
+pub fn start(role: Role, node: &str, cfg: ClusterConfig) -> Result<(Arc<Link>, mpsc::Receiver<Ev>), String> {
     let mut servers = Vec::new();
     for url in &cfg.urls {
         servers.push(url.parse::<async_nats::ServerAddr>().map_err(|e| format!("--nats {url:?}: {e}"))?);
@@ -83,7 +84,7 @@ pub fn start(role: Role, node: &str, cfg: ClusterConfig) -> Result<(Arc<Link>, E
             rt.block_on(run(thread_link, servers, cmd_rx, pub_rx, ev_tx));
         })
         .map_err(|e| format!("cannot start the NATS thread: {e}"))?;
-    Ok((link, Ends { events: ev_rx }))
+    Ok((link, ev_rx))
 }
 
 /// Subjects under the prefix.
@@ -282,23 +283,22 @@ impl Nats {
     }
 
     /// Sends `cmd`'s request and hands back the answer, in a task of its own.
-    fn request<T: Send + 'static>(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<T, String>>,
-        read: impl FnOnce(Bytes) -> Result<T, String> + Send + 'static,
-    ) {
+    /// Sends a request and hands its answer (or why there is none) to
+    /// `then`, in one task of its own.
+    fn request<F, Fut>(&self, subject: String, payload: Vec<u8>, then: F)
+    where
+        F: FnOnce(Result<Bytes, String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let client = self.client.clone();
         // Bounded like the requests served: past it, the asker hears so at once.
-        let Ok(permit) = self.asks.clone().try_acquire_owned() else {
-            let _ = reply.send(Err("too many requests on their way".into()));
-            return;
-        };
+        let permit = self.asks.clone().try_acquire_owned();
         tokio::spawn(async move {
-            let _permit = permit;
+            let Ok(_permit) = permit else {
+                return then(Err("too many requests on their way".into())).await;
+            };
             let answer = match tokio::time::timeout(REQUEST_DEADLINE, client.request(subject, payload.into())).await {
-                Ok(Ok(msg)) => read(msg.payload),
+                Ok(Ok(msg)) => Ok(msg.payload),
                 Ok(Err(e)) => Err(match e.kind() {
                     async_nats::RequestErrorKind::NoResponders => "nobody answers on NATS".to_string(),
                     async_nats::RequestErrorKind::TimedOut => "no answer in time".to_string(),
@@ -306,7 +306,7 @@ impl Nats {
                 }),
                 Err(_) => Err("no answer in time".to_string()),
             };
-            let _ = reply.send(answer);
+            then(answer).await;
         });
     }
 
@@ -321,15 +321,12 @@ impl Nats {
             return;
         }
         let Ok(payload) = serde_json::to_vec(&request) else { return };
-        let counters = self.link.clone();
-        let (tx, rx) = oneshot::channel();
-        self.request(self.subjects.rest(&node), payload, tx, |p| {
-            serde_json::from_slice::<ForwardedResponse>(&p).map_err(|e| format!("a bad answer: {e}"))
-        });
-        tokio::spawn(async move {
-            let answer = rx.await.unwrap_or_else(|_| Err("no answer".into()));
-            let c = &counters.counters;
-            Counters::add(if answer.is_ok() { &c.forwarded_ok } else { &c.forwarded_failed }, 1);
+        let counters = self.link.counters.clone();
+        self.request(self.subjects.rest(&node), payload, |answer| async move {
+            let answer = answer.and_then(|p| {
+                serde_json::from_slice::<ForwardedResponse>(&p).map_err(|e| format!("a bad answer: {e}"))
+            });
+            Counters::add(if answer.is_ok() { &counters.forwarded_ok } else { &counters.forwarded_failed }, 1);
             let _ = reply.send(answer);
         });
     }
@@ -527,12 +524,13 @@ impl Edge {
             Cmd::Forward { node, request, reply } => self.nats.forward(node, request, reply),
             Cmd::History { ask, reply } => {
                 let Ok(payload) = serde_json::to_vec(&ask) else { return };
-                self.nats.request(self.nats.subjects.history(), payload, reply, |p| {
-                    match serde_json::from_slice::<serde_json::Value>(&p) {
+                self.nats.request(self.nats.subjects.history(), payload, |answer| async move {
+                    let answer = answer.and_then(|p| match serde_json::from_slice::<serde_json::Value>(&p) {
                         Ok(v) if v.is_array() => Ok(String::from_utf8_lossy(&p).into_owned()),
                         Ok(v) => Err(v["error"].as_str().unwrap_or("a bad answer").to_string()),
                         Err(e) => Err(format!("a bad answer: {e}")),
-                    }
+                    });
+                    let _ = reply.send(answer);
                 });
             }
             Cmd::Upstream { .. } | Cmd::Products(_) | Cmd::Release(_) => {}
@@ -611,19 +609,15 @@ impl Edge {
         *asked = Some(gen);
         Counters::add(&self.nats.link.counters.seeds, 1);
         let body = json!({"node": self.nats.link.node, "product": key.0, "channel": key.1.name()}).to_string();
-        let (tx, rx) = oneshot::channel();
-        self.nats.request(self.nats.subjects.seed(), body.into_bytes(), tx, |p| {
-            match serde_json::from_slice::<SeedReply>(&p) {
+        let (inner, key) = (self.nats.inner_tx.clone(), key.clone());
+        self.nats.request(self.nats.subjects.seed(), body.into_bytes(), move |answer| async move {
+            let result = answer.and_then(|p| match serde_json::from_slice::<SeedReply>(&p) {
                 Ok(r) => Ok(r),
                 Err(_) => Err(serde_json::from_slice::<serde_json::Value>(&p)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_string))
                     .unwrap_or_else(|| "a bad answer".into())),
-            }
-        });
-        let (inner, key) = (self.nats.inner_tx.clone(), key.clone());
-        tokio::spawn(async move {
-            let result = rx.await.unwrap_or_else(|_| Err("no answer".into()));
+            });
             let _ = inner.send(Inner::Seeded { key, gen, result }).await;
         });
     }

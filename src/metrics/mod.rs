@@ -391,7 +391,7 @@ fn cluster(out: &mut Exposition, c: &ClusterFigures) {
     out.family("hedgehog_nats_messages_total", "counter", "Feed messages over NATS, by direction.");
     out.sample("hedgehog_nats_messages_total", &[("direction", "published")], c.published as f64);
     out.sample("hedgehog_nats_messages_total", &[("direction", "received")], c.received as f64);
-    let help = "Feed messages an old lease term sent (edge) or a lapsed lease kept from NATS (ingest).";
+    let help = "Feed messages an old lease term sent (edge), or not published: a lapsed lease, NATS stuck (ingest).";
     out.counter("hedgehog_nats_fenced_total", help, c.fenced as f64);
     let help = "Feed messages async-nats dropped for a slow subscription (this node fell behind).";
     out.counter("hedgehog_nats_dropped_total", help, c.slow_consumer as f64);

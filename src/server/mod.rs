@@ -350,11 +350,11 @@ pub fn start(mut cfg: ServeConfig) -> Result<RelayHandle, String> {
         crate::cluster::Role::All => None,
         role => {
             let node = cfg.node.map(|n| n.to_string()).unwrap_or_default();
-            let (link, ends) = crate::cluster::start(role, &node, cfg.cluster.clone())?;
+            let (link, events) = crate::cluster::start(role, &node, cfg.cluster.clone())?;
             log::info!(event = "cluster", role = role.as_str(), node = node.as_str();
                 "{} {node}, on NATS at {}", role.as_str(), cfg.cluster.urls.join(","));
             global.set_cluster(link);
-            Some(ends.events)
+            Some(events)
         }
     };
     let stop = Arc::new(Stop {

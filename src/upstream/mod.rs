@@ -109,6 +109,12 @@ impl FeedMessage {
         &self.frame[self.body.clone()]
     }
 
+    /// The exact bytes received, sharing the frame's memory (no copy): what
+    /// an ingest publishes.
+    pub fn body_shared(&self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self.frame.clone()).slice(self.body.clone())
+    }
+
     /// The message's `type`.
     pub fn kind(&self) -> &str {
         std::str::from_utf8(&self.frame[self.kind.clone()]).unwrap_or("")

@@ -107,8 +107,6 @@ pub struct IngestPart {
     seqs: RefCell<HashMap<String, [u64; Channel::COUNT]>>,
     /// The edges' topics, as last told.
     remote: RefCell<BTreeSet<(String, Channel)>>,
-    /// Messages not published because the queue to NATS was full.
-    pub dropped: Cell<u64>,
     counters: std::sync::Arc<crate::cluster::Counters>,
     max_payload: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -120,7 +118,6 @@ impl IngestPart {
             epoch: Cell::new(0),
             seqs: RefCell::default(),
             remote: RefCell::default(),
-            dropped: Cell::new(0),
             counters: link.counters.clone(),
             max_payload: link.max_payload.clone(),
         })
@@ -288,17 +285,12 @@ impl Owner {
         }
         let Some(seq) = seqs.get_mut(product).map(|s| &mut s[channel.index()]) else { return };
         *seq += 1;
-        let p = Publish {
-            product: product.to_string(),
-            channel,
-            epoch,
-            seq: *seq,
-            body: bytes::Bytes::copy_from_slice(msg.body()),
-        };
+        let p = Publish { product: product.to_string(), channel, epoch, seq: *seq, body: msg.body_shared() };
         if ingest.publish.try_send(p).is_err() {
-            // The dispatcher waited for room before this message: only the
-            // other end having gone gets here. The edges see the gap.
-            ingest.dropped.set(ingest.dropped.get() + 1);
+            // The dispatcher waited (up to a second) for room before this
+            // message: NATS is stuck, or the thread gone. Not published, as a
+            // lapsed lease's; the edges see the gap.
+            crate::cluster::Counters::add(&ingest.counters.fenced, 1);
         }
     }
 
